@@ -1,0 +1,58 @@
+"""The context passed explicitly to every technique (no global session)."""
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..zoo.data import DataBundle
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything a technique may need, handed over explicitly.
+
+    ``data`` holds the train/calibration/eval splits; ``teacher`` is the
+    original model (a frozen copy) for distillation; ``seed`` makes runs
+    deterministic; ``log`` is where techniques write notes for the report.
+    """
+
+    data: Optional["DataBundle"] = None
+    teacher: Optional[torch.nn.Module] = None
+    seed: int = 0
+    quiet: bool = False
+    notes: list[str] = dataclasses.field(default_factory=list)
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def example_inputs(self):
+        if self.data is None:
+            return None
+        return self.data.example_inputs(1)
+
+    def has(self, need: str) -> bool:
+        d = self.data
+        if need == "teacher":
+            return self.teacher is not None
+        if need == "example_inputs":
+            return d is not None
+        if need == "calibration_data":
+            return d is not None and d.calib is not None and len(d.calib) > 1
+        if need == "train_data":
+            return d is not None and d.train is not None and len(d.train) > 0 and d.train.targets is not None
+        if need == "eval_data":
+            return d is not None and d.test is not None and len(d.test) > 0
+        raise KeyError(need)
+
+    def note(self, msg: str) -> None:
+        self.notes.append(msg)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

@@ -1,0 +1,69 @@
+"""The explicit technique registry. One registry drives the API, the CLI
+(`slimkit list`), recipes and the contract tests."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable
+
+from .config import Config
+from .errors import ConfigError
+
+#: What a technique may need from the context before it can run.
+NEEDS = ("calibration_data", "train_data", "eval_data", "teacher", "example_inputs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Technique:
+    name: str
+    config_cls: type[Config]
+    apply: Callable  # (model, config, ctx) -> model
+    needs: tuple[str, ...] = ()
+    summary: str = ""
+    family: str = ""
+
+
+_REGISTRY: dict[str, Technique] = {}
+
+
+def register_technique(name: str, config_cls: type[Config], *, needs: Iterable[str] = (), summary: str = "",
+                       family: str = ""):
+    """Decorator: register ``fn(model, config, ctx) -> model`` under ``name``."""
+    needs = tuple(needs)
+    bad = [n for n in needs if n not in NEEDS]
+    if bad:
+        raise ValueError(f"unknown need(s) {bad}; known: {NEEDS}")
+
+    def deco(fn: Callable) -> Callable:
+        if name in _REGISTRY and _REGISTRY[name].apply is not fn:
+            raise ValueError(f"technique {name!r} registered twice")
+        _REGISTRY[name] = Technique(name, config_cls, fn, needs, summary or (fn.__doc__ or "").strip().split("\n")[0],
+                                    family or name.split(".")[0])
+        return fn
+
+    return deco
+
+
+def get_technique(name: str) -> Technique:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
+        raise ConfigError(f"unknown technique type {name!r}; known: {known}") from None
+
+
+def list_techniques() -> list[Technique]:
+    _load_builtin()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def _load_builtin() -> None:
+    """Import the technique packages so that their decorators run."""
+    import importlib
+
+    for mod in ("slimkit.quantize", "slimkit.prune", "slimkit.factorize", "slimkit.distill"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # technique family not built yet
+            if e.name != mod:
+                raise

@@ -1,0 +1,61 @@
+"""Latency: warm-up, then many timed runs; several models are timed
+interleaved (round-robin, rotating order) in the same process, because
+absolute times on shared machines drift by 10-40%."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Hashable, Sequence
+
+import numpy as np
+import torch
+
+from ..core.progress import track
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def torch_runner(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    model.eval()
+
+    def run():
+        with torch.inference_mode():
+            model(*inputs)
+
+    return run
+
+
+def ort_runner(sess, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    names = [i.name for i in sess.get_inputs()]
+    feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
+    return lambda: sess.run(None, feed)
+
+
+def time_interleaved(runners: dict[Hashable, Callable[[], None]], *, runs: int = 30, warmup: int = 5,
+                     desc: str = "timing") -> dict[Hashable, np.ndarray]:
+    """Return per-runner arrays of wall times in milliseconds."""
+    keys = list(runners)
+    for _ in range(warmup):
+        for k in keys:
+            runners[k]()
+    times: dict[Hashable, list[float]] = {k: [] for k in keys}
+    for i in track(range(runs), desc):
+        rot = keys[i % len(keys):] + keys[:i % len(keys)]
+        for k in rot:
+            t0 = time.perf_counter()
+            runners[k]()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: np.asarray(v) for k, v in times.items()}
+
+
+def summarize(ms: np.ndarray) -> dict:
+    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean()),
+            "runs": int(len(ms))}

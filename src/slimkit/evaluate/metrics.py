@@ -1,0 +1,52 @@
+"""Task metrics: accuracy for classifiers, fidelity (cosine to reference
+embeddings, nearest-neighbour agreement) for embedding models."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..core.errors import DataError
+from ..zoo.data import DataBundle
+
+
+def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
+    return float(np.mean(np.asarray(logits).argmax(-1) == np.asarray(targets)))
+
+
+def fidelity(emb: np.ndarray, ref: np.ndarray) -> dict:
+    """Cosine similarity of each embedding to its reference (mean, min), and the
+    share of samples whose nearest neighbour (among the others) is the same
+    under both models."""
+    emb = np.asarray(emb, dtype=np.float64).reshape(len(emb), -1)
+    ref = np.asarray(ref, dtype=np.float64).reshape(len(ref), -1)
+    if emb.shape != ref.shape:
+        raise DataError(f"embedding shapes differ: {emb.shape} vs reference {ref.shape}")
+    en = emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12)
+    rn = ref / (np.linalg.norm(ref, axis=1, keepdims=True) + 1e-12)
+    cos = np.sum(en * rn, axis=1)
+
+    def nn_idx(x):
+        s = x @ x.T
+        np.fill_diagonal(s, -np.inf)
+        return s.argmax(1)
+
+    return {"fidelity_cos_mean": float(cos.mean()), "fidelity_cos_min": float(cos.min()),
+            "nn_top1": float(np.mean(nn_idx(en) == nn_idx(rn)))}
+
+
+def task_metrics(outputs: np.ndarray, data: DataBundle, reference: Optional[np.ndarray] = None) -> dict:
+    """Metric dict for ``outputs`` on ``data.test``. For embedding data,
+    ``reference`` holds the baseline model's outputs (itself if None)."""
+    outputs = np.asarray(outputs)
+    if not np.isfinite(outputs).all():
+        return {"accuracy": float("nan")} if data.task == "classification" else {"fidelity_cos_mean": float("nan")}
+    if data.task == "classification":
+        if data.test.targets is None:
+            raise DataError(f"data set {data.name!r} has no labels; accuracy cannot be measured")
+        return {"accuracy": accuracy(outputs, data.test.targets.numpy())}
+    return fidelity(outputs, outputs if reference is None else reference)
+
+
+def primary_metric(data: DataBundle) -> str:
+    return "accuracy" if data.task == "classification" else "fidelity_cos_mean"

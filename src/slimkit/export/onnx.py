@@ -1,0 +1,118 @@
+"""ONNX export (dynamic batch, opset >= 17) with a parity check in ONNX
+Runtime on real inputs. A failing parity check is an error."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..core.errors import ExportError
+from ..core.io import atomic_path
+from ..zoo.data import DataBundle
+
+DEFAULT_OPSET = 17
+
+
+@dataclasses.dataclass
+class Parity:
+    max_abs_err: float
+    cosine: float
+    samples: int
+    atol: float
+    min_cosine: float
+    agree_top1: Optional[float] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_err <= self.atol and self.cosine >= self.min_cosine
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def ort_session(path_or_bytes, threads: int = 1, optimize: bool = True):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = str(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else path_or_bytes
+    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def ort_run(sess, inputs: Sequence[torch.Tensor]) -> np.ndarray:
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) != len(inputs):
+        raise ExportError(f"the ONNX model takes {len(names)} inputs ({', '.join(names)}), the data gives {len(inputs)}")
+    feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
+    return sess.run(None, feed)[0]
+
+
+def _to_bytes(model: nn.Module, example: tuple, input_names, dynamic_axes, opset: int) -> bytes:
+    buf = io.BytesIO()
+    axes = {n: {0: "batch", **dynamic_axes.get(n, {})} for n in input_names}
+    axes["output"] = {0: "batch"}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, buf, input_names=list(input_names), output_names=["output"],
+                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+    return buf.getvalue()
+
+
+def export_onnx(model: nn.Module, data: DataBundle, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+                check: bool = True, parity_samples: int = 64, atol: Optional[float] = None,
+                min_cosine: float = 0.9999, reference: Optional[nn.Module] = None) -> Parity | None:
+    """Export ``model`` to ``out`` and check it against PyTorch in ONNX Runtime.
+
+    ``reference`` is the PyTorch module whose outputs ONNX must match (default:
+    ``model``). The file is written atomically and only if parity holds.
+    """
+    if opset < 17:
+        raise ExportError(f"opset {opset} is too old; slimkit exports opset >= 17")
+    model = model.eval()
+    example = data.example_inputs(2)
+    try:
+        blob = _to_bytes(model, example, data.input_names, data.dynamic_axes, opset)
+    except Exception as e:  # noqa: BLE001
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ExportError(f"ONNX export failed: {first}") from None
+    parity = None
+    if check:
+        parity = check_parity(reference or model, blob, data, samples=parity_samples, atol=atol, min_cosine=min_cosine)
+        if not parity.ok:
+            raise ExportError(f"ONNX parity check failed: max abs err {parity.max_abs_err:.3g} (allowed {parity.atol:.3g}), "
+                              f"cosine {parity.cosine:.6f} (needs >= {parity.min_cosine}); nothing was written")
+    with atomic_path(out) as tmp:
+        Path(tmp).write_bytes(blob)
+    return parity
+
+
+@torch.no_grad()
+def check_parity(model: nn.Module, onnx_model, data: DataBundle, *, samples: int = 64, atol: Optional[float] = None,
+                 min_cosine: float = 0.9999) -> Parity:
+    sess = ort_session(onnx_model, threads=2)
+    split = data.test.slice(0, min(samples, len(data.test)))
+    ref = model.eval()(*split.inputs).float().numpy()
+    got = ort_run(sess, split.inputs).astype(np.float32)
+    if ref.shape != got.shape:
+        raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}")
+    err = float(np.max(np.abs(ref - got)))
+    a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+    cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+    scale = float(np.max(np.abs(ref))) or 1.0
+    tol = atol if atol is not None else 1e-4 * max(1.0, scale)
+    agree = float(np.mean(ref.argmax(-1) == got.argmax(-1))) if data.task == "classification" else None
+    return Parity(err, cos, len(split), tol, min_cosine, agree)

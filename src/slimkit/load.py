@@ -1,0 +1,191 @@
+"""Resolve MODEL and DATA specs given on the command line or to the API.
+
+MODEL: ``zoo:NAME`` | ``pkg.module:factory`` | ``FILE.pt2`` (torch.export) |
+``DIR`` (local Hugging Face folder) | ``FILE.pt``/``.pth`` (full pickle, only
+with ``trust_pickle=True``) | ``FILE.onnx`` (measurement only).
+DATA: ``zoo:NAME`` | ``npz:PATH`` | ``folder:PATH`` | ``idx:DIR`` | ``pkg.module:function``.
+Nothing is downloaded; nothing is unpickled unless asked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .core.errors import LoadError
+from .zoo import data as D
+from .zoo.registry import ZOO, ZOO_DATA, get_zoo, load_zoo_model, zoo_data
+
+
+class ExportedModule(nn.Module):
+    """Holds the module of a ``torch.export`` program. Such modules refuse
+    ``.eval()``/``.train()`` (their mode is fixed at export), so the switch stops here."""
+
+    def __init__(self, gm: nn.Module):
+        super().__init__()
+        self.gm = gm
+
+    def train(self, mode: bool = True):  # noqa: D102 - see class docstring
+        self.training = mode
+        return self
+
+    def forward(self, *args):
+        return self.gm(*args)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    spec: str
+    model: Optional[nn.Module]  # None for an ONNX file
+    onnx_path: Optional[Path] = None
+    default_data: Optional[str] = None  # data spec to use when none is given
+
+    @property
+    def name(self) -> str:
+        s = self.spec
+        return s.split(":", 1)[1] if s.startswith("zoo:") else Path(s).name if os.sep in s or "." in s else s
+
+
+def _is_callable_spec(spec: str) -> bool:
+    mod, sep, attr = spec.partition(":")
+    return bool(sep) and mod.replace(".", "").replace("_", "").isalnum() and attr.isidentifier() and not Path(spec).exists()
+
+
+def load_model(spec: Union[str, nn.Module], *, data: Optional[D.DataBundle] = None, trust_pickle: bool = False,
+               seed: int = 0) -> LoadedModel:
+    if isinstance(spec, nn.Module):
+        return LoadedModel(type(spec).__name__, spec)
+    spec = str(spec)
+    if spec.startswith("zoo:"):
+        name = spec[4:]
+        entry = get_zoo(name)
+        model = load_zoo_model(name, data, seed=seed)
+        return LoadedModel(spec, model, default_data=f"zoo:{entry.data}" if entry.data else None)
+    p = Path(spec)
+    if p.suffix == ".onnx":
+        if not p.is_file():
+            raise LoadError(f"ONNX file not found: {p}")
+        return LoadedModel(spec, None, onnx_path=p)
+    if p.suffix == ".pt2":
+        if not p.is_file():
+            raise LoadError(f"model file not found: {p}")
+        try:
+            ep = torch.export.load(str(p))
+        except Exception as e:  # noqa: BLE001
+            raise LoadError(f"{p} is not a readable torch.export file ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                            "re-save it with torch.export.save") from None
+        return LoadedModel(spec, ExportedModule(ep.module()))
+    if p.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        if not p.is_file():
+            raise LoadError(f"model file not found: {p}")
+        if not trust_pickle:
+            try:
+                obj = torch.load(p, map_location="cpu", weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError) as e:
+                msg = str(e).splitlines()[0][:100]
+                if "Weights only load failed" in str(e) or "weights_only" in str(e):
+                    raise LoadError(f"{p} is a full pickle that could run code when loaded; if you trust it, pass "
+                                    "--trust-pickle (or save a torch.export .pt2 instead)") from None
+                raise LoadError(f"{p} is not a readable PyTorch file ({msg})") from None
+            if isinstance(obj, nn.Module):  # pragma: no cover - weights_only never returns modules
+                return LoadedModel(spec, obj)
+            raise LoadError(f"{p} holds a state dict, not a model; load it with a factory: pkg.module:factory "
+                            "that builds the architecture and calls load_state_dict")
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001
+            raise LoadError(f"{p} could not be unpickled ({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
+        if not isinstance(obj, nn.Module):
+            raise LoadError(f"{p} unpickled to {type(obj).__name__}, not an nn.Module")
+        return LoadedModel(spec, obj.eval())
+    if p.is_dir():
+        from .zoo.minilm import load_hf_folder
+
+        return LoadedModel(spec, load_hf_folder(p), default_data=f"hf-sentences:{p}")
+    if _is_callable_spec(spec):
+        mod_name, _, attr = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise LoadError(f"cannot import model factory {spec!r}: {e}") from None
+        model = fn() if callable(fn) and not isinstance(fn, nn.Module) else fn
+        if not isinstance(model, nn.Module):
+            raise LoadError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+        return LoadedModel(spec, model.eval())
+    if not p.exists() and (p.suffix or os.sep in spec):
+        raise LoadError(f"model file not found: {p}")
+    raise LoadError(f"cannot interpret MODEL {spec!r}; use zoo:NAME ({', '.join(ZOO)}), pkg.module:factory, "
+                    "FILE.pt2, FILE.onnx or a Hugging Face folder")
+
+
+def load_data(spec: Optional[str], *, model: Optional[LoadedModel] = None) -> D.DataBundle:
+    if isinstance(spec, D.DataBundle):
+        return spec
+    if spec is None:
+        if model is not None and model.default_data:
+            spec = model.default_data
+        else:
+            raise LoadError("no DATA given; pass --data zoo:NAME, npz:FILE, folder:DIR, idx:DIR or pkg.module:function")
+    kind, sep, rest = spec.partition(":")
+    if not sep:
+        raise LoadError(f"bad DATA spec {spec!r}; use zoo:NAME, npz:FILE, folder:DIR, idx:DIR or pkg.module:function")
+    if kind == "zoo":
+        if rest not in ZOO_DATA and rest not in ZOO:
+            raise LoadError(f"unknown zoo data set {rest!r}; known: {', '.join(ZOO_DATA)}")
+        return zoo_data(rest, model.model if model else None)
+    if kind == "hf-sentences":
+        return D.sentences(rest)
+    if kind == "npz":
+        return D.from_npz(rest)
+    if kind == "folder":
+        path, _, q = rest.partition("?size=")
+        return D.from_folder(path, int(q) if q else None)
+    if kind == "idx":
+        return D.from_idx(rest)
+    if _is_callable_spec(spec):
+        return D.from_callable(spec)
+    raise LoadError(f"bad DATA spec {spec!r}; use zoo:NAME, npz:FILE, folder:DIR, idx:DIR or pkg.module:function")
+
+
+def check_compatible(model: nn.Module, data: D.DataBundle) -> None:
+    """Run the model on two samples; turn a shape/dtype failure into one clear line."""
+    from .core.errors import DataError
+
+    ex = data.example_inputs(2)
+    try:
+        with torch.no_grad():
+            out = model.eval()(*ex)
+    except Exception as e:  # noqa: BLE001 - any failure here is an input mismatch
+        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in ex)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise DataError(f"the model rejects inputs of shape {shapes} from {data.name!r} ({first}); "
+                        "pass --data that matches the model's input") from None
+    if not isinstance(out, torch.Tensor):
+        raise DataError(f"the model returns {type(out).__name__}; slimkit needs a model that returns one tensor "
+                        "(wrap it to return logits or embeddings)")
+    if data.task == "classification" and data.num_classes and out.ndim == 2 and out.shape[1] < data.num_classes:
+        raise DataError(f"the model outputs {out.shape[1]} classes but {data.name!r} has {data.num_classes}")
+
+
+def resolve(model_spec, data_spec=None, *, trust_pickle=False, seed=0) -> tuple[LoadedModel, D.DataBundle]:
+    """Load MODEL and DATA and check they fit together. For zoo architectures
+    without built-in data, DATA is loaded first and the model trained on it."""
+    if isinstance(model_spec, str) and model_spec.startswith("zoo:") and data_spec is not None:
+        entry = get_zoo(model_spec[4:])
+        if entry.data is None:
+            data = load_data(data_spec)
+            lm = load_model(model_spec, data=data, trust_pickle=trust_pickle, seed=seed)
+            check_compatible(lm.model, data)
+            return lm, data
+    lm = load_model(model_spec, trust_pickle=trust_pickle, seed=seed)
+    data = load_data(data_spec, model=lm)
+    if lm.model is not None:
+        check_compatible(lm.model, data)
+    return lm, data

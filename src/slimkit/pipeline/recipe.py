@@ -1,0 +1,155 @@
+"""Recipes: an ordered list of stages, each a list of technique configs with
+an explicit ``type:`` key and an optional recovery fine-tune. The same shape
+in Python and YAML, versioned."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ..core.config import Config, check_choice, check_range
+from ..core.errors import ConfigError
+from ..core.registry import get_technique
+
+RECIPE_VERSION = 1
+
+
+@dataclasses.dataclass
+class Finetune(Config):
+    """Recovery training after a stage: ``plain`` (labels) or ``kd`` (distil
+    from the original model)."""
+
+    method: str = "plain"
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 64
+    temperature: float = 4.0
+    alpha: float = 0.5  # weight of the hard-label loss in kd
+
+    def validate(self) -> None:
+        check_choice("finetune.method", self.method, ("plain", "kd"))
+        if int(self.epochs) != self.epochs or self.epochs < 0:
+            raise ConfigError(f"finetune.epochs={self.epochs} must be a whole number >= 0")
+        check_range("finetune.lr", self.lr, 0, 1, lo_open=True)
+        check_range("finetune.alpha", self.alpha, 0, 1)
+        check_range("finetune.temperature", self.temperature, 0, 100, lo_open=True)
+
+
+@dataclasses.dataclass
+class Step:
+    """One technique in a stage: its registered ``type`` and its config."""
+
+    type: str
+    config: Config
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Step":
+        if not isinstance(d, dict) or "type" not in d:
+            raise ConfigError(f"each technique needs an explicit 'type:' key; got {d!r}")
+        d = dict(d)
+        t = d.pop("type")
+        tech = get_technique(t)
+        return cls(t, tech.config_cls.from_dict(d))
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, **self.config.to_dict()}
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    techniques: list[Step] = dataclasses.field(default_factory=list)
+    finetune: Optional[Finetune] = None
+
+    @classmethod
+    def from_dict(cls, d: dict, index: int = 0) -> "Stage":
+        if not isinstance(d, dict):
+            raise ConfigError(f"stage {index} must be a mapping with 'techniques:'; got {type(d).__name__}")
+        unknown = set(d) - {"name", "techniques", "finetune"}
+        if unknown:
+            raise ConfigError(f"stage {index}: unknown key(s) {sorted(unknown)}; use name, techniques, finetune")
+        techs = d.get("techniques") or []
+        if not isinstance(techs, list):
+            raise ConfigError(f"stage {index}: 'techniques' must be a list")
+        ft = d.get("finetune")
+        return cls(str(d.get("name") or f"stage{index}"), [Step.from_dict(t) for t in techs],
+                   Finetune.from_dict(ft) if ft else None)
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"name": self.name, "techniques": [s.to_dict() for s in self.techniques]}
+        if self.finetune is not None:
+            out["finetune"] = self.finetune.to_dict()
+        return out
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str = "recipe"
+    stages: list[Stage] = dataclasses.field(default_factory=list)
+    description: str = ""
+    seed: int = 0
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != RECIPE_VERSION:
+            raise ConfigError(f"recipe version {self.version} is not supported; this slimkit reads version {RECIPE_VERSION}")
+        names = [s.name for s in self.stages]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(f"recipe has duplicate stage names: {', '.join(sorted(dup))}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        if not isinstance(d, dict):
+            raise ConfigError("a recipe must be a mapping with 'stages:'")
+        unknown = set(d) - {"name", "stages", "description", "seed", "version"}
+        if unknown:
+            raise ConfigError(f"recipe: unknown key(s) {sorted(unknown)}; use name, description, seed, version, stages")
+        stages = d.get("stages") or []
+        if not isinstance(stages, list):
+            raise ConfigError("recipe 'stages' must be a list")
+        return cls(name=str(d.get("name", "recipe")), stages=[Stage.from_dict(s, i) for i, s in enumerate(stages)],
+                   description=str(d.get("description", "")), seed=int(d.get("seed", 0)),
+                   version=int(d.get("version", RECIPE_VERSION)))
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "name": self.name, "description": self.description, "seed": self.seed,
+                "stages": [s.to_dict() for s in self.stages]}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "Recipe":
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe is not valid YAML: {str(e).splitlines()[0]}") from None
+        return cls.from_dict(d or {})
+
+    @classmethod
+    def load(cls, path_or_name: str | Path) -> "Recipe":
+        """Load a YAML file, or a built-in recipe by name (see ``recipes/``)."""
+        p = Path(path_or_name)
+        if not p.is_file():
+            builtin = Path(__file__).parent.parent / "recipes" / f"{path_or_name}.yaml"
+            if builtin.is_file():
+                p = builtin
+            else:
+                known = ", ".join(sorted(x.stem for x in (Path(__file__).parent.parent / "recipes").glob("*.yaml")))
+                raise ConfigError(f"recipe {path_or_name!r} not found (no such file; built-in: {known})")
+        return cls.from_yaml(p.read_text())
+
+    def needs(self) -> dict[str, set[str]]:
+        """What each technique needs from the context, by ``stage/type``."""
+        out = {}
+        for s in self.stages:
+            for t in s.techniques:
+                need = set(get_technique(t.type).needs)
+                out[f"{s.name}/{t.type}"] = need
+            if s.finetune is not None and s.finetune.epochs > 0:
+                ft = {"train_data"} | ({"teacher"} if s.finetune.method == "kd" else set())
+                out[f"{s.name}/finetune"] = ft
+        return out

@@ -1,0 +1,208 @@
+"""Reports a person would rather look at than read: report.json (every
+number), report.md (tables) and report.html (tables and plots)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+ROWS = [  # key, label, formatter
+    ("accuracy", "accuracy (ONNX Runtime)", "pct"),
+    ("fidelity_cos_mean", "fidelity: cosine mean", "f4"),
+    ("fidelity_cos_min", "fidelity: cosine min", "f4"),
+    ("nn_top1", "nearest-neighbour top-1 agreement", "f3"),
+    ("params", "parameters", "int"),
+    ("params_nonzero", "non-zero parameters", "int"),
+    ("macs", "MACs per sample", "int"),
+    ("size_bytes", "ONNX file size", "bytes"),
+    ("size_bytes_zstd", "ONNX file, zstd -19", "bytes"),
+    ("size_bytes_compressed", "compressed container", "bytes"),
+    ("latency_ms_p50_b1", "ORT latency p50, batch 1 (ms)", "ms"),
+    ("latency_ms_p90_b1", "ORT latency p90, batch 1 (ms)", "ms"),
+    ("latency_ms_p50_bN", "ORT latency p50, batch N (ms)", "ms"),
+    ("throughput_sps", "ORT throughput, batch N (samples/s)", "int"),
+    ("torch_latency_ms_p50_b1", "PyTorch latency p50, batch 1 (ms)", "ms"),
+    ("torch_latency_ms_p50_bN", "PyTorch latency p50, batch N (ms)", "ms"),
+    ("peak_mem_bytes", "peak RSS of ORT inference process", "bytes"),
+    ("peak_mem_delta_bytes", "  of which model + run", "bytes"),
+    ("energy_mj_est", "energy per inference (estimate, mJ)", "f4"),
+]
+
+
+def fmt(v: Any, kind: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if kind == "pct":
+        return f"{100 * v:.2f}%"
+    if kind == "int":
+        return f"{int(round(v)):,}"
+    if kind == "bytes":
+        v = float(v)
+        for unit in ("B", "KB", "MB", "GB"):
+            if v < 1024 or unit == "GB":
+                return f"{v:.0f} {unit}" if unit == "B" else f"{v:.2f} {unit}"
+            v /= 1024
+    if kind == "ms":
+        return f"{v:.3f}"
+    if kind == "f3":
+        return f"{v:.3f}"
+    return f"{v:.4f}"
+
+
+def _ratio_for(report: dict, key: str) -> str:
+    r = (report.get("ratios") or {}).get(key)
+    return f"{r:.2f}x" if isinstance(r, (int, float)) else ""
+
+
+def metric_rows(report: dict, columns: list[tuple[str, dict]]) -> list[list[str]]:
+    rows = []
+    for key, label, kind in ROWS:
+        if not any(key in m for _, m in columns):
+            continue
+        row = [label] + [fmt(m.get(key), kind) for _, m in columns]
+        if len(columns) == 2:
+            row.append(_ratio_for(report, key) if key not in ("accuracy",) else
+                       f"{100 * (columns[1][1].get(key, 0) - columns[0][1].get(key, 0)):+.2f} pt")
+        rows.append(row)
+    return rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def to_markdown(report: dict) -> str:
+    cols = [("baseline", report["baseline"]), ("compressed", report["compressed"])]
+    env = report.get("environment", {})
+    st = report.get("settings", {})
+    lines = [f"# slimkit report: {report.get('model')} on {report.get('data')}", "",
+             f"Recipe **{report['recipe'].get('name')}** ({len(report['recipe'].get('stages', []))} stage(s)). "
+             f"Measured side by side in one run: {st.get('threads')} thread(s), batch N = {st.get('batch_N')}, "
+             f"{st.get('runs')} timed runs at batch 1 after warm-up; CPU {env.get('cpu')}.", "",
+             "## Baseline vs compressed", "",
+             _md_table(["metric", "baseline", "compressed", "ratio / change"], metric_rows(report, cols)), ""]
+    if report.get("verdicts"):
+        lines += ["## What got faster or smaller (and what did not)", ""]
+        lines += [f"- {v}" for v in report["verdicts"]] + [""]
+    if report.get("stages"):
+        lines += ["## Stages", ""]
+        srows = []
+        for s in report["stages"]:
+            m = s["metrics"]
+            metric = fmt(m.get("accuracy"), "pct") if "accuracy" in m else fmt(m.get("fidelity_cos_mean"), "f4")
+            srows.append([s["name"], ", ".join(s["techniques"]) or "-",
+                          (s.get("finetune") or {}).get("method", "-"), metric, fmt(m.get("params_nonzero"), "int"),
+                          fmt(m.get("macs"), "int"), f"{s['seconds']:.1f}"])
+        lines += [_md_table(["stage", "techniques", "fine-tune", "metric (PyTorch)", "non-zero params", "MACs",
+                             "seconds"], srows), ""]
+    for s in report.get("stages", []):
+        for n in s.get("notes", []):
+            lines.append(f"- {s['name']}: {n}")
+    for key, title in (("sensitivity", "Per-layer sensitivity"),):
+        if report.get(key):
+            lines += ["", f"## {title}", ""]
+            rows = report[key]
+            hdr = list(rows[0].keys())
+            lines += [_md_table(hdr, [[str(r.get(h)) for h in hdr] for r in rows]), ""]
+    lines += ["", "## Notes", "",
+              "- Accuracy/fidelity is measured on the exported ONNX file in ONNX Runtime (what ships); "
+              "PyTorch values are in report.json under `torch_metrics`.",
+              f"- Energy is an estimate, not a measurement: {report.get('energy_source')}.",
+              f"- Environment: torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, "
+              f"python {env.get('python')}, {env.get('cores')} cores, AVX2 {env.get('avx2')}, "
+              f"AVX512-VNNI {env.get('avx512_vnni')}.", ""]
+    return "\n".join(lines)
+
+
+def plot_png(report: dict) -> Optional[bytes]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    b, c = report["baseline"], report["compressed"]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    colors = ["#8a8a8a", "#2a7ab0"]
+
+    def bars(ax, title, vals, fmt_s):
+        ax.bar(["baseline", "compressed"], vals, color=colors)
+        for i, v in enumerate(vals):
+            if v is not None:
+                ax.text(i, v, fmt_s(v), ha="center", va="bottom", fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.spines[["top", "right"]].set_visible(False)
+
+    bars(axes[0], "ONNX size (KB)", [b["size_bytes"] / 1024, c["size_bytes"] / 1024], lambda v: f"{v:,.0f}")
+    key = report.get("metric", "accuracy")
+    bars(axes[1], key, [b.get(key, 0), c.get(key, 0)], lambda v: f"{v:.4f}")
+    lo = min(b.get(key, 0), c.get(key, 0))
+    axes[1].set_ylim(max(0, lo - 0.05), 1.0 + 0.01)
+    ax = axes[2]
+    labels = ["ORT b1", "ORT bN", "torch b1", "torch bN"]
+    keys = ["latency_ms_p50_b1", "latency_ms_p50_bN", "torch_latency_ms_p50_b1", "torch_latency_ms_p50_bN"]
+    rat = [(c.get(k) or float("nan")) / (b.get(k) or float("nan")) for k in keys]
+    ax.bar(labels, rat, color=["#2a7ab0" if r < 1 else "#c0504d" for r in rat])
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_title("latency ratio (compressed / baseline)", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    bars(axes[3], "energy estimate (mJ / inference)", [b.get("energy_mj_est") or 0, c.get("energy_mj_est") or 0],
+         lambda v: f"{v:.4f}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def to_html(report: dict, png: Optional[bytes]) -> str:
+    cols = [("baseline", report["baseline"]), ("compressed", report["compressed"])]
+    rows = metric_rows(report, cols)
+    esc = html.escape
+    trs = "\n".join("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in r) + "</tr>" for r in rows)
+    verdicts = "".join(f"<li>{esc(v)}</li>" for v in report.get("verdicts", []))
+    img = f'<img alt="plots" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else ""
+    stages = "".join(f"<li><b>{esc(s['name'])}</b>: {esc(', '.join(s['techniques']) or '-')} "
+                     f"({s['seconds']:.1f} s)</li>" for s in report.get("stages", []))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>slimkit report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}td:first-child{{text-align:left}}
+img{{max-width:100%}}</style></head><body>
+<h1>slimkit: {esc(str(report.get('model')))} on {esc(str(report.get('data')))}</h1>
+<p>Recipe <b>{esc(report['recipe'].get('name', ''))}</b>; measured side by side in one run.</p>
+{img}
+<h2>Baseline vs compressed</h2>
+<table><tr><th>metric</th><th>baseline</th><th>compressed</th><th>ratio / change</th></tr>{trs}</table>
+<h2>Speed and size, honestly</h2><ul>{verdicts}</ul>
+<h2>Stages</h2><ul>{stages or '<li>none</li>'}</ul>
+<p>Energy is an estimate: {esc(str(report.get('energy_source')))}.</p>
+</body></html>"""
+
+
+def _clean(o):
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if hasattr(o, "item") and callable(o.item):
+        return o.item()
+    return o
+
+
+def write_reports(report: dict, folder: str | Path) -> None:
+    folder = Path(folder)
+    (folder / "report.json").write_text(json.dumps(_clean(report), indent=2))
+    (folder / "report.md").write_text(to_markdown(report))
+    png = plot_png(report)
+    if png:
+        (folder / "report.png").write_bytes(png)
+    (folder / "report.html").write_text(to_html(report, png))

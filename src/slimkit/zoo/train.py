@@ -1,0 +1,72 @@
+"""A small deterministic supervised trainer used to build the zoo models
+(and as the plain fine-tuning loop of recipes)."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core.context import seed_everything
+from ..core.progress import track
+from .data import DataSplit
+
+
+@dataclasses.dataclass
+class TrainSpec:
+    epochs: int = 30
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+    augment: Optional[str] = None  # "shift2d" | "shift1d" | None
+
+
+def _augment(x: torch.Tensor, kind: Optional[str], g: torch.Generator) -> torch.Tensor:
+    if kind == "shift2d":
+        dx, dy = (torch.randint(-1, 2, (2,), generator=g)).tolist()
+        return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    if kind == "shift1d":
+        d = int(torch.randint(-2, 3, (1,), generator=g))
+        return torch.roll(x, shifts=d, dims=2)
+    return x
+
+
+def fit_classifier(model: nn.Module, train: DataSplit, spec: TrainSpec, *, seed: int = 0, desc: str = "training",
+                   loss_fn: Optional[Callable] = None) -> nn.Module:
+    """Train ``model`` in place with AdamW + cosine schedule; deterministic given ``seed``."""
+    seed_everything(seed)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    steps_per_epoch = -(-len(train) // spec.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch)
+    model.train()
+    for _ in track(range(spec.epochs), desc):
+        perm = torch.randperm(len(train), generator=g)
+        for i in range(0, len(train), spec.batch_size):
+            idx = perm[i:i + spec.batch_size]
+            x = tuple(t[idx] for t in train.inputs)
+            y = train.targets[idx]
+            x = (_augment(x[0], spec.augment, g),) + x[1:]
+            out = model(*x)
+            loss = loss_fn(out, y, x) if loss_fn else F.cross_entropy(out, y, label_smoothing=spec.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: DataSplit, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    outs = [model(*x) for x, _ in split.batches(batch_size)]
+    return torch.cat(outs)
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)

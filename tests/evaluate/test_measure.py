@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkit.evaluate import Candidate, compare, count_macs, fidelity
+from slimkit.evaluate.energy import energy_mj
+from slimkit.zoo.models import LeNet5
+
+
+def test_macs_of_known_layers_equal_hand_count():
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    assert count_macs(conv, (torch.randn(1, 3, 10, 10),)) == 8 * 3 * 3 * 3 * 10 * 10
+    lin = nn.Linear(20, 30)
+    assert count_macs(lin, (torch.randn(1, 20),)) == 20 * 30
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 2))
+    assert count_macs(seq, (torch.randn(1, 3, 4),)) == 12 * 5 + 5 * 2
+
+
+def test_fidelity_metrics():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 16))
+    same = fidelity(ref, ref)
+    assert same["fidelity_cos_mean"] == pytest.approx(1.0) and same["nn_top1"] == 1.0
+    noisy = fidelity(ref + rng.normal(scale=2.0, size=ref.shape), ref)
+    assert noisy["fidelity_cos_mean"] < 0.6 and noisy["nn_top1"] < 0.5
+
+
+def test_energy_estimate_drops_with_int8():
+    fp = energy_mj(1_000_000, 400_000, 0.0)
+    q = energy_mj(1_000_000, 100_000, 1.0)
+    assert q < fp / 3
+    assert energy_mj(None, 10) is None
+
+
+def test_bench_self_near_one_and_detects_slower_model(digits_cnn, digits, tmp_path):
+    torch.manual_seed(0)
+    wide = LeNet5(c1=96, c2=192, fc1=512, fc2=256).eval()
+    res = compare([Candidate("a", digits_cnn), Candidate("b", digits_cnn), Candidate("wide", wide)], digits,
+                  workdir=tmp_path, batch=64, runs=20, measure_memory=False)
+    r_self, r_wide = res["ratios"]["b"], res["ratios"]["wide"]
+    assert r_self["size_bytes"] == 1.0 and r_self["macs"] == 1.0
+    assert 0.6 < r_self["latency_ms_p50_bN"] < 1.6
+    assert 0.6 < r_self["torch_latency_ms_p50_bN"] < 1.6
+    assert r_wide["macs"] > 20
+    assert r_wide["latency_ms_p50_bN"] > 3 and r_wide["torch_latency_ms_p50_bN"] > 3
+    assert any("WORSE" in v for v in res["verdicts"]["wide"])
+    m = res["metrics"]["a"]
+    for k in ("accuracy", "params", "macs", "size_bytes", "latency_ms_p50_b1", "latency_ms_p50_bN",
+              "energy_mj_est", "torch_latency_ms_p50_b1"):
+        assert m[k] is not None
+    assert m["accuracy"] >= 0.99
+
+
+def test_peak_memory_measured_in_child(digits_cnn, digits, tmp_path):
+    res = compare([Candidate("m", digits_cnn)], digits, workdir=tmp_path, timing=False)
+    m = res["metrics"]["m"]
+    # a fresh onnxruntime process is tens of MB, far below this test process (torch loaded)
+    assert 10e6 < m["peak_mem_bytes"] < 400e6
+    assert m["peak_mem_delta_bytes"] > 0

@@ -1,0 +1,28 @@
+import json
+
+from typer.testing import CliRunner
+
+from slimkit.cli import app
+
+KEYS = ("params", "macs", "size_bytes", "latency_ms_p50_b1", "latency_ms_p50_bN", "peak_mem_bytes", "energy_mj_est")
+
+
+def test_demo_writes_all_artifacts_with_all_keys(tmp_path):
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["--quiet", "demo", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for f in ("model.onnx", "report.json", "report.md", "report.html", "recipe.yaml"):
+        assert (out / f).is_file(), f
+    rep = json.loads((out / "report.json").read_text())
+    for side in ("baseline", "compressed"):
+        m = rep[side]
+        assert "accuracy" in m and m["accuracy"] >= 0.97
+        for k in KEYS:
+            assert isinstance(m[k], (int, float)) and m[k] > 0, (side, k)
+    assert "ratios" in rep and "stages" in rep and rep["environment"]["threads"] >= 1
+    assert rep["environment"]["torch"] and rep["environment"]["onnxruntime"]
+    assert "| metric | baseline | compressed |" in (out / "report.md").read_text()
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    # re-rendering from the json works
+    res = CliRunner().invoke(app, ["--quiet", "report", str(out)])
+    assert res.exit_code == 0, res.output
