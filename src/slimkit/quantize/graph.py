@@ -1,0 +1,81 @@
+"""torch.fx helpers: trace, fold BatchNorm, find layer patterns."""
+from __future__ import annotations
+
+import copy
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core.errors import ConfigError
+
+PASSTHROUGH_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+PASSTHROUGH_FUNCS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout}
+PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "contiguous"}
+RELU_MODULES = (nn.ReLU, nn.ReLU6)
+RELU_FUNCS = {F.relu, torch.relu, F.relu6}
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:150]
+        raise ConfigError(f"cannot trace {type(model).__name__} with torch.fx ({first}); models with data-dependent "
+                          "control flow need the ONNX-level techniques (e.g. quantize.int8_dynamic)") from None
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node):
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def is_passthrough(gm, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(module_of(gm, node), PASSTHROUGH_MODULES)
+    if node.op == "call_function":
+        return node.target in PASSTHROUGH_FUNCS
+    if node.op == "call_method":
+        return node.target in PASSTHROUGH_METHODS
+    return False
+
+
+def is_relu(gm, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(module_of(gm, node), RELU_MODULES)
+    return node.op == "call_function" and node.target in RELU_FUNCS
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[fx.GraphModule, list[str]]:
+    """Fold every BatchNorm that directly follows a Conv (and is its only user)
+    into that Conv. Returns the traced copy and the names of folded BNs."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    gm = trace(copy.deepcopy(model).eval())
+    folded = []
+    for node in list(gm.graph.nodes):
+        bn = module_of(gm, node)
+        if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            continue
+        src = node.args[0]
+        conv = module_of(gm, src) if isinstance(src, fx.Node) else None
+        if not isinstance(conv, (nn.Conv1d, nn.Conv2d)) or len(src.users) != 1:
+            continue
+        fused = fuse_conv_bn_eval(conv, bn)
+        _set_module(gm, src.target, fused)
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        folded.append(node.target)
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    return gm, folded
+
+
+def _set_module(gm: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, attr, new)
+
+
+set_module = _set_module

@@ -1,0 +1,149 @@
+"""Fake-quant modules. They simulate integer execution in PyTorch (for
+accuracy work, calibration and QAT) and export to ONNX as
+QuantizeLinear/DequantizeLinear pairs with the same scales and zero points."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .calibrate import Observer
+from .scheme import QScheme, compute_qparams, qparams_from_range
+
+
+class ActQuant(nn.Module):
+    """Per-tensor activation fake-quant. Modes: ``observe`` (collect ranges,
+    pass through), ``quant`` (fake-quantize), ``off`` (pass through).
+
+    Several ActQuant modules may share one :class:`QGroup` so that tensors
+    linked by data-movement ops (max-pool, flatten) use identical qparams and
+    ONNX Runtime can drop the pairs around those ops.
+    """
+
+    def __init__(self, group: "QGroup", keep_inputs: int = 0):
+        super().__init__()
+        self.group = group
+        self.mode = "observe"
+        self.keep_inputs = keep_inputs  # for calibrator "auto": inputs of the layer this feeds
+        self.inputs: list[torch.Tensor] = []
+        self.consumer: Optional[str] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.group
+        if self.mode == "observe":
+            if g.owner is self:
+                g.observer.observe(x)
+            if self.keep_inputs and sum(len(t) for t in self.inputs) < self.keep_inputs:
+                self.inputs.append(x.detach()[: self.keep_inputs - sum(len(t) for t in self.inputs)])
+            return x
+        if self.mode == "off":
+            return x
+        if g.learnable:  # QAT with learnable scale (LSQ-style straight-through)
+            return _lsq(x, g.log_scale.exp(), g.zero_point, g.scheme.qmin, g.scheme.qmax)
+        return torch.fake_quantize_per_tensor_affine(x, float(g.scale), int(g.zero_point), g.scheme.qmin,
+                                                     g.scheme.qmax)
+
+
+def _lsq(x, scale, zp, qmin, qmax):
+    """LSQ (Esser et al. 2020): round with a straight-through estimator, so the
+    gradient reaches both x (inside the clip range) and the scale."""
+    v = x / scale + zp
+    v = v + (torch.round(v) - v).detach()
+    return (torch.clamp(v, qmin, qmax) - zp) * scale
+
+
+class QGroup(nn.Module):
+    """Shared quantization parameters of one activation tensor (and of the
+    tensors linked to it by data-movement ops)."""
+
+    def __init__(self, scheme: QScheme, name: str):
+        super().__init__()
+        self.scheme = scheme
+        self.name = name
+        self.observer = Observer()
+        self._owner: list = [None]  # the ActQuant that observes (a list, so that it is not a submodule)
+        self.calibrator = ""
+        self.learnable = False
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
+        self.log_scale = None
+
+    @property
+    def owner(self) -> Optional["ActQuant"]:
+        return self._owner[0]
+
+    def set_owner(self, aq: "ActQuant") -> None:
+        # not an attribute assignment: nn.Module would register aq as a submodule and make a cycle
+        self._owner[0] = aq
+
+    def set_range(self, lo: float, hi: float) -> None:
+        s, z = qparams_from_range(torch.tensor(lo), torch.tensor(hi), self.scheme)
+        self.scale.copy_(s)
+        self.zero_point.copy_(z)
+
+    def make_learnable(self) -> None:
+        self.learnable = True
+        self.log_scale = nn.Parameter(self.scale.clone().log())
+
+    def freeze(self) -> None:
+        if self.learnable:
+            self.scale.copy_(self.log_scale.detach().exp())
+            self.learnable = False
+            self.log_scale = None
+
+
+class QuantLayer(nn.Module):
+    """Conv1d/Conv2d/Linear with a per-channel (or per-tensor) fake-quantized weight."""
+
+    def __init__(self, layer: nn.Module, scheme: QScheme):
+        super().__init__()
+        if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            raise TypeError(f"QuantLayer wraps Conv1d/Conv2d/Linear, not {type(layer).__name__}")
+        self.layer = layer
+        self.scheme = scheme
+        self.enabled = True
+        self.learnable = False
+        s, z = compute_qparams(layer.weight, scheme)
+        self.register_buffer("w_scale", s.reshape(-1).float())
+        self.register_buffer("w_zero_point", z.reshape(-1).to(torch.int32))
+
+    def make_learnable(self) -> None:
+        self.learnable = True
+        self.w_log_scale = nn.Parameter(self.w_scale.clone().log())
+
+    def freeze(self) -> None:
+        if self.learnable:
+            self.w_scale.copy_(self.w_log_scale.detach().exp())
+            self.learnable = False
+            del self.w_log_scale
+
+    def refresh(self) -> None:
+        """Recompute weight qparams after the float weights changed."""
+        s, z = compute_qparams(self.layer.weight, self.scheme)
+        self.w_scale.copy_(s.reshape(-1))
+        self.w_zero_point.copy_(z.reshape(-1).to(torch.int32))
+
+    def qweight(self) -> torch.Tensor:
+        w = self.layer.weight
+        if not self.enabled:
+            return w
+        sc = self.scheme
+        # the clamp uses the 8-bit container range (what ONNX QuantizeLinear allows); the scale comes from
+        # ``scheme.bits``, so codes of fewer bits never reach the container's bounds
+        lo, hi = (-128, 127) if sc.signed else (0, 255)
+        if self.learnable:
+            s = self.w_log_scale.exp().reshape([-1] + [1] * (w.ndim - 1))
+            return _lsq(w, s, 0, sc.qmin, sc.qmax)
+        if sc.granularity == "per_channel":
+            return torch.fake_quantize_per_channel_affine(w, self.w_scale, self.w_zero_point, 0, lo, hi)
+        return torch.fake_quantize_per_tensor_affine(w, float(self.w_scale[0]), int(self.w_zero_point[0]), lo, hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, w = self.layer, self.qweight()
+        if isinstance(m, nn.Linear):
+            return F.linear(x, w, m.bias)
+        if isinstance(m, nn.Conv1d):
+            return F.conv1d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+        return F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)

@@ -1,0 +1,415 @@
+"""Static post-training quantization (int8 weights and activations) of
+Conv1d/Conv2d/Linear models, traced with torch.fx, exported as ONNX QDQ that
+ONNX Runtime executes with its integer kernels (QLinearConv, QGemm, ...)."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..core.config import Config, check_choice, check_range
+from ..core.context import Context
+from ..core.errors import ConfigError, DataError, ExportError
+from ..core.io import atomic_path
+from ..core.progress import track
+from ..core.registry import register_technique
+from ..core.targets import Targets
+from ..evaluate.environment import cpu_info
+from ..zoo.data import DataBundle
+from . import graph as G
+from .calibrate import CALIBRATORS
+from .modules import ActQuant, QGroup, QuantLayer
+from .scheme import QScheme
+
+INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
+                "DynamicQuantizeMatMul", "QAttention", "MatMulNBits", "DynamicQuantizeLinear"}
+
+
+def weight_range_for_cpu() -> tuple[str, str]:
+    """7-bit weights on AVX2 without VNNI, where ONNX Runtime's u8 x s8 kernels
+    (VPMADDUBSW) add pairs of products in int16 and saturate; full 8 bits else."""
+    c = cpu_info()
+    if c.get("avx512_vnni") or c.get("avx_vnni"):
+        return "full", "CPU has VNNI: full 8-bit weights"
+    if c.get("avx2"):
+        return "reduced", ("CPU has AVX2 without VNNI: weights use 7 bits (reduce_range), because ONNX Runtime's u8 x s8 "
+                           "kernels saturate int16 pair sums (VPMADDUBSW) with full 8-bit weights")
+    return "full", "no AVX2: full 8-bit weights"
+
+
+@dataclasses.dataclass
+class StaticQuantConfig(Config):
+    """int8 static PTQ: per-channel weights, per-tensor u8 activations."""
+
+    calibrator: str = "auto"
+    percentile: float = 99.99
+    per_channel: bool = True
+    weight_bits: int = 8
+    weight_range: str = "auto"  # auto | full | reduced (7-bit)
+    fold_bn: bool = True
+    equalize: bool = False  # cross-layer equalization (for depthwise-conv nets)
+    bias_correction: bool = True
+    quantize_output: bool = False  # quantize the logits too
+    calibration_samples: int = 256
+    per_layer: dict = dataclasses.field(default_factory=dict)  # layer -> calibrator
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
+
+    def validate(self) -> None:
+        check_choice("calibrator", self.calibrator, CALIBRATORS + ("auto",))
+        check_range("percentile", self.percentile, 90, 100, hi_open=False)
+        check_range("weight_bits", self.weight_bits, 2, 8)
+        check_choice("weight_range", self.weight_range, ("auto", "full", "reduced"))
+        if self.calibration_samples < 2:
+            raise ConfigError(f"calibration_samples={self.calibration_samples}: need at least 2")
+        for k, v in self.per_layer.items():
+            check_choice(f"per_layer[{k}]", v, CALIBRATORS + ("auto",))
+        if isinstance(self.targets, dict):
+            self.targets = Targets.from_dict(self.targets)
+
+
+class QuantizedModel(nn.Module):
+    """A fake-quant model (PyTorch simulation of int8 execution) that exports
+    to an int8 QDQ ONNX file (``slimkit_export``)."""
+
+    def __init__(self, gm: fx.GraphModule, info: dict):
+        super().__init__()
+        self.gm = gm
+        self.info = info
+
+    def forward(self, *x):
+        return self.gm(*x)
+
+    @property
+    def slimkit_metrics(self) -> dict:
+        return {"quantization": self.info}
+
+    def act_quants(self):
+        return [m for m in self.gm.modules() if isinstance(m, ActQuant)]
+
+    def layers(self):
+        return {n: m for n, m in self.gm.named_modules() if isinstance(m, QuantLayer)}
+
+    def set_mode(self, mode: str) -> None:
+        for a in self.act_quants():
+            a.mode = mode
+        for q in self.layers().values():
+            q.enabled = mode == "quant"
+
+    def slimkit_export(self, data: DataBundle, path, **kw):
+        return export_qdq(self, data, path, **kw)
+
+
+def _calibration_split(data: DataBundle, n: int):
+    split = data.calib
+    if split is None or len(split) < 2:
+        raise DataError(f"calibration needs at least 2 samples; {data.name!r} gives {0 if split is None else len(split)}")
+    return split.slice(0, min(n, len(split)))
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise DataError(f"weight {name} holds NaN or Inf; cannot quantize a broken model")
+
+
+def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 0) -> QuantizedModel:
+    _check_finite_weights(model)
+    if cfg.fold_bn:
+        gm, folded = G.fold_batchnorm(model)
+    else:
+        gm, folded = G.trace(copy.deepcopy(model).eval()), []
+    if cfg.equalize:
+        from .equalize import cross_layer_equalize
+
+        pairs = cross_layer_equalize(gm)
+    else:
+        pairs = []
+    wr = cfg.weight_range
+    note = ""
+    if wr == "auto":
+        wr, note = weight_range_for_cpu()
+    wbits = min(cfg.weight_bits, 7) if wr == "reduced" else cfg.weight_bits
+    wscheme = QScheme(bits=wbits, symmetric=True, signed=True,
+                      granularity="per_channel" if cfg.per_channel else "per_tensor", axis=0, narrow=True)
+    ascheme = QScheme(bits=8, symmetric=False, signed=False)
+    selected = {n for n, _ in cfg.targets.select(gm, strict=False)}
+    missing = [p for p in cfg.targets.include if not p.startswith("re:") and p not in dict(model.named_modules())
+               and p not in ("Linear", "Conv1d", "Conv2d")]
+    if missing:
+        raise ConfigError(f"targets name layer(s) that do not exist: {', '.join(missing)}")
+    groups: dict[fx.Node, QGroup] = {}
+    aq_nodes: dict[fx.Node, fx.Node] = {}  # source node -> ActQuant node inserted after it
+    counter = [0]
+    graph = gm.graph
+
+    def new_aq(after: fx.Node, group: QGroup, keep: int = 0) -> fx.Node:
+        counter[0] += 1
+        name = f"act_quant_{counter[0]}"
+        aq = ActQuant(group, keep)
+        if group.owner is None:
+            group.set_owner(aq)
+        gm.add_module(name, aq)
+        with graph.inserting_after(after):
+            n = graph.call_module(name, (after,))
+        return n
+
+    def group_of(src: fx.Node) -> QGroup:
+        if src in groups:
+            return groups[src]
+        if G.is_passthrough(gm, src) and isinstance(src.args[0], fx.Node):
+            inner = src.args[0]
+            if inner.op == "call_module" and isinstance(G.module_of(gm, inner), ActQuant):
+                g = G.module_of(gm, inner).group
+            else:
+                g = group_of(inner)
+            groups[src] = g
+            return g
+        g = QGroup(ascheme, src.name)
+        groups[src] = g
+        return g
+
+    def quantize_tensor(src: fx.Node, keep: int = 0) -> fx.Node:
+        """Fake-quantize the value of ``src`` for all its users; return the new node."""
+        if src.op == "call_module" and isinstance(G.module_of(gm, src), ActQuant):
+            return src
+        if src in aq_nodes:
+            return aq_nodes[src]
+        users = list(src.users)
+        aq = new_aq(src, group_of(src), keep)
+        for u in users:
+            u.replace_input_with(src, aq)
+        aq_nodes[src] = aq
+        groups[aq] = groups[src]
+        return aq
+
+    quantized = []
+    output_nodes = {a for n in graph.nodes if n.op == "output" for a in _flatten_args(n.args)}
+    for node in list(graph.nodes):
+        if node.op != "call_module" or node.target not in selected:
+            continue
+        mod = G.module_of(gm, node)
+        if not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            continue
+        G.set_module(gm, node.target, QuantLayer(mod, wscheme))
+        quantized.append(node.target)
+        src = node.args[0]
+        if isinstance(src, fx.Node):
+            # an input quantizer right in front of the layer (sharing qparams through data-movement ops)
+            if src.op == "call_module" and isinstance(G.module_of(gm, src), ActQuant):
+                aq = src
+            else:
+                aq = new_aq(src, group_of(src), keep_inputs)
+                node.replace_input_with(src, aq)
+                groups[aq] = groups[src]
+            G.module_of(gm, aq).consumer = node.target
+        out = node
+        users = list(node.users)
+        if len(users) == 1 and G.is_relu(gm, users[0]):
+            out = users[0]
+        if out in output_nodes and not cfg.quantize_output:
+            continue
+        quantize_tensor(out)
+    if not quantized:
+        raise ConfigError("no Conv1d/Conv2d/Linear layer matched the targets; nothing to quantize")
+    graph.lint()
+    gm.recompile()
+    info = {"scheme": "int8 static: weights s8 symmetric " + ("per-channel" if cfg.per_channel else "per-tensor")
+                      + f" ({wbits}-bit codes), activations u8 asymmetric per-tensor",
+            "weight_range": wr, "weight_range_reason": note, "folded_batchnorm": folded,
+            "equalized_pairs": pairs, "quantized_layers": quantized,
+            "float_layers": [n for n, m in gm.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+                             and n.rsplit(".", 1)[0] not in quantized and not n.endswith(".layer")]}
+    return QuantizedModel(gm, info)
+
+
+def _flatten_args(a):
+    if isinstance(a, (list, tuple)):
+        for x in a:
+            yield from _flatten_args(x)
+    elif isinstance(a, dict):
+        for x in a.values():
+            yield from _flatten_args(x)
+    elif isinstance(a, fx.Node):
+        yield a
+
+
+@torch.no_grad()
+def calibrate(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig, batch_size: int = 64) -> None:
+    split = _calibration_split(data, cfg.calibration_samples)
+    qm.set_mode("observe")
+    for x, _ in track(list(split.batches(batch_size)), "calibrate"):
+        qm(*x)
+    groups = {id(a.group): a.group for a in qm.act_quants()}
+    layers = qm.layers()
+    for a in qm.act_quants():
+        g = a.group
+        if g.owner is not a:
+            continue
+        method = cfg.per_layer.get(a.consumer or "", cfg.calibrator)
+        if method == "auto":
+            method = _auto_choose(g, [b for b in qm.act_quants() if b.group is g], layers, cfg)
+        lo, hi = g.observer.range(method, percentile=cfg.percentile)
+        g.set_range(lo, hi)
+        g.calibrator = method
+    for a in qm.act_quants():
+        a.inputs = []
+        a.group.observer.samples = []
+    qm.info["calibrators"] = {g.name: g.calibrator for g in groups.values()}
+    qm.info["calibration_samples"] = len(split)
+    qm.set_mode("quant")
+
+
+def _auto_choose(g: QGroup, members, layers, cfg) -> str:
+    """Per tensor, the calibrator whose range gives the smallest error at the
+    output of the layer(s) it feeds (or of the tensor itself)."""
+    best, best_err = "minmax", float("inf")
+    for method in CALIBRATORS:
+        lo, hi = g.observer.range(method, percentile=cfg.percentile)
+        g.set_range(lo, hi)
+        err = 0.0
+        fed = [m for m in members if m.consumer and m.inputs]
+        if fed:
+            for m in fed:
+                layer = layers[m.consumer]
+                x = torch.cat(m.inputs)
+                xq = torch.fake_quantize_per_tensor_affine(x, float(g.scale), int(g.zero_point), 0, 255)
+                ref = layer.layer(x)
+                err += float((layer(xq) - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
+        else:
+            v = torch.from_numpy(g.observer.values())
+            vq = torch.fake_quantize_per_tensor_affine(v, float(g.scale), int(g.zero_point), 0, 255)
+            err = float((vq - v).pow(2).mean())
+        if err < best_err:
+            best, best_err = method, err
+    return best
+
+
+@torch.no_grad()
+def bias_correct(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig, batch_size: int = 128) -> dict:
+    """Empirical bias correction (Nagel et al., 2019): for each quantized layer
+    in order, shift its bias by the mean output error against the float model."""
+    split = _calibration_split(data, cfg.calibration_samples)
+    x_all = split.inputs
+    layers = qm.layers()
+    shifts = {}
+    for name, layer in layers.items():
+        outs = {}
+
+        def hook(key):
+            def fn(mod, inp, out):
+                outs[key] = out.detach()
+            return fn
+
+        h = layer.register_forward_hook(hook("cur"))
+        qm.set_mode("off")
+        qm(*x_all)
+        ref = outs["cur"]
+        qm.set_mode("quant")
+        qm(*x_all)
+        got = outs["cur"]
+        h.remove()
+        dims = [0] + list(range(2, ref.ndim))
+        delta = (got - ref).mean(dim=dims)
+        lin = layer.layer
+        if lin.bias is None:
+            lin.bias = nn.Parameter(torch.zeros(delta.shape[0]))
+        lin.bias.data -= delta
+        shifts[name] = float(delta.abs().max())
+    return shifts
+
+
+# ----------------------------------------------------------------------------- export
+
+def export_qdq(qm: QuantizedModel, data: DataBundle, path, *, opset: int = 17, check: bool = True):
+    """Export the fake-quant model as int8 QDQ ONNX: int8 weight initializers,
+    int32 biases. Checks (1) ONNX Runtime with graph optimisations off (pure
+    QDQ arithmetic) matches the PyTorch fake-quant model tightly, and (2) the
+    optimised int8 session agrees on the task (top-1 / cosine)."""
+    import contextlib
+    import warnings
+
+    import onnx
+
+    from ..export.onnx import Parity, check_parity
+    from .onnx_passes import fold_weight_quantize, optimized_op_types, quantize_biases
+
+    qm.eval()
+    ex = data.example_inputs(2)
+    buf = io.BytesIO()
+    axes = {n: {0: "batch", **data.dynamic_axes.get(n, {})} for n in data.input_names}
+    axes["output"] = {0: "batch"}
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(qm, ex, buf, input_names=list(data.input_names), output_names=["output"],
+                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"int8 ONNX export failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
+    model = onnx.load_from_string(buf.getvalue())
+    fold_weight_quantize(model)
+    quantize_biases(model)
+    blob = model.SerializeToString()
+    ops = optimized_op_types(blob)
+    kernels = sorted({o for o in ops if o in INT8_KERNELS})
+    qm.info["ort_int8_kernels"] = kernels
+    qm.info["ort_float_compute_ops"] = sorted({o for o in ops if o in ("Conv", "Gemm", "MatMul", "FusedConv",
+                                                                      "FusedGemm", "FusedMatMul")})
+    parity = None
+    if check:
+        tight = _qdq_parity(qm, blob, data)
+        qm.info["parity_qdq_reference"] = tight.to_dict()
+        if not tight.ok:
+            raise ExportError(f"int8 ONNX does not match the fake-quant model: max abs err {tight.max_abs_err:.3g}; "
+                              "nothing was written")
+        parity = check_parity(qm, blob, data, atol=float("inf"), min_cosine=0.99)
+        qm.info["parity_int8_kernels"] = parity.to_dict()
+        if not parity.ok or (parity.agree_top1 is not None and parity.agree_top1 < 0.95):
+            raise ExportError(f"int8 ONNX Runtime output disagrees with PyTorch (cosine {parity.cosine:.4f}, top-1 "
+                              f"agreement {parity.agree_top1}); nothing was written")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(blob)
+    return parity
+
+
+@torch.no_grad()
+def _qdq_parity(qm, blob: bytes, data: DataBundle):
+    from ..export.onnx import Parity, ort_run, ort_session
+
+    sess = ort_session(blob, threads=2, optimize=False)
+    split = data.test.slice(0, min(64, len(data.test)))
+    ref = qm(*split.inputs).float().numpy()
+    got = ort_run(sess, split.inputs)
+    err = float(np.abs(ref - got).max())
+    a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+    cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+    # the two differ only by float rounding at quantization boundaries: allow a few output quanta
+    atol = 1e-3 * max(1.0, float(np.abs(ref).max())) + 0.02 * float(np.abs(ref).max())
+    return Parity(err, cos, len(split), atol, 0.999)
+
+
+# ----------------------------------------------------------------------------- technique
+
+@register_technique("quantize.int8_static", StaticQuantConfig, needs=("calibration_data",),
+                    summary="int8 static PTQ (per-channel weights, calibrated u8 activations) -> ONNX QDQ int8")
+def int8_static(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> QuantizedModel:
+    """int8 static PTQ: fold BN, (equalize), calibrate, bias-correct, fake-quant model exporting to QDQ."""
+    keep = 64 if cfg.calibrator == "auto" or "auto" in cfg.per_layer.values() else 0
+    qm = prepare_static(model, cfg, keep_inputs=keep)
+    calibrate(qm, ctx.data, cfg)
+    if cfg.bias_correction:
+        qm.info["bias_correction_max_shift"] = bias_correct(qm, ctx.data, cfg)
+    if qm.info.get("weight_range_reason"):
+        ctx.note(qm.info["weight_range_reason"])
+    ctx.note("PyTorch timings of a quantized model measure its fake-quant simulation; the deployable int8 model is "
+             "the ONNX file, run by ONNX Runtime's integer kernels")
+    ctx.note(f"int8 static: {len(qm.info['quantized_layers'])} layers quantized; calibrators: "
+             + ", ".join(f"{k}={v}" for k, v in qm.info["calibrators"].items()))
+    return qm
