@@ -299,23 +299,22 @@ def bias_correct(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig, b
     split = _calibration_split(data, cfg.calibration_samples)
     x_all = split.inputs
     layers = qm.layers()
-    shifts = {}
-    for name, layer in layers.items():
-        outs = {}
-
-        def hook(key):
-            def fn(mod, inp, out):
-                outs[key] = out.detach()
-            return fn
-
-        h = layer.register_forward_hook(hook("cur"))
-        qm.set_mode("off")
-        qm(*x_all)
-        ref = outs["cur"]
-        qm.set_mode("quant")
-        qm(*x_all)
-        got = outs["cur"]
+    # the float reference stays untouched: corrected biases must not leak into it
+    ref_model = copy.deepcopy(qm)
+    ref_model.set_mode("off")
+    refs, outs = {}, {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=n: refs.__setitem__(k, o.detach()))
+             for n, m in ref_model.layers().items()]
+    ref_model(*x_all)
+    for h in hooks:
         h.remove()
+    shifts = {}
+    qm.set_mode("quant")
+    for name, layer in layers.items():
+        h = layer.register_forward_hook(lambda mod, i, o: outs.__setitem__("cur", o.detach()))
+        qm(*x_all)
+        h.remove()
+        ref, got = refs[name], outs["cur"]
         dims = [0] + list(range(2, ref.ndim))
         delta = (got - ref).mean(dim=dims)
         lin = layer.layer

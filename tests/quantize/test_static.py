@@ -1,0 +1,126 @@
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkit.core import Context
+from slimkit.core.errors import ConfigError, DataError
+from slimkit.export import ort_run, ort_session
+from slimkit.quantize.onnx_passes import optimized_op_types
+from slimkit.quantize.static import StaticQuantConfig, int8_static
+from slimkit.zoo.data import DataBundle, DataSplit
+
+
+def _acc(out, data):
+    return float((np.asarray(out).argmax(1) == data.test.targets.numpy()).mean())
+
+
+@pytest.mark.parametrize("name,data_name,max_drop", [("digits_cnn", "digits", 0.003), ("mnist1d_cnn", "mnist1d", 0.005),
+                                                      ("digits_mlp", "digits", 0.005)])
+def test_int8_static_floor_size_and_integer_kernels(name, data_name, max_drop, request, tmp_path):
+    model, data = request.getfixturevalue(name), request.getfixturevalue(data_name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    qm = int8_static(model, StaticQuantConfig(calibrator="auto"), Context(data=data))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), "the user's model was mutated"
+    fp = _acc(model(*data.test.inputs).detach(), data)
+    out = tmp_path / "q.onnx"
+    qm.slimkit_export(data, out)
+    q = _acc(ort_run(ort_session(out), data.test.inputs), data)
+    assert q >= fp - max_drop, (fp, q)
+    fp_file = tmp_path / "fp.onnx"
+    from slimkit.export import export_onnx
+
+    export_onnx(model, data, fp_file)
+    assert out.stat().st_size <= 0.3 * fp_file.stat().st_size
+    ops = optimized_op_types(out.read_bytes())
+    assert "QLinearConv" in ops or "QGemm" in ops
+    assert not {"Conv", "Gemm", "FusedConv", "FusedGemm", "MatMul"} & set(ops), ops  # no float fallback
+    # weights are stored as int8
+    m = onnx.load(str(out))
+    int8 = sum(np.prod(i.dims) for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8)
+    assert int8 > 0.95 * sum(p.numel() for n, p in model.named_parameters() if "weight" in n and p.ndim > 1)
+
+
+def test_int8_onnx_matches_fake_quant_model_tightly(digits_cnn, digits, tmp_path):
+    qm = int8_static(digits_cnn, StaticQuantConfig(calibrator="minmax"), Context(data=digits))
+    out = tmp_path / "q.onnx"
+    qm.slimkit_export(digits, out)
+    ref = qm(*digits.test.slice(0, 100).inputs).detach().numpy()
+    # QDQ arithmetic (no ORT fusions) must equal the PyTorch fake-quant simulation up to float rounding
+    got = ort_run(ort_session(out, optimize=False), digits.test.slice(0, 100).inputs)
+    assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
+    # the integer kernels agree on every prediction
+    got_int = ort_run(ort_session(out), digits.test.slice(0, 100).inputs)
+    assert (got_int.argmax(1) == ref.argmax(1)).all()
+    assert qm.info["parity_qdq_reference"]["ok"]
+
+
+def test_full_range_weights_saturate_on_avx2_and_parity_catches_it(digits_cnn, digits, tmp_path):
+    from slimkit.evaluate.environment import cpu_info
+    from slimkit.core.errors import ExportError
+
+    c = cpu_info()
+    if not c["avx2"] or c["avx512_vnni"] or c["avx_vnni"]:
+        pytest.skip("the u8 x s8 saturation only happens on AVX2 without VNNI")
+    qm = int8_static(digits_cnn, StaticQuantConfig(calibrator="minmax", weight_range="full", bias_correction=False),
+                     Context(data=digits))
+    with pytest.raises(ExportError, match="disagrees"):
+        qm.slimkit_export(digits, tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_bias_correction_reduces_output_mean_error(mnist1d_cnn, mnist1d):
+    cfg = dict(calibrator="minmax", weight_bits=4)
+    plain = int8_static(mnist1d_cnn, StaticQuantConfig(bias_correction=False, **cfg), Context(data=mnist1d))
+    corr = int8_static(mnist1d_cnn, StaticQuantConfig(bias_correction=True, **cfg), Context(data=mnist1d))
+    x = mnist1d.calib.inputs
+    ref = mnist1d_cnn(*x).detach()
+    e_plain = (plain(*x).detach() - ref).mean(0).abs().mean()
+    e_corr = (corr(*x).detach() - ref).mean(0).abs().mean()
+    assert e_corr < e_plain
+
+
+def test_cross_layer_equalization_keeps_function():
+    from slimkit.quantize.equalize import cross_layer_equalize
+    from slimkit.quantize.graph import trace
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                        nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        net[0].weight[:4] *= 50  # badly balanced channels
+    gm = trace(copy.deepcopy(net))
+    pairs = cross_layer_equalize(gm)
+    assert len(pairs) == 2
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(gm(x), net(x), rtol=1e-4, atol=1e-4)
+    r = gm.get_submodule("0").weight.abs().flatten(1).amax(1)
+    r0 = net[0].weight.abs().flatten(1).amax(1)
+    assert (r.max() / r.min()) < (r0.max() / r0.min()) / 5
+
+
+def test_bad_input(digits_cnn, digits):
+    tiny = DataBundle("tiny", "classification", None, DataSplit(digits.test.inputs[0][:1], digits.test.targets[:1]),
+                      calib=DataSplit(digits.test.inputs[0][:1]))
+    with pytest.raises(DataError, match="at least 2"):
+        int8_static(digits_cnn, StaticQuantConfig(), Context(data=tiny))
+    with pytest.raises(ConfigError, match="calibrator"):
+        StaticQuantConfig(calibrator="magic")
+    with pytest.raises(ConfigError, match="do not exist"):
+        int8_static(digits_cnn, StaticQuantConfig(targets={"include": ["features.99"]}), Context(data=digits))
+    broken = copy.deepcopy(digits_cnn)
+    with torch.no_grad():
+        broken.classifier[1].weight[0, 0] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        int8_static(broken, StaticQuantConfig(), Context(data=digits))
+
+
+def test_targets_keep_layers_float(digits_cnn, digits):
+    qm = int8_static(digits_cnn, StaticQuantConfig(calibrator="minmax", targets={"exclude": ["classifier.5"]}),
+                     Context(data=digits))
+    assert "classifier.5" not in qm.info["quantized_layers"]
+    assert "features.0" in qm.info["quantized_layers"]
