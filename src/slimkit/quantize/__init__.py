@@ -1,7 +1,9 @@
 """Quantization: schemes, calibrators, fake-quant modules, static and dynamic PTQ, exported to int8 ONNX."""
 from .calibrate import CALIBRATORS, Observer
 from .scheme import QScheme, compute_qparams, dequantize, fake_quant, quantize, sqnr_db
+from .dynamic import DynamicQuantConfig, DynQuantModel, int8_dynamic
 from .static import QuantizedModel, StaticQuantConfig, int8_static
 
 __all__ = ["CALIBRATORS", "Observer", "QScheme", "compute_qparams", "dequantize", "fake_quant", "quantize", "sqnr_db",
-           "QuantizedModel", "StaticQuantConfig", "int8_static"]
+           "QuantizedModel", "StaticQuantConfig", "int8_static", "DynamicQuantConfig", "DynQuantModel",
+           "int8_dynamic"]

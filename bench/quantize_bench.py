@@ -1,0 +1,139 @@
+"""Quantization benchmark: slimkit vs the stock quantizers, side by side in one run.
+
+    python bench/quantize_bench.py [--threads 1] [--only digits-cnn,mnist1d-cnn,minilm]
+
+Peers: ONNX Runtime's quantize_static (QDQ, default settings, same calibration
+samples) for the CNNs, ONNX Runtime's quantize_dynamic (default settings) and
+torch.ao's quantize_dynamic for MiniLM. Every ONNX variant is timed
+interleaved with the fp32 file in the same process; ratios are variant / fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("SLIMKIT_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from slimkit.core import Context  # noqa: E402
+from slimkit.evaluate import Candidate, compare  # noqa: E402
+from slimkit.evaluate.metrics import fidelity  # noqa: E402
+from slimkit.export import export_onnx  # noqa: E402
+from slimkit.load import resolve  # noqa: E402
+from slimkit.quantize import DynamicQuantConfig, StaticQuantConfig, int8_dynamic, int8_static  # noqa: E402
+
+
+def ort_static_peer(fp32: Path, out: Path, data) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{data.input_names[0]: x[0].numpy()} for x, _ in data.calib.batches(1)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ)
+
+
+def table(res: dict, metric: str, extra: dict) -> str:
+    base = res["baseline"]
+    rows = ["| variant | size (MB) | size vs fp32 | " + metric + " | ORT b1 ms | b1 vs fp32 | ORT bN ms | bN vs fp32 | note |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for lbl, m in res["metrics"].items():
+        r = res["ratios"].get(lbl, {})
+        val = m.get(metric)
+        if metric == "fidelity_cos_mean":
+            val_s = f"{val:.4f} / min {m['fidelity_cos_min']:.4f} / NN {m['nn_top1']:.3f}"
+        else:
+            val_s = f"{100 * val:.2f}%"
+        rows.append(f"| {lbl} | {m['size_bytes'] / 1e6:.3f} | {r.get('size_bytes', 1.0):.3f} | {val_s} | "
+                    f"{m['latency_ms_p50_b1']:.3f} | {r.get('latency_ms_p50_b1', 1.0):.2f} | {m['latency_ms_p50_bN']:.2f} | "
+                    f"{r.get('latency_ms_p50_bN', 1.0):.2f} | {extra.get(lbl, '')} |")
+    return "\n".join(rows)
+
+
+def cnn(name: str, work: Path, threads: int) -> str:
+    lm, data = resolve(f"zoo:{name}")
+    fp = work / f"{name}-fp32.onnx"
+    export_onnx(lm.model, data, fp)
+    peer = work / f"{name}-ort-static.onnx"
+    ort_static_peer(fp, peer, data)
+    t0 = time.perf_counter()
+    qm = int8_static(lm.model, StaticQuantConfig(calibrator="auto"), Context(data=data))
+    ours = work / f"{name}-slimkit-int8.onnx"
+    qm.slimkit_export(data, ours)
+    cost = time.perf_counter() - t0
+    res = compare([Candidate("fp32", None, fp), Candidate("ORT quantize_static (default)", None, peer),
+                   Candidate("slimkit int8_static", None, ours)], data, workdir=work / "cmp", threads=threads,
+                  measure_memory=False)
+    extra = {"slimkit int8_static": f"{cost:.1f} s to quantize; kernels {','.join(qm.info['ort_int8_kernels'])}"}
+    return f"### {name} (batch N = {res['settings']['batch_N']}, {threads} thread(s))\n\n" + table(res, "accuracy", extra)
+
+
+def minilm(work: Path, threads: int) -> str:
+    from onnxruntime.quantization import quantize_dynamic
+
+    lm, data = resolve("zoo:minilm")
+    fp = work / "minilm-fp32.onnx"
+    export_onnx(lm.model, data, fp)
+    peer = work / "minilm-ort-dynamic.onnx"
+    quantize_dynamic(str(fp), str(peer))
+    t0 = time.perf_counter()
+    qm = int8_dynamic(lm.model, DynamicQuantConfig(), Context(data=data))
+    ours = work / "minilm-slimkit-int8.onnx"
+    qm.slimkit_export(data, ours)
+    cost = time.perf_counter() - t0
+    res = compare([Candidate("fp32", None, fp), Candidate("ORT quantize_dynamic (default)", None, peer),
+                   Candidate("slimkit int8_dynamic", None, ours)], data, workdir=work / "cmp", threads=threads,
+                  measure_memory=False)
+    extra = {"slimkit int8_dynamic": f"{cost:.1f} s end to end (calibration + export + parity)"}
+    out = f"### minilm (batch N = {res['settings']['batch_N']}, {threads} thread(s))\n\n" + table(res, "fidelity_cos_mean", extra)
+    ours_b1 = res["metrics"]["slimkit int8_dynamic"]["latency_ms_p50_b1"]
+    peer_b1 = res["metrics"]["ORT quantize_dynamic (default)"]["latency_ms_p50_b1"]
+    out += f"\n\nslimkit vs ORT quantize_dynamic, batch-1 latency: {ours_b1 / peer_b1:.2f}x (same run)\n"
+    # torch.ao dynamic quantization (PyTorch runtime only: it does not export to ONNX)
+    tq = torch.ao.quantization.quantize_dynamic(lm.model, {torch.nn.Linear}, dtype=torch.qint8)
+    with torch.inference_mode():
+        ref = torch.cat([lm.model(*x) for x, _ in data.test.batches(64)]).numpy()
+        got = torch.cat([tq(*x) for x, _ in data.test.batches(64)]).numpy()
+        x1 = data.example_inputs(1)
+        times = {"fp32": [], "tq": []}
+        torch.set_num_threads(threads)
+        for _ in range(5):
+            lm.model(*x1), tq(*x1)
+        for _ in range(30):
+            for k, m in (("fp32", lm.model), ("tq", tq)):
+                t = time.perf_counter()
+                m(*x1)
+                times[k].append(time.perf_counter() - t)
+    f = fidelity(got, ref)
+    out += (f"\ntorch.ao quantize_dynamic (PyTorch runtime): cos mean {f['fidelity_cos_mean']:.4f} / min "
+            f"{f['fidelity_cos_min']:.4f} / NN {f['nn_top1']:.3f}; PyTorch batch-1 latency "
+            f"{np.median(times['tq']) * 1e3:.2f} ms vs fp32 {np.median(times['fp32']) * 1e3:.2f} ms "
+            f"({np.median(times['tq']) / np.median(times['fp32']):.2f}x)\n")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default="digits-cnn,mnist1d-cnn,minilm")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        for name in a.only.split(","):
+            print(minilm(work, a.threads) if name == "minilm" else cnn(name, work, a.threads))
+            print()
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

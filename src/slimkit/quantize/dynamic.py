@@ -1,0 +1,352 @@
+"""Dynamic int8 quantization: weights int8 offline (per output channel),
+activations quantized at run time per tensor. For Linear layers (MatMul in
+ONNX, incl. every transformer projection) and embeddings (Gather), so that
+transformer files really shrink. SmoothQuant-style migration (Xiao et al.,
+2023) moves activation outliers into the weights first.
+
+Works on the exported ONNX graph (no tracing of the PyTorch model needed), so
+Hugging Face models quantize as they are; a PyTorch simulation with the same
+arithmetic is kept for accuracy work and the parity check."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core.config import Config, check_choice, check_range
+from ..core.context import Context
+from ..core.errors import ConfigError, DataError, ExportError
+from ..core.io import atomic_path
+from ..core.progress import track
+from ..core.registry import register_technique
+from ..core.targets import Targets
+from ..zoo.data import DataBundle
+from .static import INT8_KERNELS, _check_finite_weights, weight_range_for_cpu
+
+
+@dataclasses.dataclass
+class DynamicQuantConfig(Config):
+    """int8 dynamic quantization of Linear/MatMul weights (and embeddings)."""
+
+    per_channel: bool = True
+    weight_range: str = "auto"  # auto | full | reduced (7-bit s8) | u8 (full 8-bit, u8 x u8 kernels)
+    embeddings: bool = True  # word-embedding tables as int8 rows (Gather)
+    smoothquant_alpha: float = 0.5  # 0 disables the migration
+    # SmoothQuant where the input comes from a LayerNorm with outlier channels (BERT-style Q/K/V and FFN-in)
+    smooth: Targets = dataclasses.field(default_factory=lambda: Targets(
+        include=["re:(attention\\.self\\.(query|key|value)|intermediate\\.dense)$"], types=["Linear"]))
+    keep_float: list = dataclasses.field(default_factory=list)  # Linear layer names (or re:) kept in fp32
+    calibration_samples: int = 128
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear"]))
+
+    def validate(self) -> None:
+        check_choice("weight_range", self.weight_range, ("auto", "full", "reduced", "u8"))
+        check_range("smoothquant_alpha", self.smoothquant_alpha, 0, 1)
+        if self.calibration_samples < 2:
+            raise ConfigError(f"calibration_samples={self.calibration_samples}: need at least 2")
+        for attr in ("targets", "smooth"):
+            if isinstance(getattr(self, attr), (dict, list, str)):
+                setattr(self, attr, Targets.from_dict(getattr(self, attr)))
+
+
+def _wq(w: torch.Tensor, qmax: int, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes and scales of a [out, in] weight, per output row."""
+    amax = w.abs().amax(1) if per_channel else w.abs().max().expand(w.shape[0])
+    scale = (amax / qmax).clamp(min=1e-12)
+    q = torch.clamp(torch.round(w / scale[:, None]), -qmax, qmax)
+    return q, scale
+
+
+def _dyn_act(x: torch.Tensor) -> torch.Tensor:
+    """ONNX DynamicQuantizeLinear semantics: u8, range = [min(x,0), max(x,0)] over the whole tensor."""
+    lo = torch.clamp(x.min(), max=0.0)
+    hi = torch.clamp(x.max(), min=0.0)
+    scale = ((hi - lo) / 255.0).clamp(min=1e-12)
+    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    q = torch.clamp(torch.round(x / scale) + zp, 0, 255)
+    y = (q - zp) * scale
+    return x + (y - x).detach()
+
+
+class DynQuantLinear(nn.Module):
+    """Linear with an optional SmoothQuant input scale; simulates dynamic int8 when ``sim`` is on."""
+
+    def __init__(self, linear: nn.Linear, qmax: int, per_channel: bool, smooth: torch.Tensor | None = None):
+        super().__init__()
+        w = linear.weight.detach().clone()
+        if smooth is not None:
+            w = w * smooth[None, :]
+            self.register_buffer("inv_smooth", (1.0 / smooth).float())
+        else:
+            self.inv_smooth = None
+        self.weight = nn.Parameter(w)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        self.qmax, self.per_channel, self.sim = qmax, per_channel, True
+
+    def forward(self, x):
+        if self.inv_smooth is not None:
+            x = x * self.inv_smooth
+        if not self.sim:
+            return F.linear(x, self.weight, self.bias)
+        q, s = _wq(self.weight, self.qmax, self.per_channel)
+        return F.linear(_dyn_act(x), q * s[:, None], self.bias)
+
+
+class DynQuantEmbedding(nn.Module):
+    def __init__(self, emb: nn.Embedding):
+        super().__init__()
+        self.weight = nn.Parameter(emb.weight.detach().clone())
+        self.padding_idx = emb.padding_idx
+        self.sim = True
+
+    def forward(self, ids):
+        w = self.weight
+        if self.sim:
+            q, s = _wq(w, 127, True)
+            w = q * s[:, None]
+        return F.embedding(ids, w, self.padding_idx)
+
+
+class DynQuantModel(nn.Module):
+    def __init__(self, model: nn.Module, info: dict, cfg: DynamicQuantConfig):
+        super().__init__()
+        self.model = model
+        self.info = info
+        self.cfg = cfg
+        if hasattr(model, "source_dir"):
+            self.source_dir = model.source_dir
+
+    def forward(self, *x):
+        return self.model(*x)
+
+    def set_sim(self, on: bool) -> None:
+        for m in self.model.modules():
+            if isinstance(m, (DynQuantLinear, DynQuantEmbedding)):
+                m.sim = on
+
+    @property
+    def slimkit_metrics(self) -> dict:
+        return {"quantization": self.info}
+
+    def slimkit_export(self, data: DataBundle, path, **kw):
+        return export_dynamic(self, data, path, **kw)
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+@torch.no_grad()
+def _act_absmax(model: nn.Module, names: list[str], data: DataBundle, n: int) -> dict[str, torch.Tensor]:
+    split = data.calib.slice(0, min(n, len(data.calib)))
+    stats: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in names:
+        def fn(mod, inp, out, k=name):
+            a = inp[0].detach().abs().reshape(-1, inp[0].shape[-1]).amax(0)
+            stats[k] = a if k not in stats else torch.maximum(stats[k], a)
+        hooks.append(model.get_submodule(name).register_forward_hook(fn))
+    for x, _ in track(list(split.batches(32)), "calibrate (smoothquant)"):
+        model(*x)
+    for h in hooks:
+        h.remove()
+    return stats
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    import re
+
+    return any((p.startswith("re:") and re.search(p[3:], name)) or p == name for p in patterns)
+
+
+@register_technique("quantize.int8_dynamic", DynamicQuantConfig, needs=("calibration_data",),
+                    summary="int8 dynamic quantization of Linear/MatMul + embeddings, SmoothQuant -> ONNX integer MatMul")
+def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> DynQuantModel:
+    """Dynamic int8 (weights offline, activations at run time), per-channel, with SmoothQuant migration."""
+    _check_finite_weights(model)
+    data = ctx.data
+    if data is None or data.calib is None or len(data.calib) < 2:
+        raise DataError("dynamic quantization calibrates SmoothQuant scales on at least 2 samples; give calibration data")
+    m = copy.deepcopy(model).eval()
+    wr, note = (cfg.weight_range, "") if cfg.weight_range != "auto" else weight_range_for_cpu()
+    qmax = 63 if wr == "reduced" else 127
+    linears = [(n, mod) for n, mod in cfg.targets.select(m) if isinstance(mod, nn.Linear)
+               and not _matches(n, cfg.keep_float)]
+    if not linears:
+        raise ConfigError("no Linear layer matched the targets; nothing to quantize")
+    smooth_names = [n for n, _ in cfg.smooth.select(m, strict=False)] if cfg.smoothquant_alpha > 0 else []
+    smooth_names = [n for n in smooth_names if n in dict(linears)]
+    stats = _act_absmax(m, smooth_names, data, cfg.calibration_samples) if smooth_names else {}
+    for name, lin in linears:
+        s = None
+        if name in stats:
+            a = cfg.smoothquant_alpha
+            wmax = lin.weight.detach().abs().amax(0).clamp(min=1e-5)
+            s = (stats[name].clamp(min=1e-5) ** a / wmax ** (1 - a)).clamp(min=1e-2, max=1e2)
+        _set(m, name, DynQuantLinear(lin, qmax, cfg.per_channel, s))
+    embs = []
+    if cfg.embeddings:
+        for name, mod in list(m.named_modules()):
+            if isinstance(mod, nn.Embedding) and mod.num_embeddings >= 256:
+                _set(m, name, DynQuantEmbedding(mod))
+                embs.append(name)
+    info = {"scheme": f"int8 dynamic: weights s8 symmetric {'per-channel' if cfg.per_channel else 'per-tensor'} "
+                      f"({'7' if qmax == 63 else '8'}-bit codes), activations u8 per tensor at run time",
+            "weight_range": wr, "weight_range_reason": note, "quantized_layers": [n for n, _ in linears],
+            "float_layers": [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)
+                             and n not in dict(linears)],
+            "smoothquant": {"alpha": cfg.smoothquant_alpha, "layers": list(stats)}, "int8_embeddings": embs}
+    if note:
+        ctx.note(note)
+    ctx.note(f"int8 dynamic: {len(linears)} Linear layers, {len(embs)} embedding tables, SmoothQuant on {len(stats)}")
+    return DynQuantModel(m, info, cfg)
+
+
+# ----------------------------------------------------------------------------- ONNX rewriting
+
+def _plain_gemm(n) -> bool:
+    """Gemm that is a plain x @ W (+ b): alpha = beta = 1, no transA."""
+    for a in n.attribute:
+        if (a.name in ("alpha", "beta") and abs(a.f - 1.0) > 1e-12) or (a.name == "transA" and a.i):
+            return False
+    return True
+
+
+def _index(arrays) -> dict:
+    out: dict = {}
+    for a in arrays:
+        out.setdefault((a.shape, float(a.reshape(-1)[:64].sum())), []).append(a)
+    return out
+
+
+def _known(idx: dict, a: np.ndarray) -> bool:
+    return any(np.array_equal(a, b) for b in idx.get((a.shape, float(a.reshape(-1)[:64].sum())), []))
+
+
+def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool, weights=None, tables=None,
+                          weight_u8: bool = False) -> dict:
+    """Rewrite MatMul(x, W const) -> DynamicQuantizeLinear + MatMulInteger + scale
+    (fused by ONNX Runtime into DynamicQuantizeMatMul), and Gather(E const, ids)
+    -> int8 rows with a gathered per-row scale."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .onnx_passes import Graph, prune_unused, topo_sort
+
+    G = Graph(model)
+    new_nodes, done, gathers = [], 0, 0
+    for n in list(G.g.node):
+        gemm = n.op_type == "Gemm" and n.input[1] in G.inits and _plain_gemm(n)
+        if (n.op_type == "MatMul" or gemm) and n.input[1] in G.inits:
+            w = numpy_helper.to_array(G.inits[n.input[1]])  # [K, N] (Gemm with transB: [N, K])
+            if gemm and any(a.name == "transB" and a.i == 1 for a in n.attribute):
+                w = w.T.copy()
+            if w.ndim != 2 or (weights is not None and not _known(weights, w)):
+                continue
+            final_out = n.output[0]
+            has_bias = gemm and len(n.input) > 2 and n.input[2]
+            t = torch.from_numpy(w.T.copy())
+            q, s = _wq(t, qmax, per_channel)
+            base = n.name or n.output[0]
+            if weight_u8:  # u8 x u8 kernels do not saturate on AVX2: full 8-bit codes, zero point 128
+                qn = G.add_init(base + "_Wq", (q.numpy().T + 128).astype(np.uint8).copy())
+                zn = [G.add_init(base + "_Wzp", np.full(q.shape[0], 128, np.uint8))]
+            else:
+                qn = G.add_init(base + "_Wq", q.numpy().T.astype(np.int8).copy())
+                zn = []
+            sn = G.add_init(base + "_Wscale", s.numpy().astype(np.float32))
+            x = n.input[0]
+            xq, xs, xz = base + "_xq", base + "_xscale", base + "_xzp"
+            mm, mf, sc = base + "_mmi", base + "_mmf", base + "_scale"
+            new_nodes += [
+                helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=base + "_dql"),
+                helper.make_node("MatMulInteger", [xq, qn, xz] + zn, [mm], name=base + "_mmi"),
+                helper.make_node("Cast", [mm], [mf], name=base + "_cast", to=TensorProto.FLOAT),
+                helper.make_node("Mul", [xs, sn], [sc], name=base + "_scalemul"),
+                helper.make_node("Mul", [mf, sc], [base + "_prebias" if has_bias else final_out], name=base + "_out"),
+            ]
+            if has_bias:
+                new_nodes.append(helper.make_node("Add", [base + "_prebias", n.input[2]], [final_out], name=base + "_bias"))
+            G.g.node.remove(n)
+            done += 1
+        elif embeddings and n.op_type == "Gather" and n.input[0] in G.inits:
+            e = numpy_helper.to_array(G.inits[n.input[0]])
+            if e.ndim != 2 or e.shape[0] < 256 or (tables is not None and not _known(tables, e)):
+                continue
+            q, s = _wq(torch.from_numpy(e.copy()), 127, True)
+            base = n.name or n.output[0]
+            qn = G.add_init(base + "_Eq", q.numpy().astype(np.int8))
+            sn = G.add_init(base + "_Escale", s.numpy().astype(np.float32).reshape(-1, 1))
+            gq, gs, gf = base + "_gq", base + "_gs", base + "_gf"
+            new_nodes += [
+                helper.make_node("Gather", [qn, n.input[1]], [gq], name=base + "_gather_q", axis=0),
+                helper.make_node("Gather", [sn, n.input[1]], [gs], name=base + "_gather_s", axis=0),
+                helper.make_node("Cast", [gq], [gf], name=base + "_cast", to=TensorProto.FLOAT),
+                helper.make_node("Mul", [gf, gs], [n.output[0]], name=base + "_deq"),
+            ]
+            G.g.node.remove(n)
+            gathers += 1
+    G.g.node.extend(new_nodes)
+    topo_sort(model)
+    prune_unused(model)
+    return {"matmuls": done, "gathers": gathers}
+
+
+def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17, check: bool = True):
+    import onnx
+
+    from ..export.onnx import Parity, _to_bytes, check_parity, ort_run, ort_session
+    from .onnx_passes import optimized_op_types
+
+    qm.eval()
+    qm.set_sim(False)
+    try:
+        blob = _to_bytes(qm, data.example_inputs(2), data.input_names, data.dynamic_axes, opset)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"ONNX export failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
+    finally:
+        qm.set_sim(True)
+    model = onnx.load_from_string(blob)
+    qmax = 63 if qm.info["weight_range"] == "reduced" else 127
+    weight_u8 = qm.info["weight_range"] == "u8"
+    # rewrite exactly the layers the PyTorch model quantized (found by their weight values: names are lost)
+    weights = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules() if isinstance(m, DynQuantLinear)])
+    tables = _index([m.weight.detach().numpy() for m in qm.model.modules() if isinstance(m, DynQuantEmbedding)])
+    counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), weights, tables, weight_u8)
+    n_lin = sum(isinstance(m, DynQuantLinear) for m in qm.model.modules())
+    if counts["matmuls"] == 0:
+        raise ExportError(f"none of the {n_lin} quantized Linear layers was found in the ONNX graph; "
+                          "the model's export does not map onto its layers")
+    qm.info["layers_unused_in_graph"] = n_lin - counts["matmuls"]
+    blob = model.SerializeToString()
+    ops = optimized_op_types(blob)
+    qm.info["onnx_rewrites"] = counts
+    qm.info["ort_int8_kernels"] = sorted({o for o in ops if o in INT8_KERNELS})
+    qm.info["ort_float_matmuls"] = sum(o in ("MatMul", "FusedMatMul", "Gemm") for o in ops)
+    parity = None
+    if check:
+        with torch.no_grad():
+            split = data.test.slice(0, min(32, len(data.test)))
+            ref = qm(*split.inputs).float().numpy()
+            got = ort_run(ort_session(blob, threads=2, optimize=False), split.inputs)
+        a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+        cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+        # rounding-boundary flips compound through deep transformers: 0.995 is still a few quanta per output
+        tight = Parity(float(np.abs(ref - got).max()), cos, len(split), float("inf"), 0.995)
+        qm.info["parity_qdq_reference"] = tight.to_dict()
+        if not tight.ok:
+            raise ExportError(f"dynamic int8 ONNX does not match its PyTorch simulation (cosine {cos:.4f}); nothing written")
+        parity = check_parity(qm, blob, data, atol=float("inf"), min_cosine=0.98)
+        qm.info["parity_int8_kernels"] = parity.to_dict()
+        if not parity.ok:
+            raise ExportError(f"int8 ONNX Runtime output disagrees with PyTorch (cosine {parity.cosine:.4f}); "
+                              "nothing was written")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(blob)
+    return parity

@@ -1,0 +1,66 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkit.core import Context
+from slimkit.core.errors import ConfigError
+from slimkit.evaluate.metrics import fidelity
+from slimkit.export import export_onnx, ort_run, ort_session
+from slimkit.quantize import DynamicQuantConfig, int8_dynamic
+from slimkit.quantize.onnx_passes import optimized_op_types
+
+
+def test_dynamic_on_mlp_shrinks_runs_integer_and_keeps_accuracy(digits_mlp, digits, tmp_path):
+    qm = int8_dynamic(digits_mlp, DynamicQuantConfig(smoothquant_alpha=0.5, smooth={"types": ["Linear"]}),
+                      Context(data=digits))
+    out, fp = tmp_path / "q.onnx", tmp_path / "fp.onnx"
+    qm.slimkit_export(digits, out)
+    export_onnx(digits_mlp, digits, fp)
+    assert out.stat().st_size < 0.3 * fp.stat().st_size
+    ops = optimized_op_types(out.read_bytes())
+    assert {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"} & set(ops), ops
+    acc_fp = (digits_mlp(*digits.test.inputs).argmax(1) == digits.test.targets).float().mean().item()
+    acc_q = float((ort_run(ort_session(out), digits.test.inputs).argmax(1) == digits.test.targets.numpy()).mean())
+    assert acc_q >= acc_fp - 0.01
+    # ONNX arithmetic equals the PyTorch simulation
+    x = digits.test.slice(0, 50).inputs
+    np.testing.assert_allclose(ort_run(ort_session(out, optimize=False), x), qm(*x).detach().numpy(), atol=1e-3)
+
+
+def test_keep_float_and_unknown_targets(digits_mlp, digits):
+    qm = int8_dynamic(digits_mlp, DynamicQuantConfig(keep_float=["net.7"]), Context(data=digits))
+    assert "net.7" in qm.info["float_layers"] and "net.1" in qm.info["quantized_layers"]
+    with pytest.raises(ConfigError, match="do not exist"):
+        int8_dynamic(digits_mlp, DynamicQuantConfig(targets={"include": ["net.42"]}), Context(data=digits))
+    with pytest.raises(ConfigError, match="weight_range"):
+        DynamicQuantConfig(weight_range="int3")
+
+
+def test_smoothquant_preserves_float_function():
+    from slimkit.quantize.dynamic import DynQuantLinear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8)
+    s = torch.rand(16) * 10 + 0.1
+    dq = DynQuantLinear(lin, 127, True, s)
+    dq.sim = False
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(dq(x), lin(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_minilm_int8_fidelity_floor(minilm, sentences, tmp_path):
+    qm = int8_dynamic(minilm, DynamicQuantConfig(), Context(data=sentences))
+    out = tmp_path / "m.onnx"
+    qm.slimkit_export(sentences, out)
+    assert out.stat().st_size < 24e6  # from 90 MB fp32
+    with torch.no_grad():
+        ref = torch.cat([minilm(*x) for x, _ in sentences.test.batches(100)]).numpy()
+    sess = ort_session(out)
+    got = np.concatenate([ort_run(sess, x) for x, _ in sentences.test.batches(100)])
+    f = fidelity(got, ref)
+    assert f["fidelity_cos_mean"] >= 0.99 and f["fidelity_cos_min"] >= 0.93
+    m = onnx.load(str(out))
+    assert sum(i.data_type == onnx.TensorProto.INT8 for i in m.graph.initializer) >= 36
