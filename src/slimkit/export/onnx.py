@@ -100,6 +100,14 @@ def export_onnx(model: nn.Module, data: DataBundle, out: str | os.PathLike, *, o
     return parity
 
 
+def output_error(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """Maximum absolute error and the minimum per-sample cosine between two output batches."""
+    err = float(np.max(np.abs(ref - got)))
+    a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+    cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+    return err, cos
+
+
 @torch.no_grad()
 def check_parity(model: nn.Module, onnx_model, data: DataBundle, *, samples: int = 64, atol: Optional[float] = None,
                  min_cosine: float = 0.9999) -> Parity:
@@ -109,9 +117,7 @@ def check_parity(model: nn.Module, onnx_model, data: DataBundle, *, samples: int
     got = ort_run(sess, split.inputs).astype(np.float32)
     if ref.shape != got.shape:
         raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}")
-    err = float(np.max(np.abs(ref - got)))
-    a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-    cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+    err, cos = output_error(ref, got)
     scale = float(np.max(np.abs(ref))) or 1.0
     tol = atol if atol is not None else 1e-4 * max(1.0, scale)
     agree = float(np.mean(ref.argmax(-1) == got.argmax(-1))) if data.task == "classification" else None

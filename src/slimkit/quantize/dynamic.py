@@ -301,7 +301,7 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
 def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17, check: bool = True):
     import onnx
 
-    from ..export.onnx import Parity, _to_bytes, check_parity, ort_run, ort_session
+    from ..export.onnx import Parity, _to_bytes, check_parity, ort_run, ort_session, output_error
     from .onnx_passes import optimized_op_types
 
     qm.eval()
@@ -335,10 +335,9 @@ def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17
             split = data.test.slice(0, min(32, len(data.test)))
             ref = qm(*split.inputs).float().numpy()
             got = ort_run(ort_session(blob, threads=2, optimize=False), split.inputs)
-        a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-        cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+        err, cos = output_error(ref, got)
         # rounding-boundary flips compound through deep transformers: 0.995 is still a few quanta per output
-        tight = Parity(float(np.abs(ref - got).max()), cos, len(split), float("inf"), 0.995)
+        tight = Parity(err, cos, len(split), float("inf"), 0.995)
         qm.info["parity_qdq_reference"] = tight.to_dict()
         if not tight.ok:
             raise ExportError(f"dynamic int8 ONNX does not match its PyTorch simulation (cosine {cos:.4f}); nothing written")

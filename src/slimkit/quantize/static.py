@@ -380,15 +380,13 @@ def export_qdq(qm: QuantizedModel, data: DataBundle, path, *, opset: int = 17, c
 
 @torch.no_grad()
 def _qdq_parity(qm, blob: bytes, data: DataBundle):
-    from ..export.onnx import Parity, ort_run, ort_session
+    from ..export.onnx import Parity, ort_run, ort_session, output_error
 
     sess = ort_session(blob, threads=2, optimize=False)
     split = data.test.slice(0, min(64, len(data.test)))
     ref = qm(*split.inputs).float().numpy()
     got = ort_run(sess, split.inputs)
-    err = float(np.abs(ref - got).max())
-    a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-    cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+    err, cos = output_error(ref, got)
     # the two differ only by float rounding at quantization boundaries: allow a few output quanta
     atol = 1e-3 * max(1.0, float(np.abs(ref).max())) + 0.02 * float(np.abs(ref).max())
     return Parity(err, cos, len(split), atol, 0.999)
