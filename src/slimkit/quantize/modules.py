@@ -114,10 +114,15 @@ class QuantLayer(nn.Module):
         self.w_log_scale = nn.Parameter(self.w_scale.clone().log())
 
     def freeze(self) -> None:
+        """End QAT: fix the learned scales and keep every weight inside the scheme's code range."""
         if self.learnable:
             self.w_scale.copy_(self.w_log_scale.detach().exp())
             self.learnable = False
             del self.w_log_scale
+        s = self.w_scale.reshape([-1] + [1] * (self.layer.weight.ndim - 1))
+        with torch.no_grad():
+            self.layer.weight.copy_(torch.maximum(torch.minimum(self.layer.weight, s * self.scheme.qmax),
+                                                  s * self.scheme.qmin))
 
     def refresh(self) -> None:
         """Recompute weight qparams after the float weights changed."""

@@ -410,3 +410,52 @@ def int8_static(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> Quant
     ctx.note(f"int8 static: {len(qm.info['quantized_layers'])} layers quantized; calibrators: "
              + ", ".join(f"{k}={v}" for k, v in qm.info["calibrators"].items()))
     return qm
+
+
+@dataclasses.dataclass
+class QATConfig(StaticQuantConfig):
+    """Quantization-aware training: static PTQ as the start, then fine-tuning
+    through the fake-quant ops (straight-through estimator) with learnable
+    scales (LSQ), recovering with distillation from the original model."""
+
+    weight_bits: int = 4
+    calibrator: str = "mse"
+    bias_correction: bool = False
+    epochs: int = 5
+    lr: float = 5e-4
+    learn_scales: bool = True
+    method: str = "kd"  # kd | plain
+    temperature: float = 4.0
+    alpha: float = 0.5
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("method", self.method, ("kd", "plain"))
+        if self.epochs < 1:
+            raise ConfigError(f"epochs={self.epochs}: QAT needs at least 1 epoch")
+
+
+@register_technique("quantize.qat", QATConfig, needs=("calibration_data", "train_data", "teacher"),
+                    summary="quantization-aware training (STE, learnable LSQ scales, KD recovery) -> ONNX QDQ int8")
+def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> QuantizedModel:
+    """QAT: calibrate like PTQ, then train through the fake-quant ops, then freeze."""
+    from ..distill.trainer import recover
+    from ..pipeline.recipe import Finetune
+
+    qm = prepare_static(model, cfg)
+    calibrate(qm, ctx.data, cfg)
+    if cfg.learn_scales:
+        for q in qm.layers().values():
+            q.make_learnable()
+        for g in {id(a.group): a.group for a in qm.act_quants()}.values():
+            g.make_learnable()
+    recover(qm, ctx, Finetune(method=cfg.method, epochs=cfg.epochs, lr=cfg.lr, temperature=cfg.temperature,
+                              alpha=cfg.alpha))
+    for q in qm.layers().values():
+        q.freeze()
+    for g in {id(a.group): a.group for a in qm.act_quants()}.values():
+        g.freeze()
+    qm.eval()
+    qm.info["qat"] = {"epochs": cfg.epochs, "learned_scales": cfg.learn_scales, "recovery": cfg.method}
+    ctx.note(f"QAT: {cfg.weight_bits}-bit weights, {cfg.epochs} epochs of {cfg.method} fine-tuning through fake-quant")
+    return qm
