@@ -123,9 +123,12 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
                        "seconds": round(time.perf_counter() - t0, 2),
                        "metrics": quick_metrics(work, data, ref), "notes": ctx.notes[notes_before:]})
 
+    qinfo = getattr(work, "info", None)
     report: dict = {"model": model_spec or type(model).__name__, "data": data.name, "task": data.task,
                     "recipe": recipe.to_dict(), "stages": stages, "notes": list(ctx.notes),
                     "energy_source": ENERGY_SOURCE}
+    if isinstance(qinfo, dict) and qinfo.get("sensitivity"):
+        report["sensitivity"] = qinfo["sensitivity"]
     tmp = Path(tempfile.mkdtemp(prefix=".slimkit-", dir=str(out_dir.parent) if out_dir else None))
     try:
         export_artifact(work, data, tmp / "model.onnx")

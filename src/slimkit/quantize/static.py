@@ -60,6 +60,7 @@ class StaticQuantConfig(Config):
     quantize_output: bool = False  # quantize the logits too
     calibration_samples: int = 256
     per_layer: dict = dataclasses.field(default_factory=dict)  # layer -> calibrator
+    per_layer_bits: dict = dataclasses.field(default_factory=dict)  # layer -> weight bits (2-8), or 32 = keep float
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
 
     def validate(self) -> None:
@@ -71,6 +72,9 @@ class StaticQuantConfig(Config):
             raise ConfigError(f"calibration_samples={self.calibration_samples}: need at least 2")
         for k, v in self.per_layer.items():
             check_choice(f"per_layer[{k}]", v, CALIBRATORS + ("auto",))
+        for k, v in self.per_layer_bits.items():
+            if v != 32:
+                check_range(f"per_layer_bits[{k}]", v, 2, 8)
         if isinstance(self.targets, dict):
             self.targets = Targets.from_dict(self.targets)
 
@@ -137,8 +141,12 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
     if wr == "auto":
         wr, note = weight_range_for_cpu()
     wbits = min(cfg.weight_bits, 7) if wr == "reduced" else cfg.weight_bits
-    wscheme = QScheme(bits=wbits, symmetric=True, signed=True,
-                      granularity="per_channel" if cfg.per_channel else "per_tensor", axis=0, narrow=True)
+
+    def wscheme_for(name: str) -> QScheme:
+        b = cfg.per_layer_bits.get(name, cfg.weight_bits)
+        b = min(b, 7) if wr == "reduced" else b
+        return QScheme(bits=b, symmetric=True, signed=True,
+                       granularity="per_channel" if cfg.per_channel else "per_tensor", axis=0, narrow=True)
     ascheme = QScheme(bits=8, symmetric=False, signed=False)
     selected = {n for n, _ in cfg.targets.select(gm, strict=False)}
     missing = [p for p in cfg.targets.include if not p.startswith("re:") and p not in dict(model.named_modules())
@@ -198,7 +206,9 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
         mod = G.module_of(gm, node)
         if not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             continue
-        G.set_module(gm, node.target, QuantLayer(mod, wscheme))
+        if cfg.per_layer_bits.get(node.target, 0) >= 16:
+            continue  # kept in float by the precision plan
+        G.set_module(gm, node.target, QuantLayer(mod, wscheme_for(node.target)))
         quantized.append(node.target)
         src = node.args[0]
         if isinstance(src, fx.Node):
@@ -223,6 +233,8 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
     gm.recompile()
     info = {"scheme": "int8 static: weights s8 symmetric " + ("per-channel" if cfg.per_channel else "per-tensor")
                       + f" ({wbits}-bit codes), activations u8 asymmetric per-tensor",
+            "weight_bits": {n: (min(cfg.per_layer_bits.get(n, cfg.weight_bits), 7) if wr == "reduced"
+                                else cfg.per_layer_bits.get(n, cfg.weight_bits)) for n in quantized},
             "weight_range": wr, "weight_range_reason": note, "folded_batchnorm": folded,
             "equalized_pairs": pairs, "quantized_layers": quantized,
             "float_layers": [n for n, m in gm.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))

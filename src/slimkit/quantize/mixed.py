@@ -1,0 +1,129 @@
+"""Layer-wise mixed precision ("hierarchical quantization"): measure each
+layer's sensitivity (quantize it alone to low bits, or keep it alone in
+float), then choose per layer fp32 / int8 / low-bit weights so that the task
+metric drop stays within a budget.
+
+Storage note: ONNX QuantizeLinear/QLinearConv take 8-bit tensors, so low-bit
+codes are stored in int8 containers: the file does not shrink below int8, the
+codes (and the energy estimate) do. Packed int4 storage is tracked separately.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..core.config import check_range
+from ..core.context import Context
+from ..core.errors import ConfigError
+from ..core.progress import track
+from ..core.registry import register_technique
+from ..evaluate.metrics import task_metrics
+from .static import QuantizedModel, StaticQuantConfig, bias_correct, calibrate, prepare_static
+
+
+@dataclasses.dataclass
+class MixedPrecisionConfig(StaticQuantConfig):
+    low_bits: int = 4
+    max_drop: float = 0.005  # largest allowed drop of the task metric (accuracy or cosine), absolute
+    min_sqnr_db: float = 25.0  # and the model output must keep this signal-to-quantization-noise ratio
+    eval_samples: int = 512
+    calibrator: str = "mse"
+
+    def validate(self) -> None:
+        super().validate()
+        check_range("low_bits", self.low_bits, 2, 7)
+        check_range("max_drop", self.max_drop, 0, 1)
+        check_range("min_sqnr_db", self.min_sqnr_db, 0, 100)
+        if self.calibrator == "auto":
+            raise ConfigError("mixed precision evaluates many plans: pick one calibrator (mse, percentile, ...) not auto")
+
+
+def _score(model: nn.Module, split, data, ref) -> tuple[float, float]:
+    """(task metric, output SQNR in dB against the float model)."""
+    with torch.no_grad():
+        out = torch.cat([model(*x) for x, _ in split.batches(256)]).float().numpy()
+    m = task_metrics(out, _view(data, split), ref)
+    sqnr = float(10 * np.log10(np.mean(ref ** 2) / max(np.mean((out - ref) ** 2), 1e-30)))
+    return m.get("accuracy", m.get("fidelity_cos_mean")), sqnr
+
+
+def _view(data, split):
+    d = copy.copy(data)
+    d.test = split
+    return d
+
+
+@register_technique("quantize.mixed_precision", MixedPrecisionConfig, needs=("calibration_data", "train_data"),
+                    summary="per-layer sensitivity, then fp32 / int8 / low-bit weights per layer within a metric-drop budget")
+def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -> QuantizedModel:
+    """Sensitivity analysis + greedy bit allocation under ``max_drop``."""
+    data = ctx.data
+    # evaluation on held-in training samples (not the test split, which stays untouched for the report)
+    g = torch.Generator().manual_seed(ctx.seed)
+    idx = torch.randperm(len(data.train), generator=g)[: cfg.eval_samples]
+    split = data.train.take(idx)
+    with torch.no_grad():
+        ref_out = torch.cat([model.eval()(*x) for x, _ in split.batches(256)]).float().numpy()
+    base_score = _score(model, split, data, ref_out)[0]
+
+    def build(plan: dict) -> QuantizedModel:
+        c = dataclasses.replace(cfg, per_layer_bits=plan, bias_correction=False)
+        qm = prepare_static(model, c)
+        calibrate(qm, data, c)
+        return qm
+
+    def drop(plan: dict) -> tuple[float, float]:
+        score, sqnr = _score(build(plan), split, data, ref_out)
+        return base_score - score, sqnr
+
+    def within(d) -> bool:
+        return d[0] <= cfg.max_drop and d[1] >= cfg.min_sqnr_db
+
+    layers = build({}).info["quantized_layers"]
+    params = {n: m.weight.numel() for n, m in model.named_modules() if n in layers}
+    rows = []
+    lb = cfg.low_bits
+    for name in track(layers, "sensitivity"):
+        d_low, s_low = drop({name: lb})
+        d_fp, s_fp = drop({name: 32})
+        rows.append({"layer": name, "params": params.get(name, 0), f"drop_int{lb}": round(d_low, 5),
+                     f"sqnr_db_int{lb}": round(s_low, 2), "drop_int8_rest_this_fp32": round(d_fp, 5),
+                     "sqnr_db_int8_rest_this_fp32": round(s_fp, 2)})
+    plan: dict = {}
+    current = drop(plan)
+    # 1) if int8 everywhere is over budget, keep the layers whose float copy helps most in float
+    for r in sorted(rows, key=lambda r: -r["sqnr_db_int8_rest_this_fp32"]):
+        if within(current):
+            break
+        plan[r["layer"]] = 32
+        current = drop(plan)
+    # 2) lower the least sensitive layers first (highest SQNR when alone at low bits) while the budget holds
+    for r in sorted(rows, key=lambda r: -r[f"sqnr_db_int{lb}"]):
+        if r["layer"] in plan:
+            continue
+        trial = dict(plan, **{r["layer"]: lb})
+        d = drop(trial)
+        if within(d):
+            plan, current = trial, d
+    final = dataclasses.replace(cfg, per_layer_bits=plan)
+    qm = prepare_static(model, final)
+    calibrate(qm, data, final)
+    if cfg.bias_correction:
+        bias_correct(qm, data, final)
+    bits = {n: plan.get(n, 8) for n in layers}
+    for r in rows:
+        r["chosen_bits"] = bits[r["layer"]]
+    total = sum(params.values())
+    eff = sum(params[n] * (32 if b == 32 else b) for n, b in bits.items()) / max(1, total)
+    qm.info.update(sensitivity=rows, precision_plan=bits, effective_weight_bits=round(eff, 2),
+                   measured_drop=round(current[0], 5), output_sqnr_db=round(current[1], 2),
+                   budget={"max_drop": cfg.max_drop, "min_sqnr_db": cfg.min_sqnr_db})
+    ctx.note(f"mixed precision: {sum(b == cfg.low_bits for b in bits.values())} layer(s) at {cfg.low_bits} bits, "
+             f"{sum(b == 32 for b in bits.values())} in fp32, the rest int8; drop {current[0]:.4f}, output SQNR "
+             f"{current[1]:.1f} dB on {len(split)} training samples (budget: drop <= {cfg.max_drop}, SQNR >= "
+             f"{cfg.min_sqnr_db} dB); low-bit codes are stored in int8 containers")
+    return qm

@@ -1,0 +1,39 @@
+"""Every registered technique, with its default config, on a zoo model: it runs through a recipe stage, leaves the
+user's model alone, exports to ONNX that ONNX Runtime runs, and keeps accuracy."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from slimkit.core import Context, list_techniques
+from slimkit.export import ort_run, ort_session
+from slimkit.pipeline.runner import export_artifact
+
+TECHS = [t for t in list_techniques() if not t.name.startswith("test.")]
+
+
+def test_registry_lists_the_built_in_families():
+    names = {t.name for t in TECHS}
+    assert {"quantize.int8_static", "quantize.int8_dynamic", "quantize.qat", "quantize.mixed_precision"} <= names
+    for t in TECHS:
+        assert t.summary and t.config_cls().to_dict()["version"] >= 1
+
+
+@pytest.mark.parametrize("tech", TECHS, ids=lambda t: t.name)
+def test_technique_contract(tech, digits_mlp, digits, tmp_path):
+    before = copy.deepcopy(digits_mlp.state_dict())
+    cfg = tech.config_cls()
+    if hasattr(cfg, "epochs"):
+        cfg.epochs = 1
+    ctx = Context(data=digits, teacher=copy.deepcopy(digits_mlp).eval())
+    for need in tech.needs:
+        assert ctx.has(need)
+    out = tech.apply(digits_mlp, cfg, ctx)
+    for k, v in digits_mlp.state_dict().items():
+        assert torch.equal(v, before[k])
+    x = digits.test.inputs
+    assert out(*x).shape == digits_mlp(*x).shape
+    export_artifact(out, digits, tmp_path / "m.onnx")
+    got = ort_run(ort_session(tmp_path / "m.onnx"), x)
+    assert float((np.asarray(got).argmax(1) == digits.test.targets.numpy()).mean()) >= 0.95
