@@ -27,7 +27,8 @@ from slimkit.evaluate import Candidate, compare  # noqa: E402
 from slimkit.evaluate.metrics import fidelity  # noqa: E402
 from slimkit.export import export_onnx  # noqa: E402
 from slimkit.load import resolve  # noqa: E402
-from slimkit.quantize import DynamicQuantConfig, StaticQuantConfig, int8_dynamic, int8_static  # noqa: E402
+from slimkit.quantize import (DynamicQuantConfig, Int4WeightConfig, StaticQuantConfig, int4_weights,  # noqa: E402
+                              int8_dynamic, int8_static)
 
 
 def ort_static_peer(fp32: Path, out: Path, data) -> None:
@@ -91,10 +92,16 @@ def minilm(work: Path, threads: int) -> str:
     ours = work / "minilm-slimkit-int8.onnx"
     qm.slimkit_export(data, ours)
     cost = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    q4m = int4_weights(lm.model, Int4WeightConfig(group_size=64), Context(data=data))
+    ours4 = work / "minilm-slimkit-int4.onnx"
+    q4m.slimkit_export(data, ours4)
+    cost4 = time.perf_counter() - t0
     res = compare([Candidate("fp32", None, fp), Candidate("ORT quantize_dynamic (default)", None, peer),
-                   Candidate("slimkit int8_dynamic", None, ours)], data, workdir=work / "cmp", threads=threads,
-                  measure_memory=False)
-    extra = {"slimkit int8_dynamic": f"{cost:.1f} s end to end (calibration + export + parity)"}
+                   Candidate("slimkit int8_dynamic", None, ours), Candidate("slimkit int4_weights g64", None, ours4)],
+                  data, workdir=work / "cmp", threads=threads, measure_memory=False)
+    extra = {"slimkit int8_dynamic": f"{cost:.1f} s end to end (calibration + export + parity)",
+             "slimkit int4_weights g64": f"{cost4:.1f} s; MatMulNBits"}
     out = f"### minilm (batch N = {res['settings']['batch_N']}, {threads} thread(s))\n\n" + table(res, "fidelity_cos_mean", extra)
     ours_b1 = res["metrics"]["slimkit int8_dynamic"]["latency_ms_p50_b1"]
     peer_b1 = res["metrics"]["ORT quantize_dynamic (default)"]["latency_ms_p50_b1"]

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+import torch
+
+from slimkit.core import Context
+from slimkit.core.errors import ConfigError
+from slimkit.export import ort_run, ort_session
+from slimkit.quantize import DynamicQuantConfig, Int4WeightConfig, int4_weights, int8_dynamic
+from slimkit.quantize.int4 import _pack, dq4, q4
+from slimkit.quantize.onnx_passes import optimized_op_types
+
+
+def test_q4_codes_groups_and_packing():
+    torch.manual_seed(0)
+    w = torch.randn(8, 64)
+    q, s = q4(w, 32)
+    assert q.min() >= -8 and q.max() <= 7 and s.shape == (8, 2)
+    err = (dq4(q, s, 32) - w).abs()
+    assert err.max() <= s.max() * 1.01  # within one step even with clipping
+    p = _pack(q.numpy())
+    assert p.shape == (8, 32) and p.dtype == np.uint8
+    lo, hi = (p & 15).astype(int) - 8, (p >> 4).astype(int) - 8
+    assert (lo == q.numpy()[:, 0::2]).all() and (hi == q.numpy()[:, 1::2]).all()
+    with pytest.raises(ConfigError, match="not divisible"):
+        q4(torch.randn(4, 48), 32)
+    with pytest.raises(ConfigError, match="group_size"):
+        Int4WeightConfig(group_size=48)
+
+
+def test_int4_file_is_about_half_of_int8_and_runs_matmulnbits(digits_mlp, digits, tmp_path):
+    q8 = int8_dynamic(digits_mlp, DynamicQuantConfig(smoothquant_alpha=0), Context(data=digits))
+    q8.slimkit_export(digits, tmp_path / "q8.onnx")
+    q4m = int4_weights(digits_mlp, Int4WeightConfig(group_size=64), Context(data=digits))
+    q4m.slimkit_export(digits, tmp_path / "q4.onnx")
+    s8, s4 = (tmp_path / "q8.onnx").stat().st_size, (tmp_path / "q4.onnx").stat().st_size
+    assert s4 < 0.65 * s8, (s4, s8)
+    assert "MatMulNBits" in optimized_op_types((tmp_path / "q4.onnx").read_bytes())
+    x = digits.test.inputs
+    got = ort_run(ort_session(tmp_path / "q4.onnx"), x)
+    np.testing.assert_allclose(got, q4m(*x).detach().numpy(), atol=1e-3, rtol=1e-3)
+    acc_fp = (digits_mlp(*x).argmax(1) == digits.test.targets).float().mean().item()
+    assert float((got.argmax(1) == digits.test.targets.numpy()).mean()) >= acc_fp - 0.02
