@@ -26,3 +26,15 @@ def test_demo_writes_all_artifacts_with_all_keys(tmp_path):
     # re-rendering from the json works
     res = CliRunner().invoke(app, ["--quiet", "report", str(out)])
     assert res.exit_code == 0, res.output
+
+
+def test_mixed_precision_recipe_puts_sensitivity_in_reports(tmp_path):
+    out = tmp_path / "mp"
+    res = CliRunner().invoke(app, ["--quiet", "compress", "zoo:digits-mlp", "--recipe", "mixed-precision", "--out",
+                                   str(out), "--runs", "20"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert len(rep["sensitivity"]) == 4 and {"layer", "sqnr_db_int4", "chosen_bits"} <= set(rep["sensitivity"][0])
+    assert "## Per-layer sensitivity" in (out / "report.md").read_text()
+    assert rep["compressed"]["accuracy"] >= rep["baseline"]["accuracy"] - 0.01
+    assert rep["compressed"]["quantization"]["precision_plan"]

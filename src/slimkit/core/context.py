@@ -43,7 +43,9 @@ class Context:
         if need == "calibration_data":
             return d is not None and d.calib is not None and len(d.calib) > 1
         if need == "train_data":
-            return d is not None and d.train is not None and len(d.train) > 0 and d.train.targets is not None
+            # embedding models learn from the teacher's outputs: no labels needed
+            return (d is not None and d.train is not None and len(d.train) > 0
+                    and (d.train.targets is not None or d.task == "embedding"))
         if need == "eval_data":
             return d is not None and d.test is not None and len(d.test) > 0
         raise KeyError(need)
