@@ -68,6 +68,9 @@ def quick_metrics(model: nn.Module, data: DataBundle, ref: Optional[np.ndarray])
 
 def export_artifact(model: nn.Module, data: DataBundle, path: Path):
     """Models that need a special ONNX form (e.g. int8 QDQ) carry ``slimkit_export``."""
+    finalize = getattr(model, "slimkit_finalize", None)
+    if callable(finalize):
+        model = finalize()
     fn = getattr(model, "slimkit_export", None)
     if callable(fn):
         return fn(data, path)
@@ -118,6 +121,9 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
             from ..distill.trainer import recover
 
             work = recover(work, ctx, stage.finetune)
+        finalize = getattr(work, "slimkit_finalize", None)
+        if callable(finalize):  # e.g. make pruning masks permanent once recovery is done
+            work = finalize()
         stages.append({"name": stage.name, "techniques": [s.type for s in stage.techniques],
                        "finetune": stage.finetune.to_dict() if stage.finetune else None,
                        "seconds": round(time.perf_counter() - t0, 2),

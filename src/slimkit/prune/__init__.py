@@ -1,0 +1,7 @@
+"""Pruning: importance criteria, schedules, unstructured and N:M masks."""
+from .importance import CRITERIA, accumulate_gradients, bn_scale, magnitude, random, taylor
+from .schedule import agp
+from .unstructured import MagnitudePruneConfig, PrunedModel, layer_sparsity, magnitude_prune, nm_mask
+
+__all__ = ["CRITERIA", "accumulate_gradients", "bn_scale", "magnitude", "random", "taylor", "agp",
+           "MagnitudePruneConfig", "PrunedModel", "layer_sparsity", "magnitude_prune", "nm_mask"]

@@ -1,0 +1,125 @@
+"""Unstructured and N:M pruning with masks (torch.nn.utils.prune keeps them
+through fine-tuning); masks are made permanent before export."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as tprune
+
+from ..core.config import Config, check_choice, check_range
+from ..core.context import Context
+from ..core.errors import ConfigError
+from ..core.registry import register_technique
+from ..core.targets import Targets
+from .importance import CRITERIA, accumulate_gradients
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the n highest of every m consecutive weights along the input dimension."""
+    w = score.reshape(score.shape[0], -1)
+    if w.shape[1] % m:
+        raise ConfigError(f"input size {w.shape[1]} is not divisible by M={m} for {n}:{m} sparsity")
+    g = w.reshape(w.shape[0], -1, m)
+    idx = g.topk(n, dim=-1).indices
+    mask = torch.zeros_like(g).scatter_(-1, idx, 1.0)
+    return mask.reshape(score.shape)
+
+
+@dataclasses.dataclass
+class MagnitudePruneConfig(Config):
+    """Unstructured pruning to ``sparsity`` by an importance criterion, layer-wise or global; or N:M."""
+
+    sparsity: float = 0.5
+    scope: str = "global"  # global | layer
+    criterion: str = "magnitude"  # magnitude | l2 | taylor | random
+    pattern: str = ""  # "" (unstructured) or "N:M", e.g. "2:4"
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
+
+    def validate(self) -> None:
+        check_range("sparsity", self.sparsity, 0, 1, hi_open=True)
+        check_choice("scope", self.scope, ("global", "layer"))
+        check_choice("criterion", self.criterion, ("magnitude", "l1", "l2", "taylor", "random"))
+        if self.pattern:
+            try:
+                n, m = (int(v) for v in self.pattern.split(":"))
+            except ValueError:
+                raise ConfigError(f"pattern={self.pattern!r}: write N:M, e.g. 2:4") from None
+            if not 0 < n < m:
+                raise ConfigError(f"pattern={self.pattern!r}: need 0 < N < M")
+        if isinstance(self.targets, (dict, list, str)):
+            self.targets = Targets.from_dict(self.targets)
+
+
+class PrunedModel(nn.Module):
+    """The pruned model with live masks (fine-tuning keeps pruned weights at zero)."""
+
+    def __init__(self, model: nn.Module, info: dict):
+        super().__init__()
+        self.model, self.info = model, info
+
+    def forward(self, *x):
+        return self.model(*x)
+
+    def slimkit_finalize(self) -> nn.Module:
+        """Make the masks permanent: a plain model with zeros, no reparametrization left."""
+        # in place: modules under torch's pruning reparametrization cannot be deep-copied
+        for mod in self.model.modules():
+            if hasattr(mod, "weight_mask"):
+                tprune.remove(mod, "weight")
+        return self.model
+
+
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    return {n: float((m.weight == 0).float().mean()) for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+
+
+@register_technique("prune.magnitude", MagnitudePruneConfig, needs=("example_inputs",),
+                    summary="unstructured (global or layer-wise) or N:M pruning by magnitude / Taylor / random")
+def magnitude_prune(model: nn.Module, cfg: MagnitudePruneConfig, ctx: Context) -> PrunedModel:
+    """Unstructured pruning with masks kept through fine-tuning."""
+    m = copy.deepcopy(model)
+    layers = [(n, mod) for n, mod in cfg.targets.select(m) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    if not layers:
+        raise ConfigError("no Linear/Conv layer matched the targets; nothing to prune")
+    if cfg.criterion == "taylor":
+        if ctx.data is None or ctx.data.train is None or ctx.data.train.targets is None:
+            raise ConfigError("taylor importance needs labelled training data")
+        accumulate_gradients(m, ctx.data)
+    fn = CRITERIA[cfg.criterion]
+    scores = {n: fn(mod, per="weight", seed=ctx.seed) for n, mod in layers}
+    masks = {}
+    if cfg.pattern:
+        n_, m_ = (int(v) for v in cfg.pattern.split(":"))
+        masks = {n: nm_mask(s, n_, m_) for n, s in scores.items()}
+    elif cfg.scope == "global":  # one ranking across all layers; exactly k weights removed
+        allv = torch.cat([sc.reshape(-1) for sc in scores.values()])
+        k = int(round(cfg.sparsity * allv.numel()))
+        flat = torch.ones_like(allv)
+        flat[allv.argsort()[:k]] = 0
+        off = 0
+        for n, sc in scores.items():
+            masks[n] = flat[off:off + sc.numel()].reshape(sc.shape)
+            off += sc.numel()
+    else:
+        for n, s in scores.items():
+            k = int(round(cfg.sparsity * s.numel()))
+            mask = torch.ones_like(s)
+            if k:
+                mask.view(-1)[s.reshape(-1).argsort()[:k]] = 0
+            masks[n] = mask
+    for n, mod in layers:
+        if masks[n].sum() == 0:
+            raise ConfigError(f"sparsity {cfg.sparsity} would remove every weight of {n}; lower it or use scope: layer")
+        tprune.custom_from_mask(mod, "weight", masks[n])
+    m.zero_grad(set_to_none=True)
+    total = sum(int(masks[n].numel()) for n in masks)
+    zeros = sum(int((masks[n] == 0).sum()) for n in masks)
+    info = {"sparsity": zeros / total, "pattern": cfg.pattern or "unstructured", "scope": cfg.scope,
+            "criterion": cfg.criterion, "per_layer": {n: float((masks[n] == 0).float().mean()) for n in masks}}
+    ctx.note(f"pruned {zeros:,} of {total:,} weights ({100 * zeros / total:.1f}%, {info['pattern']}, {cfg.scope}, "
+             f"{cfg.criterion}); dense ONNX files do not shrink from zeros alone: see size_bytes_zstd")
+    return PrunedModel(m, info)

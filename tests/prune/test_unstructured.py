@@ -1,0 +1,85 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkit.core import Context
+from slimkit.core.errors import ConfigError
+from slimkit.prune import MagnitudePruneConfig, agp, layer_sparsity, magnitude, magnitude_prune, nm_mask, random, taylor
+
+
+def test_importance_criteria_known_answers():
+    lin = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]]))
+    assert torch.equal(magnitude(lin), lin.weight.abs())
+    assert torch.equal(magnitude(lin, per="channel"), torch.tensor([3.5, 4.0]))
+    assert torch.equal(magnitude(lin, per="channel", p=2), torch.tensor([5.25, 10.0]))
+    grad = torch.tensor([[1.0, 0.0, 2.0], [1.0, -1.0, 0.0]])
+    assert torch.equal(taylor(lin, grad=grad), torch.tensor([[1.0, 0.0, 1.0], [0.0, 3.0, 0.0]]))
+    r1, r2 = random(lin, seed=1), random(lin, seed=1)
+    assert torch.equal(r1, r2) and r1.shape == lin.weight.shape
+
+
+def test_agp_schedule_values():
+    assert agp(0, final=0.9, end=100) == 0.0
+    assert agp(100, final=0.9, end=100) == 0.9
+    assert agp(50, final=0.9, end=100) == pytest.approx(0.9 - 0.9 * 0.5 ** 3)
+    vals = [agp(t, final=0.8, initial=0.1, start=10, end=60) for t in range(0, 70, 5)]
+    assert all(b >= a for a, b in zip(vals, vals[1:])) and vals[0] == 0.1 and vals[-1] == 0.8
+
+
+def test_nm_mask_keeps_n_of_every_m():
+    torch.manual_seed(0)
+    s = torch.rand(4, 16)
+    mk = nm_mask(s, 2, 4)
+    assert (mk.reshape(4, 4, 4).sum(-1) == 2).all()
+    kept = (s * mk).reshape(4, 4, 4)
+    dropped = (s * (1 - mk)).reshape(4, 4, 4)
+    assert (kept.max(-1).values >= dropped.max(-1).values).all()
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_sparsity_exactly_as_requested_and_model_untouched(scope, digits_cnn, digits):
+    before = copy.deepcopy(digits_cnn.state_dict())
+    pm = magnitude_prune(digits_cnn, MagnitudePruneConfig(sparsity=0.7, scope=scope), Context(data=digits))
+    plain = pm.slimkit_finalize()
+    for k, v in digits_cnn.state_dict().items():
+        assert torch.equal(v, before[k])
+    w = [m.weight for m in plain.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    total = sum(x.numel() for x in w)
+    zeros = sum(int((x == 0).sum()) for x in w)
+    assert abs(zeros - round(0.7 * total)) <= (0 if scope == "global" else len(w))
+    if scope == "layer":
+        assert all(abs(v - 0.7) < 0.01 for v in layer_sparsity(plain).values())
+    assert not any(hasattr(m, "weight_orig") for m in plain.modules())
+
+
+def test_masks_survive_finetuning_and_accuracy_recovers(digits_cnn, digits, tmp_path):
+    from slimkit.pipeline import compress
+
+    recipe = {"stages": [{"name": "prune", "techniques": [{"type": "prune.magnitude", "sparsity": 0.8}],
+                          "finetune": {"method": "kd", "epochs": 3, "lr": 0.001}}]}
+    res = compress(digits_cnn, recipe, digits, out=tmp_path / "o", runs=20)
+    m = res.model
+    sp = layer_sparsity(m)
+    w = [mod.weight for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    assert sum(int((x == 0).sum()) for x in w) / sum(x.numel() for x in w) == pytest.approx(0.8, abs=1e-3)
+    assert res.report["compressed"]["accuracy"] >= 0.985
+    assert res.report["compressed"]["params_nonzero"] < 0.25 * res.report["baseline"]["params_nonzero"]
+    # zeros make the compressed (zstd) form smaller even though the dense ONNX file is not
+    assert res.report["compressed"]["size_bytes_zstd"] < 0.5 * res.report["baseline"]["size_bytes_zstd"]
+
+
+def test_bad_pruning_configs(digits_mlp, digits):
+    with pytest.raises(ConfigError, match="sparsity=1.0"):
+        MagnitudePruneConfig(sparsity=1.0)
+    with pytest.raises(ConfigError, match="N:M"):
+        MagnitudePruneConfig(pattern="2-4")
+    with pytest.raises(ConfigError, match="do not exist"):
+        magnitude_prune(digits_mlp, MagnitudePruneConfig(targets={"include": ["net.99"]}), Context(data=digits))
+    pm = magnitude_prune(digits_mlp, MagnitudePruneConfig(pattern="2:4"), Context(data=digits))
+    w = pm.slimkit_finalize().net[1].weight  # finalize is in place on the pruned copy
+    assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
