@@ -83,3 +83,18 @@ def test_bad_pruning_configs(digits_mlp, digits):
     pm = magnitude_prune(digits_mlp, MagnitudePruneConfig(pattern="2:4"), Context(data=digits))
     w = pm.slimkit_finalize().net[1].weight  # finalize is in place on the pruned copy
     assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
+
+
+@pytest.mark.parametrize("regrow", [0.0, 0.1])
+def test_gradual_pruning_reaches_target_and_keeps_accuracy(regrow, digits_mlp, digits):
+    from slimkit.prune import GradualPruneConfig, gradual_prune
+
+    teacher = copy.deepcopy(digits_mlp).eval()
+    m = gradual_prune(digits_mlp, GradualPruneConfig(final_sparsity=0.9, epochs=4, update_every=10,
+                                                      regrow_fraction=regrow),
+                      Context(data=digits, teacher=teacher))
+    w = [mod.weight for mod in m.modules() if isinstance(mod, nn.Linear)]
+    sparsity = sum(int((x == 0).sum()) for x in w) / sum(x.numel() for x in w)
+    assert sparsity == pytest.approx(0.9, abs=2e-3)
+    acc = (m(*digits.test.inputs).argmax(1) == digits.test.targets).float().mean().item()
+    assert acc >= 0.90  # measured 0.928-0.958 after 4 epochs at 90% (fp32: 0.992); one-shot + KD does better today

@@ -13,8 +13,11 @@ from ..core.progress import track
 from .losses import embedding_loss, kd_loss
 
 
-def recover(model: nn.Module, ctx: Context, ft) -> nn.Module:
-    """Fine-tune ``model`` in place per ``ft`` (a pipeline Finetune config)."""
+def recover(model: nn.Module, ctx: Context, ft, on_step=None) -> nn.Module:
+    """Fine-tune ``model`` in place per ``ft`` (a pipeline Finetune config).
+
+    ``on_step(step, total_steps)`` runs after every optimizer step (pruning
+    schedules use it to update and re-apply their masks)."""
     data = ctx.data
     if data is None or data.train is None:
         raise ConfigError("fine-tuning needs training data; pass --data with a train split")
@@ -34,6 +37,7 @@ def recover(model: nn.Module, ctx: Context, ft) -> nn.Module:
     if teacher is not None:
         teacher.eval()
     model.train()
+    step = 0
     for _ in track(range(ft.epochs), f"fine-tune ({ft.method})"):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, ft.batch_size):
@@ -52,5 +56,8 @@ def recover(model: nn.Module, ctx: Context, ft) -> nn.Module:
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, steps)
     model.eval()
     return model

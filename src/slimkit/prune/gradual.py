@@ -1,0 +1,121 @@
+"""Gradual pruning during training: sparsity follows the AGP cubic schedule,
+masks are recomputed every few steps from the current weights; the optional
+dynamic mode (RigL-style, Evci et al. 2020) also regrows the pruned weights
+with the largest gradients, keeping the sparsity."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+import torch.nn as nn
+
+from ..core.config import Config, check_choice, check_range
+from ..core.context import Context
+from ..core.errors import ConfigError
+from ..core.registry import register_technique
+from ..core.targets import Targets
+from .schedule import agp
+
+
+@dataclasses.dataclass
+class GradualPruneConfig(Config):
+    final_sparsity: float = 0.9
+    initial_sparsity: float = 0.0
+    epochs: int = 10
+    prune_fraction_of_training: float = 0.5  # schedule ends here, the rest only recovers
+    update_every: int = 20  # optimizer steps between mask updates
+    scope: str = "global"
+    regrow_fraction: float = 0.0  # > 0: dynamic mode, share of kept weights swapped each update
+    method: str = "kd"
+    lr: float = 1e-3
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
+
+    def validate(self) -> None:
+        check_range("final_sparsity", self.final_sparsity, 0, 1, hi_open=True)
+        check_range("initial_sparsity", self.initial_sparsity, 0, self.final_sparsity)
+        check_range("prune_fraction_of_training", self.prune_fraction_of_training, 0, 1, lo_open=True)
+        check_range("regrow_fraction", self.regrow_fraction, 0, 0.5)
+        check_choice("scope", self.scope, ("global", "layer"))
+        check_choice("method", self.method, ("kd", "plain"))
+        if self.epochs < 1 or self.update_every < 1:
+            raise ConfigError("epochs and update_every must be >= 1")
+        if isinstance(self.targets, (dict, list, str)):
+            self.targets = Targets.from_dict(self.targets)
+
+
+def _masks_for(layers, sparsity: float, scope: str) -> dict:
+    if scope == "layer":
+        out = {}
+        for n, m in layers:
+            w = m.weight.detach().abs().reshape(-1)
+            k = int(round(sparsity * w.numel()))
+            mk = torch.ones_like(w)
+            if k:
+                mk[w.argsort()[:k]] = 0
+            out[n] = mk.reshape(m.weight.shape)
+        return out
+    allv = torch.cat([m.weight.detach().abs().reshape(-1) for _, m in layers])
+    k = int(round(sparsity * allv.numel()))
+    flat = torch.ones_like(allv)
+    if k:
+        flat[allv.argsort()[:k]] = 0
+    out, off = {}, 0
+    for n, m in layers:
+        out[n] = flat[off:off + m.weight.numel()].reshape(m.weight.shape)
+        off += m.weight.numel()
+    return out
+
+
+@register_technique("prune.gradual", GradualPruneConfig, needs=("train_data",),
+                    summary="gradual (AGP) pruning during KD training; optional dynamic prune-and-regrow")
+def gradual_prune(model: nn.Module, cfg: GradualPruneConfig, ctx: Context) -> nn.Module:
+    """Prune while training: AGP schedule, masks re-applied after every step."""
+    from ..distill.trainer import recover
+    from ..pipeline.recipe import Finetune
+
+    if cfg.method == "kd" and ctx.teacher is None:
+        raise ConfigError("prune.gradual with method kd needs a teacher")
+    m = copy.deepcopy(model)
+    layers = [(n, mod) for n, mod in cfg.targets.select(m) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    if not layers:
+        raise ConfigError("no Linear/Conv layer matched the targets; nothing to prune")
+    state = {"masks": {n: torch.ones_like(mod.weight) for n, mod in layers}, "sparsity": 0.0, "regrown": 0}
+
+    def on_step(step: int, total: int) -> None:
+        end = max(1, int(total * cfg.prune_fraction_of_training))
+        if step % cfg.update_every == 0 or step == end:
+            s = agp(step, final=cfg.final_sparsity, initial=cfg.initial_sparsity, start=0, end=end)
+            masks = _masks_for(layers, s, cfg.scope)
+            if cfg.regrow_fraction > 0 and step < end:
+                for n, mod in layers:
+                    g = mod.weight.grad
+                    if g is None:
+                        continue
+                    mk = masks[n].reshape(-1)
+                    pruned = (mk == 0).nonzero().reshape(-1)
+                    k = min(int(cfg.regrow_fraction * int(mk.sum())), pruned.numel())
+                    if k == 0:
+                        continue
+                    grow = pruned[g.reshape(-1)[pruned].abs().argsort(descending=True)[:k]]
+                    kept = (mk == 1).nonzero().reshape(-1)
+                    drop = kept[mod.weight.detach().reshape(-1)[kept].abs().argsort()[:k]]
+                    mk[grow], mk[drop] = 1, 0
+                    with torch.no_grad():
+                        mod.weight.view(-1)[grow] = 0.0  # regrown weights start from zero (RigL)
+                    state["regrown"] += k
+            state["masks"], state["sparsity"] = masks, s
+        with torch.no_grad():
+            for n, mod in layers:
+                mod.weight.mul_(state["masks"][n])
+
+    recover(m, ctx, Finetune(method=cfg.method, epochs=cfg.epochs, lr=cfg.lr), on_step=on_step)
+    with torch.no_grad():
+        for n, mod in layers:
+            mod.weight.mul_(state["masks"][n])
+    total = sum(mod.weight.numel() for _, mod in layers)
+    zeros = sum(int((mod.weight == 0).sum()) for _, mod in layers)
+    ctx.note(f"gradual pruning (AGP over {cfg.prune_fraction_of_training:.0%} of {cfg.epochs} epochs): "
+             f"{100 * zeros / total:.1f}% of {total:,} weights are zero"
+             + (f"; {state['regrown']:,} weights regrown on the way" if cfg.regrow_fraction else ""))
+    return m.eval()
