@@ -146,11 +146,23 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
             report.update(baseline=cmp["metrics"]["baseline"], compressed=cmp["metrics"]["compressed"],
                           ratios=cmp["ratios"]["compressed"], verdicts=cmp["verdicts"]["compressed"],
                           metric=cmp["metric"], settings=cmp["settings"], environment=cmp["environment"])
+        if measure and not callable(getattr(work, "slimkit_export", None)):
+            # float weights (pruned, fine-tuned): the .slim container is where zeros and shared values pay off
+            from ..prune.container import save_slim
+
+            c = save_slim(work, tmp / "model.slim")
+            b = save_slim(baseline, tmp / "work" / "baseline.slim")
+            report["compressed"]["size_bytes_compressed"] = c["file_bytes"]
+            report["baseline"]["size_bytes_compressed"] = b["file_bytes"]
+            report["ratios"]["size_bytes_compressed"] = c["file_bytes"] / b["file_bytes"]
+            report["compressed"]["size_ratio_compressed_vs_fp32_onnx"] = c["file_bytes"] / report["baseline"]["size_bytes"]
         shutil.rmtree(tmp / "work", ignore_errors=True)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
         report["artifacts"] = {"model.onnx": "the compressed model, ONNX", "baseline.onnx": "the original model, ONNX",
                                "report.json": "all metrics", "report.md": "summary tables",
-                               "report.html": "summary with plots", "recipe.yaml": "the resolved recipe"}
+                               "report.html": "summary with plots", "recipe.yaml": "the resolved recipe",
+                               "model.slim": "float weights in the .slim container (pruned/clustered models; "
+                                             "load with slimkit.prune.load_slim)"}
         if measure:
             write_reports(report, tmp)
         if out_dir is not None:

@@ -1,9 +1,10 @@
 """Pruning: importance criteria, schedules, unstructured and N:M masks."""
 from .importance import CRITERIA, accumulate_gradients, bn_scale, magnitude, random, taylor
+from .container import load_slim, save_slim
 from .gradual import GradualPruneConfig, gradual_prune
 from .schedule import agp
 from .unstructured import MagnitudePruneConfig, PrunedModel, layer_sparsity, magnitude_prune, nm_mask
 
 __all__ = ["CRITERIA", "accumulate_gradients", "bn_scale", "magnitude", "random", "taylor", "agp",
            "MagnitudePruneConfig", "PrunedModel", "layer_sparsity", "magnitude_prune", "nm_mask",
-           "GradualPruneConfig", "gradual_prune"]
+           "GradualPruneConfig", "gradual_prune", "load_slim", "save_slim"]
