@@ -126,8 +126,9 @@ class DynQuantModel(nn.Module):
         return self.model(*x)
 
     def set_sim(self, on: bool) -> None:
+        """Switch the quantization simulation of the wrapped layers on (default) or off (float export)."""
         for m in self.model.modules():
-            if isinstance(m, (DynQuantLinear, DynQuantEmbedding)):
+            if hasattr(m, "sim"):
                 m.sim = on
 
     @property
@@ -298,11 +299,12 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
     return {"matmuls": done, "gathers": gathers}
 
 
-def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17, check: bool = True):
+def export_float_graph(qm, data: DataBundle, opset: int, linear_cls, embedding_cls):
+    """Export the model with its simulation switched off (float weights), and index the weights of the
+    layers it quantized, so the ONNX rewrite touches exactly those (found by value: names are lost)."""
     import onnx
 
-    from ..export.onnx import Parity, _to_bytes, check_parity, ort_run, ort_session, output_error
-    from .onnx_passes import optimized_op_types
+    from ..export.onnx import _to_bytes
 
     qm.eval()
     qm.set_sim(False)
@@ -312,12 +314,20 @@ def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17
         raise ExportError(f"ONNX export failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
     finally:
         qm.set_sim(True)
-    model = onnx.load_from_string(blob)
+    weights = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules() if isinstance(m, linear_cls)])
+    tables = _index([m.weight.detach().numpy() for m in qm.model.modules() if isinstance(m, embedding_cls)])
+    return onnx.load_from_string(blob), weights, tables
+
+
+def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17, check: bool = True):
+    import onnx
+
+    from ..export.onnx import Parity, _to_bytes, check_parity, ort_run, ort_session, output_error
+    from .onnx_passes import optimized_op_types
+
+    model, weights, tables = export_float_graph(qm, data, opset, DynQuantLinear, DynQuantEmbedding)
     qmax = 63 if qm.info["weight_range"] == "reduced" else 127
     weight_u8 = qm.info["weight_range"] == "u8"
-    # rewrite exactly the layers the PyTorch model quantized (found by their weight values: names are lost)
-    weights = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules() if isinstance(m, DynQuantLinear)])
-    tables = _index([m.weight.detach().numpy() for m in qm.model.modules() if isinstance(m, DynQuantEmbedding)])
     counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), weights, tables, weight_u8)
     n_lin = sum(isinstance(m, DynQuantLinear) for m in qm.model.modules())
     if counts["matmuls"] == 0:

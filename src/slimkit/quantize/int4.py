@@ -21,7 +21,7 @@ from ..core.io import atomic_path
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..zoo.data import DataBundle
-from .dynamic import _index, _known, _matches, _plain_gemm, _set
+from .dynamic import DynQuantModel, _known, _matches, _plain_gemm, _set
 from .static import _check_finite_weights
 
 
@@ -94,24 +94,8 @@ class Int4Embedding(nn.Module):
         return F.embedding(ids, w, self.padding_idx)
 
 
-class Int4Model(nn.Module):
-    def __init__(self, model: nn.Module, info: dict, cfg: Int4WeightConfig):
-        super().__init__()
-        self.model, self.info, self.cfg = model, info, cfg
-        if hasattr(model, "source_dir"):
-            self.source_dir = model.source_dir
-
-    def forward(self, *x):
-        return self.model(*x)
-
-    def set_sim(self, on: bool) -> None:
-        for m in self.model.modules():
-            if isinstance(m, (Int4Linear, Int4Embedding)):
-                m.sim = on
-
-    @property
-    def slimkit_metrics(self) -> dict:
-        return {"quantization": self.info}
+class Int4Model(DynQuantModel):
+    """Same wrapper as the dynamic int8 model; exports to MatMulNBits instead."""
 
     def slimkit_export(self, data: DataBundle, path, **kw):
         return export_int4(self, data, path, **kw)
@@ -218,22 +202,11 @@ def rewrite_int4(model, g: int, weights: dict, tables: dict) -> dict:
 
 
 def export_int4(qm: Int4Model, data: DataBundle, path, *, opset: int = 17, check: bool = True):
-    import onnx
-
-    from ..export.onnx import _to_bytes, check_parity
+    from ..export.onnx import check_parity
+    from .dynamic import export_float_graph
     from .onnx_passes import optimized_op_types
 
-    qm.eval()
-    qm.set_sim(False)
-    try:
-        blob = _to_bytes(qm, data.example_inputs(2), data.input_names, data.dynamic_axes, opset)
-    except Exception as e:  # noqa: BLE001
-        raise ExportError(f"ONNX export failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
-    finally:
-        qm.set_sim(True)
-    model = onnx.load_from_string(blob)
-    weights = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules() if isinstance(m, Int4Linear)])
-    tables = _index([m.weight.detach().numpy() for m in qm.model.modules() if isinstance(m, Int4Embedding)])
+    model, weights, tables = export_float_graph(qm, data, opset, Int4Linear, Int4Embedding)
     counts = rewrite_int4(model, qm.cfg.group_size, weights, tables)
     if counts["matmulnbits"] == 0:
         raise ExportError("none of the int4 Linear layers was found in the ONNX graph")
