@@ -45,7 +45,6 @@ def ort_static_peer(fp32: Path, out: Path, data) -> None:
 
 
 def table(res: dict, metric: str, extra: dict) -> str:
-    base = res["baseline"]
     rows = ["| variant | size (MB) | size vs fp32 | " + metric + " | ORT b1 ms | b1 vs fp32 | ORT bN ms | bN vs fp32 | note |",
             "|---|---|---|---|---|---|---|---|---|"]
     for lbl, m in res["metrics"].items():

@@ -10,6 +10,7 @@ import typer
 
 from .core.errors import SlimkitError
 from .core.progress import info, set_quiet
+from .report.writer import jsonable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="slimkit: make trained PyTorch models small and fast, and prove it with measurements.\n\n"
@@ -148,17 +149,23 @@ def profile(model: str = typer.Argument(..., help="MODEL spec (see slimkit --hel
       slimkit profile zoo:minilm --json > minilm.json
       slimkit profile mypkg.models:build --data npz:data.npz --threads 2
     """
-    import tempfile
-
-    from .evaluate.compare import Candidate, compare
+    from .evaluate.compare import Candidate
     from .load import resolve
 
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
+    _measure([Candidate(lm.name, lm.model, lm.onnx_path)], bundle, threads, batch, runs, as_json)
+
+
+def _measure(cands, bundle, threads: int, batch: Optional[int], runs: int, as_json: bool) -> None:
+    """Shared by profile and bench: measure side by side in a scratch folder, print JSON or a table."""
+    import tempfile
+
+    from .evaluate.compare import compare
+
     with tempfile.TemporaryDirectory() as d:
-        res = compare([Candidate(lm.name, lm.model, lm.onnx_path)], bundle, workdir=d, threads=threads, batch=batch,
-                      runs=runs)
+        res = compare(cands, bundle, workdir=d, threads=threads, batch=batch, runs=runs)
     if as_json:
-        typer.echo(json.dumps(_jsonable(res), indent=2))
+        typer.echo(json.dumps(jsonable(res), indent=2))
     else:
         _print_table(res)
 
@@ -183,25 +190,18 @@ def bench(models: List[str] = typer.Argument(..., help="Two or more MODEL specs 
       slimkit bench zoo:digits-cnn out/model.onnx --data zoo:digits
       slimkit bench fp32.onnx int8.onnx peer_int8.onnx --data zoo:minilm --batch 1
     """
-    import tempfile
-
-    from .evaluate.compare import Candidate, compare
+    from .evaluate.compare import Candidate
     from .load import load_data, load_model
 
     loaded = [load_model(m, trust_pickle=trust_pickle) for m in models]
-    bundle = load_data(data, model=next((lm for lm in loaded if lm.default_data), None)) if data or any(
-        lm.default_data for lm in loaded) else load_data(None)
+    # without --data, the first model that has its own data set decides (load_data explains when none has)
+    bundle = load_data(data, model=next((lm for lm in loaded if lm.default_data), None))
     labels, cands = set(), []
     for i, lm in enumerate(loaded):
         lbl = lm.name if lm.name not in labels else f"{lm.name}#{i}"
         labels.add(lbl)
         cands.append(Candidate(lbl, lm.model, lm.onnx_path))
-    with tempfile.TemporaryDirectory() as d:
-        res = compare(cands, bundle, workdir=d, threads=threads, batch=batch, runs=runs)
-    if as_json:
-        typer.echo(json.dumps(_jsonable(res), indent=2))
-    else:
-        _print_table(res)
+    _measure(cands, bundle, threads, batch, runs, as_json)
 
 
 @app.command()
@@ -333,12 +333,6 @@ def report(path: Path = typer.Argument(..., help="A report.json, or the folder h
         raise LoadError(f"cannot read {p}: {e}") from None
     write_reports(rep, p.parent)
     typer.echo(f"wrote {p.parent}/report.md and report.html")
-
-
-def _jsonable(o):
-    from .report.writer import _clean
-
-    return _clean(o)
 
 
 def run() -> None:  # console-script entry point

@@ -1,6 +1,5 @@
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -64,7 +63,6 @@ def test_masks_survive_finetuning_and_accuracy_recovers(digits_cnn, digits, tmp_
                           "finetune": {"method": "kd", "epochs": 3, "lr": 0.001}}]}
     res = compress(digits_cnn, recipe, digits, out=tmp_path / "o", runs=20)
     m = res.model
-    sp = layer_sparsity(m)
     w = [mod.weight for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
     assert sum(int((x == 0).sum()) for x in w) / sum(x.numel() for x in w) == pytest.approx(0.8, abs=1e-3)
     assert res.report["compressed"]["accuracy"] >= 0.985

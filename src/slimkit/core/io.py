@@ -37,6 +37,11 @@ def atomic_write_bytes(dest, data: bytes) -> None:
         Path(tmp).write_bytes(data)
 
 
+#: zstd level for every size measurement and container. Level 19 took 45 s on the 90 MB MiniLM file and came out
+#: 0.03% larger than level 10 (0.6 s): float weights barely compress, so the high levels only cost time.
+ZSTD_LEVEL = 10
+
+
 def cache_dir() -> Path:
     """User cache directory for trained zoo weights (``$SLIMKIT_CACHE`` wins)."""
     root = os.environ.get("SLIMKIT_CACHE") or os.path.join(

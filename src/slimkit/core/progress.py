@@ -26,7 +26,7 @@ def track(it: Iterable[T], description: str, total: Optional[int] = None) -> Ite
 
     console = Console(file=sys.stderr)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=not console.is_terminal is False) as prog:
+                  console=console, transient=console.is_terminal) as prog:
         task = prog.add_task(description, total=total if total is not None else (len(it) if hasattr(it, "__len__") else None))
         for item in it:
             yield item

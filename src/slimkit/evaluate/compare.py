@@ -8,7 +8,6 @@ interleaved with the others at batch 1 and batch N in both runtimes.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..core.io import ZSTD_LEVEL
 from ..core.progress import info
 from ..export.onnx import export_onnx, ort_run, ort_session
 from ..zoo.data import DataBundle
@@ -65,7 +65,7 @@ def onnx_weight_stats(path: Path) -> dict:
 def _zstd_size(path: Path) -> int:
     import zstandard
 
-    return len(zstandard.ZstdCompressor(level=19).compress(path.read_bytes()))
+    return len(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(path.read_bytes()))
 
 
 def compare(candidates: Sequence[Candidate], data: DataBundle, *, workdir: str | os.PathLike, threads: int = 1,

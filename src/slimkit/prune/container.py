@@ -8,12 +8,11 @@ length in the decompressed payload. Encodings, chosen per tensor, smallest wins:
     dense     raw values
     bitmask   np.packbits(values != 0) followed by the non-zero values in order
     codebook  the distinct values (<= 256) followed by one uint8 index per element
-zstd (level 19) then entropy-codes the whole payload. No pickle anywhere: the
+zstd (level 10, ``core.io.ZSTD_LEVEL``) then entropy-codes the whole payload. No pickle anywhere: the
 loader parses JSON and raw arrays only.
 """
 from __future__ import annotations
 
-import io
 import json
 import struct
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import LoadError
-from ..core.io import atomic_path
+from ..core.io import ZSTD_LEVEL, atomic_path
 
 MAGIC, VERSION = b"SLIM", 1
 
@@ -55,7 +54,7 @@ def save_slim(model_or_state, path) -> dict:
                        "len": len(blob)})
         chunks.append(blob)
         off += len(blob)
-    payload = zstandard.ZstdCompressor(level=19).compress(b"".join(chunks))
+    payload = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(b"".join(chunks))
     h = json.dumps({"tensors": header}).encode()
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -4,7 +4,6 @@ calibration data. min-max, moving-average min-max, percentile, entropy
 (search the clip that minimises the quantization error)."""
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import torch

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..zoo.data import DataBundle
+from .graph import set_module
 from .static import INT8_KERNELS, _check_finite_weights, weight_range_for_cpu
 
 
@@ -139,11 +139,6 @@ class DynQuantModel(nn.Module):
         return export_dynamic(self, data, path, **kw)
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
-
-
 @torch.no_grad()
 def _act_absmax(model: nn.Module, names: list[str], data: DataBundle, n: int) -> dict[str, torch.Tensor]:
     split = data.calib.slice(0, min(n, len(data.calib)))
@@ -161,10 +156,10 @@ def _act_absmax(model: nn.Module, names: list[str], data: DataBundle, n: int) ->
     return stats
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
-    import re
-
-    return any((p.startswith("re:") and re.search(p[3:], name)) or p == name for p in patterns)
+def select_linears(model: nn.Module, targets: Targets, keep_float: list) -> list[tuple[str, nn.Linear]]:
+    """The Linear layers chosen by ``targets``, minus those ``keep_float`` names (same syntax as Targets)."""
+    kept = {n for n, _ in Targets(include=list(keep_float), types=["Linear"]).select(model)} if keep_float else set()
+    return [(n, m) for n, m in targets.select(model) if isinstance(m, nn.Linear) and n not in kept]
 
 
 @register_technique("quantize.int8_dynamic", DynamicQuantConfig, needs=("calibration_data",),
@@ -178,8 +173,7 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
     m = copy.deepcopy(model).eval()
     wr, note = (cfg.weight_range, "") if cfg.weight_range != "auto" else weight_range_for_cpu()
     qmax = 63 if wr == "reduced" else 127
-    linears = [(n, mod) for n, mod in cfg.targets.select(m) if isinstance(mod, nn.Linear)
-               and not _matches(n, cfg.keep_float)]
+    linears = select_linears(m, cfg.targets, cfg.keep_float)
     if not linears:
         raise ConfigError("no Linear layer matched the targets; nothing to quantize")
     smooth_names = [n for n, _ in cfg.smooth.select(m, strict=False)] if cfg.smoothquant_alpha > 0 else []
@@ -191,12 +185,12 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
             a = cfg.smoothquant_alpha
             wmax = lin.weight.detach().abs().amax(0).clamp(min=1e-5)
             s = (stats[name].clamp(min=1e-5) ** a / wmax ** (1 - a)).clamp(min=1e-2, max=1e2)
-        _set(m, name, DynQuantLinear(lin, qmax, cfg.per_channel, s))
+        set_module(m, name, DynQuantLinear(lin, qmax, cfg.per_channel, s))
     embs = []
     if cfg.embeddings:
         for name, mod in list(m.named_modules()):
             if isinstance(mod, nn.Embedding) and mod.num_embeddings >= 256:
-                _set(m, name, DynQuantEmbedding(mod))
+                set_module(m, name, DynQuantEmbedding(mod))
                 embs.append(name)
     info = {"scheme": f"int8 dynamic: weights s8 symmetric {'per-channel' if cfg.per_channel else 'per-tensor'} "
                       f"({'7' if qmax == 63 else '8'}-bit codes), activations u8 per tensor at run time",
@@ -320,9 +314,8 @@ def export_float_graph(qm, data: DataBundle, opset: int, linear_cls, embedding_c
 
 
 def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17, check: bool = True):
-    import onnx
 
-    from ..export.onnx import Parity, _to_bytes, check_parity, ort_run, ort_session, output_error
+    from ..export.onnx import Parity, check_parity, ort_run, ort_session, output_error
     from .onnx_passes import optimized_op_types
 
     model, weights, tables = export_float_graph(qm, data, opset, DynQuantLinear, DynQuantEmbedding)

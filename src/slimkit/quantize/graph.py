@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import operator
 
 import torch
 import torch.fx as fx
@@ -63,7 +62,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[fx.GraphModule, list[str]]:
         if not isinstance(conv, (nn.Conv1d, nn.Conv2d)) or len(src.users) != 1:
             continue
         fused = fuse_conv_bn_eval(conv, bn)
-        _set_module(gm, src.target, fused)
+        set_module(gm, src.target, fused)
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
         folded.append(node.target)
@@ -73,9 +72,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[fx.GraphModule, list[str]]:
     return gm, folded
 
 
-def _set_module(gm: nn.Module, name: str, new: nn.Module) -> None:
+def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted ``name``."""
     parent, _, attr = name.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, attr, new)
-
-
-set_module = _set_module
+    setattr(root.get_submodule(parent) if parent else root, attr, new)

@@ -21,7 +21,8 @@ from ..core.io import atomic_path
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..zoo.data import DataBundle
-from .dynamic import DynQuantModel, _known, _matches, _plain_gemm, _set
+from .dynamic import DynQuantModel, _known, _plain_gemm, select_linears
+from .graph import set_module
 from .static import _check_finite_weights
 
 
@@ -107,17 +108,16 @@ def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4M
     """Weight-only int4, group-wise symmetric, packed two codes per byte."""
     _check_finite_weights(model)
     m = copy.deepcopy(model).eval()
-    linears = [(n, mod) for n, mod in cfg.targets.select(m) if isinstance(mod, nn.Linear)
-               and not _matches(n, cfg.keep_float)]
+    linears = select_linears(m, cfg.targets, cfg.keep_float)
     if not linears:
         raise ConfigError("no Linear layer matched the targets; nothing to quantize")
     for n, lin in linears:
-        _set(m, n, Int4Linear(lin, cfg.group_size))
+        set_module(m, n, Int4Linear(lin, cfg.group_size))
     embs = []
     if cfg.embeddings:
         for n, mod in list(m.named_modules()):
             if isinstance(mod, nn.Embedding) and mod.num_embeddings >= 256 and mod.embedding_dim % cfg.group_size == 0:
-                _set(m, n, Int4Embedding(mod, cfg.group_size))
+                set_module(m, n, Int4Embedding(mod, cfg.group_size))
                 embs.append(n)
     info = {"scheme": f"weight-only int4, symmetric, group {cfg.group_size} along the input dimension, packed",
             "quantized_layers": [n for n, _ in linears], "int4_embeddings": embs}

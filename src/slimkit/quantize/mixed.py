@@ -70,10 +70,14 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
         ref_out = torch.cat([model.eval()(*x) for x, _ in split.batches(256)]).float().numpy()
     base_score = _score(model, split, data, ref_out)[0]
 
+    calibrated: dict = {}  # activation ranges do not depend on the plan: calibrate once, reuse
+
     def build(plan: dict) -> QuantizedModel:
         c = dataclasses.replace(cfg, per_layer_bits=plan, bias_correction=False)
         qm = prepare_static(model, c)
-        calibrate(qm, data, c)
+        calibrate(qm, data, c, ranges=calibrated or None)
+        if not calibrated:
+            calibrated.update(qm.ranges())
         return qm
 
     def drop(plan: dict) -> tuple[float, float]:
@@ -111,7 +115,7 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
             plan, current = trial, d
     final = dataclasses.replace(cfg, per_layer_bits=plan)
     qm = prepare_static(model, final)
-    calibrate(qm, data, final)
+    calibrate(qm, data, final, ranges=calibrated)
     if cfg.bias_correction:
         bias_correct(qm, data, final)
     bits = {n: plan.get(n, 8) for n in layers}

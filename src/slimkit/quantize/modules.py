@@ -54,7 +54,30 @@ def _lsq(x, scale, zp, qmin, qmax):
     return (torch.clamp(v, qmin, qmax) - zp) * scale
 
 
-class QGroup(nn.Module):
+class LearnableScale(nn.Module):
+    """QAT support shared by activation groups and weight layers: the scale
+    buffer named ``_scale_attr`` can be trained in log space (LSQ) and frozen back."""
+
+    _scale_attr = "scale"
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = None
+
+    @property
+    def learnable(self) -> bool:
+        return self.log_scale is not None
+
+    def make_learnable(self) -> None:
+        self.log_scale = nn.Parameter(getattr(self, self._scale_attr).clone().log())
+
+    def freeze(self) -> None:
+        if self.learnable:
+            getattr(self, self._scale_attr).copy_(self.log_scale.detach().exp())
+            self.log_scale = None
+
+
+class QGroup(LearnableScale):
     """Shared quantization parameters of one activation tensor (and of the
     tensors linked to it by data-movement ops)."""
 
@@ -65,10 +88,8 @@ class QGroup(nn.Module):
         self.observer = Observer()
         self._owner: list = [None]  # the ActQuant that observes (a list, so that it is not a submodule)
         self.calibrator = ""
-        self.learnable = False
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
-        self.log_scale = None
 
     @property
     def owner(self) -> Optional["ActQuant"]:
@@ -83,18 +104,8 @@ class QGroup(nn.Module):
         self.scale.copy_(s)
         self.zero_point.copy_(z)
 
-    def make_learnable(self) -> None:
-        self.learnable = True
-        self.log_scale = nn.Parameter(self.scale.clone().log())
 
-    def freeze(self) -> None:
-        if self.learnable:
-            self.scale.copy_(self.log_scale.detach().exp())
-            self.learnable = False
-            self.log_scale = None
-
-
-class QuantLayer(nn.Module):
+class QuantLayer(LearnableScale):
     """Conv1d/Conv2d/Linear with a per-channel (or per-tensor) fake-quantized weight."""
 
     def __init__(self, layer: nn.Module, scheme: QScheme):
@@ -104,21 +115,15 @@ class QuantLayer(nn.Module):
         self.layer = layer
         self.scheme = scheme
         self.enabled = True
-        self.learnable = False
         s, z = compute_qparams(layer.weight, scheme)
         self.register_buffer("w_scale", s.reshape(-1).float())
         self.register_buffer("w_zero_point", z.reshape(-1).to(torch.int32))
 
-    def make_learnable(self) -> None:
-        self.learnable = True
-        self.w_log_scale = nn.Parameter(self.w_scale.clone().log())
+    _scale_attr = "w_scale"
 
     def freeze(self) -> None:
         """End QAT: fix the learned scales and keep every weight inside the scheme's code range."""
-        if self.learnable:
-            self.w_scale.copy_(self.w_log_scale.detach().exp())
-            self.learnable = False
-            del self.w_log_scale
+        super().freeze()
         s = self.w_scale.reshape([-1] + [1] * (self.layer.weight.ndim - 1))
         with torch.no_grad():
             self.layer.weight.copy_(torch.maximum(torch.minimum(self.layer.weight, s * self.scheme.qmax),
@@ -139,7 +144,7 @@ class QuantLayer(nn.Module):
         # ``scheme.bits``, so codes of fewer bits never reach the container's bounds
         lo, hi = (-128, 127) if sc.signed else (0, 255)
         if self.learnable:
-            s = self.w_log_scale.exp().reshape([-1] + [1] * (w.ndim - 1))
+            s = self.log_scale.exp().reshape([-1] + [1] * (w.ndim - 1))
             return _lsq(w, s, 0, sc.qmin, sc.qmax)
         if sc.granularity == "per_channel":
             return torch.fake_quantize_per_channel_affine(w, self.w_scale, self.w_zero_point, 0, lo, hi)

@@ -5,7 +5,6 @@ q = clamp(round(x / scale) + zero_point, qmin, qmax))."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -98,6 +97,14 @@ class QuantizedModel(nn.Module):
     def act_quants(self):
         return [m for m in self.gm.modules() if isinstance(m, ActQuant)]
 
+    def groups(self) -> list[QGroup]:
+        """Distinct activation quantization groups (several ActQuants may share one)."""
+        return list({id(a.group): a.group for a in self.act_quants()}.values())
+
+    def ranges(self) -> dict:
+        """Calibrated activation qparams by tensor name, to reuse in a re-prepared model."""
+        return {g.name: (g.scale.clone(), g.zero_point.clone(), g.calibrator) for g in self.groups()}
+
     def layers(self):
         return {n: m for n, m in self.gm.named_modules() if isinstance(m, QuantLayer)}
 
@@ -148,11 +155,8 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
         return QScheme(bits=b, symmetric=True, signed=True,
                        granularity="per_channel" if cfg.per_channel else "per_tensor", axis=0, narrow=True)
     ascheme = QScheme(bits=8, symmetric=False, signed=False)
+    list(cfg.targets.select(model))  # names must exist in the user's model (BN names vanish from gm)
     selected = {n for n, _ in cfg.targets.select(gm, strict=False)}
-    missing = [p for p in cfg.targets.include if not p.startswith("re:") and p not in dict(model.named_modules())
-               and p not in ("Linear", "Conv1d", "Conv2d")]
-    if missing:
-        raise ConfigError(f"targets name layer(s) that do not exist: {', '.join(missing)}")
     groups: dict[fx.Node, QGroup] = {}
     aq_nodes: dict[fx.Node, fx.Node] = {}  # source node -> ActQuant node inserted after it
     counter = [0]
@@ -237,8 +241,9 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
                                 else cfg.per_layer_bits.get(n, cfg.weight_bits)) for n in quantized},
             "weight_range": wr, "weight_range_reason": note, "folded_batchnorm": folded,
             "equalized_pairs": pairs, "quantized_layers": quantized,
+            # quantized layers live on as QuantLayer(...).layer; every other Conv/Linear stayed float
             "float_layers": [n for n, m in gm.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
-                             and n.rsplit(".", 1)[0] not in quantized and not n.endswith(".layer")]}
+                             and not n.endswith(".layer")]}
     return QuantizedModel(gm, info)
 
 
@@ -254,12 +259,24 @@ def _flatten_args(a):
 
 
 @torch.no_grad()
-def calibrate(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig, batch_size: int = 64) -> None:
+def calibrate(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig, batch_size: int = 64,
+              ranges: Optional[dict] = None) -> None:
+    """Set every activation range from calibration data; or, given ``ranges``
+    from ``QuantizedModel.ranges()`` of a model prepared from the same float
+    model (activation ranges do not depend on the weight bits), reuse them."""
     split = _calibration_split(data, cfg.calibration_samples)
+    if ranges is not None and all(g.name in ranges for g in qm.groups()):
+        for g in qm.groups():
+            scale, zp, g.calibrator = ranges[g.name]
+            g.scale.copy_(scale)
+            g.zero_point.copy_(zp)
+        qm.info["calibrators"] = {g.name: g.calibrator for g in qm.groups()}
+        qm.info["calibration_samples"] = len(split)
+        qm.set_mode("quant")
+        return
     qm.set_mode("observe")
     for x, _ in track(list(split.batches(batch_size)), "calibrate"):
         qm(*x)
-    groups = {id(a.group): a.group for a in qm.act_quants()}
     layers = qm.layers()
     for a in qm.act_quants():
         g = a.group
@@ -274,7 +291,7 @@ def calibrate(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig, batc
     for a in qm.act_quants():
         a.inputs = []
         a.group.observer.samples = []
-    qm.info["calibrators"] = {g.name: g.calibrator for g in groups.values()}
+    qm.info["calibrators"] = {g.name: g.calibrator for g in qm.groups()}
     qm.info["calibration_samples"] = len(split)
     qm.set_mode("quant")
 
@@ -349,7 +366,7 @@ def export_qdq(qm: QuantizedModel, data: DataBundle, path, *, opset: int = 17, c
 
     import onnx
 
-    from ..export.onnx import Parity, check_parity
+    from ..export.onnx import check_parity
     from .onnx_passes import fold_weight_quantize, optimized_op_types, quantize_biases
 
     qm.eval()
@@ -459,13 +476,13 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> QuantizedModel:
     if cfg.learn_scales:
         for q in qm.layers().values():
             q.make_learnable()
-        for g in {id(a.group): a.group for a in qm.act_quants()}.values():
+        for g in qm.groups():
             g.make_learnable()
     recover(qm, ctx, Finetune(method=cfg.method, epochs=cfg.epochs, lr=cfg.lr, temperature=cfg.temperature,
                               alpha=cfg.alpha))
     for q in qm.layers().values():
         q.freeze()
-    for g in {id(a.group): a.group for a in qm.act_quants()}.values():
+    for g in qm.groups():
         g.freeze()
     qm.eval()
     qm.info["qat"] = {"epochs": cfg.epochs, "learned_scales": cfg.learn_scales, "recovery": cfg.method}

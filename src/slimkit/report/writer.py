@@ -19,7 +19,7 @@ ROWS = [  # key, label, formatter
     ("params_nonzero", "non-zero parameters", "int"),
     ("macs", "MACs per sample", "int"),
     ("size_bytes", "ONNX file size", "bytes"),
-    ("size_bytes_zstd", "ONNX file, zstd -19", "bytes"),
+    ("size_bytes_zstd", "ONNX file, zstd -10", "bytes"),
     ("size_bytes_compressed", "compressed container", "bytes"),
     ("latency_ms_p50_b1", "ORT latency p50, batch 1 (ms)", "ms"),
     ("latency_ms_p90_b1", "ORT latency p90, batch 1 (ms)", "ms"),
@@ -186,13 +186,13 @@ img{{max-width:100%}}</style></head><body>
 </body></html>"""
 
 
-def _clean(o):
+def jsonable(o):
     if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
         return None
     if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
+        return {str(k): jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
+        return [jsonable(v) for v in o]
     if hasattr(o, "item") and callable(o.item):
         return o.item()
     return o
@@ -200,7 +200,7 @@ def _clean(o):
 
 def write_reports(report: dict, folder: str | Path) -> None:
     folder = Path(folder)
-    (folder / "report.json").write_text(json.dumps(_clean(report), indent=2))
+    (folder / "report.json").write_text(json.dumps(jsonable(report), indent=2))
     (folder / "report.md").write_text(to_markdown(report))
     png = plot_png(report)
     if png:

@@ -2,7 +2,6 @@
 (and as the plain fine-tuning loop of recipes)."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Callable, Optional
 
@@ -67,6 +66,3 @@ def predict(model: nn.Module, split: DataSplit, batch_size: int = 256) -> torch.
     outs = [model(*x) for x, _ in split.batches(batch_size)]
     return torch.cat(outs)
 
-
-def clone(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)
