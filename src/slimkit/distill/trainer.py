@@ -13,11 +13,12 @@ from ..core.progress import track
 from .losses import embedding_loss, kd_loss
 
 
-def recover(model: nn.Module, ctx: Context, ft, on_step=None) -> nn.Module:
+def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None) -> nn.Module:
     """Fine-tune ``model`` in place per ``ft`` (a pipeline Finetune config).
 
     ``on_step(step, total_steps)`` runs after every optimizer step (pruning
-    schedules use it to update and re-apply their masks)."""
+    schedules use it to update and re-apply their masks); ``extra_loss()`` is
+    added to every step's loss (sparsity penalties use it)."""
     data = ctx.data
     if data is None or data.train is None:
         raise ConfigError("fine-tuning needs training data; pass --data with a train split")
@@ -52,6 +53,8 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None) -> nn.Module:
                                                                             alpha=ft.alpha)
             else:
                 loss = F.cross_entropy(out, y)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -21,7 +21,7 @@ def count_nonzero_params(model: nn.Module) -> int:
     return int(sum(int((p != 0).sum()) for p in model.parameters()))
 
 
-@torch.no_grad()
+@torch.enable_grad()  # grad mode keeps nn.MultiheadAttention off its fused fast path, which the counter misses
 def count_macs(model: nn.Module, example: Sequence[torch.Tensor]) -> int:
     """MACs for one forward pass of ``example`` (pass a batch of 1 for per-sample MACs).
 
@@ -33,6 +33,7 @@ def count_macs(model: nn.Module, example: Sequence[torch.Tensor]) -> int:
     was_training = model.training
     model.eval()
     with FlopCounterMode(display=False) as fc:
-        model(*example)
+        out = model(*example)
+    del out
     model.train(was_training)
     return int(fc.get_total_flops() // 2)

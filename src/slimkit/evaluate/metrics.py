@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+import copy
+
 import numpy as np
+import torch
 
 from ..core.errors import DataError
 from ..zoo.data import DataBundle
@@ -50,3 +53,21 @@ def task_metrics(outputs: np.ndarray, data: DataBundle, reference: Optional[np.n
 
 def primary_metric(data: DataBundle) -> str:
     return "accuracy" if data.task == "classification" else "fidelity_cos_mean"
+
+
+def held_in_split(data: DataBundle, samples: int, seed: int):
+    """A seeded sample of the training split for decisions made while compressing
+    (the test split stays untouched for the report)."""
+    g = torch.Generator().manual_seed(seed)
+    return data.train.take(torch.randperm(len(data.train), generator=g)[:samples])
+
+
+@torch.no_grad()
+def split_score(model, split, data: DataBundle, ref: np.ndarray) -> tuple[float, float]:
+    """(primary task metric, output SQNR in dB against ``ref``) of ``model`` on ``split``."""
+    out = torch.cat([model(*x) for x, _ in split.batches(256)]).float().numpy()
+    view = copy.copy(data)
+    view.test = split
+    m = task_metrics(out, view, ref)
+    sqnr = float(10 * np.log10(np.mean(ref ** 2) / max(np.mean((out - ref) ** 2), 1e-30)))
+    return m[primary_metric(data)], sqnr

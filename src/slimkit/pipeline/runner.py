@@ -135,6 +135,8 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
                     "energy_source": ENERGY_SOURCE}
     if isinstance(qinfo, dict) and qinfo.get("sensitivity"):
         report["sensitivity"] = qinfo["sensitivity"]
+    if ctx.extras.get("tables"):  # technique-specific tables (channels kept, skipped layers, ...)
+        report["tables"] = ctx.extras["tables"]
     tmp = Path(tempfile.mkdtemp(prefix=".slimkit-", dir=str(out_dir.parent) if out_dir else None))
     try:
         export_artifact(work, data, tmp / "model.onnx")

@@ -3,8 +3,9 @@ from .importance import CRITERIA, accumulate_gradients, bn_scale, magnitude, ran
 from .container import load_slim, save_slim
 from .gradual import GradualPruneConfig, gradual_prune
 from .schedule import agp
+from .structured import SlimMultiheadAttention, StructuredPruneConfig, prune_heads, structured_prune
 from .unstructured import MagnitudePruneConfig, PrunedModel, layer_sparsity, magnitude_prune, nm_mask
 
 __all__ = ["CRITERIA", "accumulate_gradients", "bn_scale", "magnitude", "random", "taylor", "agp",
            "MagnitudePruneConfig", "PrunedModel", "layer_sparsity", "magnitude_prune", "nm_mask",
-           "GradualPruneConfig", "gradual_prune", "load_slim", "save_slim"]
+           "GradualPruneConfig", "StructuredPruneConfig", "structured_prune", "prune_heads", "SlimMultiheadAttention", "gradual_prune", "load_slim", "save_slim"]

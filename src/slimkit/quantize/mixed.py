@@ -9,10 +9,8 @@ codes (and the energy estimate) do. Packed int4 storage is tracked separately.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -21,7 +19,7 @@ from ..core.context import Context
 from ..core.errors import ConfigError
 from ..core.progress import track
 from ..core.registry import register_technique
-from ..evaluate.metrics import task_metrics
+from ..evaluate.metrics import held_in_split, split_score
 from .static import QuantizedModel, StaticQuantConfig, bias_correct, calibrate, prepare_static
 
 
@@ -42,33 +40,16 @@ class MixedPrecisionConfig(StaticQuantConfig):
             raise ConfigError("mixed precision evaluates many plans: pick one calibrator (mse, percentile, ...) not auto")
 
 
-def _score(model: nn.Module, split, data, ref) -> tuple[float, float]:
-    """(task metric, output SQNR in dB against the float model)."""
-    with torch.no_grad():
-        out = torch.cat([model(*x) for x, _ in split.batches(256)]).float().numpy()
-    m = task_metrics(out, _view(data, split), ref)
-    sqnr = float(10 * np.log10(np.mean(ref ** 2) / max(np.mean((out - ref) ** 2), 1e-30)))
-    return m.get("accuracy", m.get("fidelity_cos_mean")), sqnr
-
-
-def _view(data, split):
-    d = copy.copy(data)
-    d.test = split
-    return d
-
-
 @register_technique("quantize.mixed_precision", MixedPrecisionConfig, needs=("calibration_data", "train_data"),
                     summary="per-layer sensitivity, then fp32 / int8 / low-bit weights per layer within a metric-drop budget")
 def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -> QuantizedModel:
     """Sensitivity analysis + greedy bit allocation under ``max_drop``."""
     data = ctx.data
     # evaluation on held-in training samples (not the test split, which stays untouched for the report)
-    g = torch.Generator().manual_seed(ctx.seed)
-    idx = torch.randperm(len(data.train), generator=g)[: cfg.eval_samples]
-    split = data.train.take(idx)
+    split = held_in_split(data, cfg.eval_samples, ctx.seed)
     with torch.no_grad():
         ref_out = torch.cat([model.eval()(*x) for x, _ in split.batches(256)]).float().numpy()
-    base_score = _score(model, split, data, ref_out)[0]
+    base_score = split_score(model, split, data, ref_out)[0]
 
     calibrated: dict = {}  # activation ranges do not depend on the plan: calibrate once, reuse
 
@@ -81,7 +62,7 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
         return qm
 
     def drop(plan: dict) -> tuple[float, float]:
-        score, sqnr = _score(build(plan), split, data, ref_out)
+        score, sqnr = split_score(build(plan), split, data, ref_out)
         return base_score - score, sqnr
 
     def within(d) -> bool:

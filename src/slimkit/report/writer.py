@@ -104,10 +104,10 @@ def to_markdown(report: dict) -> str:
     for s in report.get("stages", []):
         for n in s.get("notes", []):
             lines.append(f"- {s['name']}: {n}")
-    for key, title in (("sensitivity", "Per-layer sensitivity"),):
-        if report.get(key):
+    tables = [("Per-layer sensitivity", report.get("sensitivity"))] + list((report.get("tables") or {}).items())
+    for title, rows in tables:
+        if rows:
             lines += ["", f"## {title}", ""]
-            rows = report[key]
             hdr = list(rows[0].keys())
             lines += [_md_table(hdr, [[str(r.get(h)) for h in hdr] for r in rows]), ""]
     lines += ["", "## Notes", "",

@@ -1,0 +1,359 @@
+"""Channel-coupling analysis on a torch.fx graph: which output channels of
+which layers must be removed together so that the network stays consistent.
+
+Every Conv/Linear output starts a *group* of channels. Element-wise ops,
+BatchNorm, LayerNorm, pooling and depthwise convs carry a group through;
+residual additions merge the groups they add; concatenations along the
+channel dimension lay groups side by side; Flatten expands each channel into
+a block of features. Consumers (the next Conv/Linear) record where each group
+sits in their input. A group is *blocked* (left alone, with the reason in the
+report) when it reaches the model output, meets an op whose channel semantics
+we do not know (permute, slicing, a reshape with hard-coded sizes), or belongs
+to a layer shared between two call sites.
+
+Why our own analysis rather than Torch-Pruning's dependency graph: we measured
+it leaving the main group of a residual + concat + depthwise toy unpruned
+(the same group appears twice in one concat), and the analysis is small once
+shapes come from ``ShapeProp``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Optional
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..core.errors import ConfigError
+from ..quantize.graph import trace
+
+_UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+                  nn.LeakyReLU, nn.ELU, nn.Mish, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
+                  nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+                  nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+_UNARY_FUNCS = {F.relu, torch.relu, F.relu6, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh,
+                F.hardswish, F.leaky_relu, F.elu, F.dropout, F.max_pool1d, F.max_pool2d, F.avg_pool1d,
+                F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d,
+                F.adaptive_max_pool2d}
+_UNARY_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float", "detach"}
+_BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul,
+           torch.div, operator.iadd, operator.imul}
+_BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
+_REDUCE = {torch.mean, torch.sum, torch.amax}
+_REDUCE_METHODS = {"mean", "sum", "amax"}
+
+
+@dataclasses.dataclass
+class Seg:
+    """``size`` channels of group ``gid`` (None: a fixed, unprunable block), each
+    spread over ``expand`` consecutive features (after a Flatten)."""
+
+    gid: Optional[int]
+    size: int
+    expand: int = 1
+
+
+@dataclasses.dataclass
+class Chan:
+    dim: int  # which tensor dimension carries the channels
+    segs: list[Seg]
+
+
+@dataclasses.dataclass
+class Use:
+    """A module that indexes a group: role ``in`` (input channels of a Conv/Linear),
+    ``bn``/``ln``/``dw`` (per-channel modules carried along)."""
+
+    name: str
+    role: str
+    gid: int
+    offset: int
+    expand: int = 1
+
+
+class ChannelGraph:
+    """The coupled channel groups of ``model`` for the given example inputs."""
+
+    def __init__(self, model: nn.Module, example_inputs, prunable: set[str]):
+        self.model = model
+        self.gm = trace(model)
+        try:
+            ShapeProp(self.gm).propagate(*example_inputs)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"cannot run {type(model).__name__} on the example inputs for structured pruning: "
+                              f"{str(e).splitlines()[0][:150]}") from None
+        self.parent: dict[int, int] = {}
+        self.size: dict[int, int] = {}
+        self.producer: dict[int, list[str]] = {}
+        self.blocked: dict[int, list[str]] = {}
+        self.uses: list[Use] = []
+        self.calls: dict[str, int] = {}
+        self.attention: list[str] = []
+        self.prunable = prunable
+        self._analyse()
+
+    # -- union-find over group ids -------------------------------------------------
+    def _new(self, size: int, producer: str) -> int:
+        gid = len(self.parent)
+        self.parent[gid], self.size[gid], self.producer[gid], self.blocked[gid] = gid, size, [producer], []
+        if producer not in self.prunable:
+            self.blocked[gid].append(f"{producer} is not among the targets")
+        return gid
+
+    def find(self, g: int) -> int:
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def _union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return
+        self.parent[b] = a
+        self.producer[a] += self.producer.pop(b)
+        self.blocked[a] += self.blocked.pop(b)
+
+    def _block(self, chan: Optional[Chan], why: str) -> None:
+        if chan is None:
+            return
+        for s in chan.segs:
+            if s.gid is not None and why not in self.blocked[self.find(s.gid)]:
+                self.blocked[self.find(s.gid)].append(why)
+
+    def _use(self, name: str, role: str, chan: Chan) -> None:
+        off = 0
+        for s in chan.segs:
+            if s.gid is not None:
+                self.uses.append(Use(name, role, s.gid, off, s.expand))
+            off += s.size * s.expand
+
+    # -- analysis ------------------------------------------------------------------
+    def _analyse(self) -> None:
+        meta: dict[fx.Node, Optional[Chan]] = {}
+        self._metas = meta
+        for node in self.gm.graph.nodes:
+            if node.op == "call_module":
+                self.calls[node.target] = self.calls.get(node.target, 0) + 1
+        for node in self.gm.graph.nodes:
+            if node.op == "output":
+                for a in node.all_input_nodes:
+                    self._block(meta.get(a), "reaches the model output")
+                continue
+            ins = [meta.get(a) for a in node.all_input_nodes]
+            if not isinstance(node.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata):
+                # non-tensor results (x.size(0), tuples) carry no channels; tuples of tensors are opaque
+                if node.op == "call_module" and isinstance(self.gm.get_submodule(node.target), nn.MultiheadAttention):
+                    self._attention(node, ins)
+                elif node.op == "call_function" and node.target is operator.getitem:
+                    pass
+                elif node.op in ("call_module", "call_function", "call_method") and not _is_shape_query(node):
+                    for c in ins:
+                        self._block(c, f"passes through {_describe(node)}")
+                meta[node] = None
+                continue
+            try:
+                meta[node] = self._visit(node, ins)
+            except _Opaque as e:
+                for c in ins:
+                    self._block(c, str(e) or f"passes through {_describe(node)}")
+                meta[node] = None
+        for name, n in self.calls.items():
+            if n > 1:
+                for gid in list(self.producer):
+                    if name in self.producer[gid]:
+                        self.blocked[gid].append(f"{name} is called {n} times (shared weights)")
+                for u in self.uses:
+                    if u.name == name:
+                        self.blocked[self.find(u.gid)].append(f"{name} is called {n} times (shared weights)")
+
+    def _visit(self, node: fx.Node, ins: list[Optional[Chan]]) -> Optional[Chan]:
+        shape = tuple(node.meta["tensor_meta"].shape)
+        if node.op in ("placeholder", "get_attr"):
+            return None
+        x = ins[0] if ins else None
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(node.target)
+            name = node.target
+            if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+                if mod.groups == 1:
+                    if x is not None:
+                        if x.dim != 1:
+                            raise _Opaque(f"{name} convolves a tensor whose channels are not in dim 1")
+                        self._use(name, "in", x)
+                    return Chan(1, [Seg(self._new(mod.out_channels, name), mod.out_channels)])
+                if mod.groups == mod.in_channels == mod.out_channels and x is not None and x.dim == 1:
+                    self._use(name, "dw", x)
+                    return x
+                raise _Opaque(f"{name} is a grouped convolution (groups={mod.groups})")
+            if isinstance(mod, nn.Linear):
+                if x is not None:
+                    if x.dim != len(shape) - 1:
+                        raise _Opaque(f"{name} is applied to a non-channel dimension")
+                    self._use(name, "in", x)
+                return Chan(len(shape) - 1, [Seg(self._new(mod.out_features, name), mod.out_features)])
+            if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                if x is not None:
+                    if x.dim != 1:
+                        raise _Opaque(f"{name} normalises a non-channel dimension")
+                    self._use(name, "bn", x)
+                return x
+            if isinstance(mod, nn.LayerNorm):
+                if x is not None:
+                    if len(mod.normalized_shape) != 1 or x.dim != len(shape) - 1:
+                        raise _Opaque(f"{name} normalises more than the channel dimension")
+                    if not mod.elementwise_affine:
+                        raise _Opaque(f"{name} has no per-channel parameters to prune")
+                    self._use(name, "ln", x)
+                return x
+            if isinstance(mod, _UNARY_MODULES):
+                return x
+            if isinstance(mod, nn.Flatten):
+                return self._flatten(node, x, mod.start_dim, mod.end_dim)
+            raise _Opaque(f"passes through {type(mod).__name__} {name}")
+        if node.op == "call_function" and node.target in _UNARY_FUNCS or \
+                node.op == "call_method" and node.target in _UNARY_METHODS:
+            return x
+        if node.op == "call_function" and node.target in _BINARY or \
+                node.op == "call_method" and node.target in _BINARY_METHODS:
+            return self._binary(node, shape)
+        if node.target in (torch.cat, torch.concat):
+            return self._cat(node, shape)
+        if node.target in (torch.flatten, "flatten"):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            return self._flatten(node, x, start, end)
+        if node.target in ("view", "reshape") or node.target is torch.reshape:
+            return self._reshape(node, x, shape)
+        if node.target in _REDUCE or node.target in _REDUCE_METHODS:
+            return self._reduce(node, x, shape)
+        if x is None and all(c is None for c in ins):
+            return None
+        raise _Opaque()
+
+    def _attention(self, node: fx.Node, ins) -> None:
+        mod = self.gm.get_submodule(node.target)
+        for c in ins:
+            self._block(c, f"feeds the attention {node.target} (its embedding width stays; its heads can be pruned)")
+        if mod.batch_first and mod._qkv_same_embed_dim and mod.num_heads > 1:
+            self.attention.append(node.target)
+
+    def _binary(self, node: fx.Node, shape) -> Optional[Chan]:
+        tensors = [a for a in node.args if isinstance(a, fx.Node) and "tensor_meta" in a.meta]
+        chans = []
+        for a in tensors:
+            c = self._meta_of(a)
+            ashape = tuple(a.meta["tensor_meta"].shape)
+            chans.append((c, ashape))
+        tracked = [(c, s) for c, s in chans if c is not None]
+        if not tracked:
+            return None
+        dim = tracked[0][0].dim
+        out_dim = dim + (len(shape) - len(tracked[0][1]))
+        for c, s in chans:
+            if c is None:
+                # a fixed operand is fine only when it broadcasts over the channels
+                k = out_dim - (len(shape) - len(s))
+                if 0 <= k < len(s) and s[k] != 1:
+                    raise _Opaque(f"is combined with a fixed tensor in {_describe(node)}")
+        ref = tracked[0][0]
+        for c, s in tracked[1:]:
+            if c.dim + (len(shape) - len(s)) != out_dim or len(c.segs) != len(ref.segs) or any(
+                    a.size != b.size or a.expand != b.expand for a, b in zip(c.segs, ref.segs)):
+                raise _Opaque(f"meets differently laid-out channels in {_describe(node)}")
+            for a, b in zip(c.segs, ref.segs):
+                if (a.gid is None) != (b.gid is None):
+                    raise _Opaque(f"is added to fixed channels in {_describe(node)}")
+                if a.gid is not None:
+                    self._union(b.gid, a.gid)
+        return Chan(out_dim, list(ref.segs))
+
+    def _meta_of(self, a: fx.Node) -> Optional[Chan]:
+        return self._metas.get(a)
+
+    def _cat(self, node: fx.Node, shape) -> Optional[Chan]:
+        parts = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        dim = dim % len(shape)
+        chans = [self._meta_of(p) for p in parts]
+        if all(c is None for c in chans):
+            return None
+        if any(c is not None and c.dim != dim for c in chans):
+            raise _Opaque(f"is concatenated along a non-channel dimension in {_describe(node)}")
+        segs = []
+        for p, c in zip(parts, chans):
+            segs += c.segs if c is not None else [Seg(None, int(p.meta["tensor_meta"].shape[dim]))]
+        return Chan(dim, segs)
+
+    def _flatten(self, node, x: Optional[Chan], start: int, end: int) -> Optional[Chan]:
+        if x is None:
+            return None
+        in_shape = tuple(node.all_input_nodes[0].meta["tensor_meta"].shape)
+        nd = len(in_shape)
+        start, end = start % nd, end % nd
+        if x.dim < start:
+            return x
+        if x.dim > end:
+            return Chan(x.dim - (end - start), x.segs)
+        inner = 1
+        for d in range(x.dim + 1, end + 1):
+            inner *= int(in_shape[d])
+        if x.dim != start:
+            raise _Opaque(f"is flattened together with a leading dimension in {_describe(node)}")
+        return Chan(start, [Seg(s.gid, s.size, s.expand * inner) for s in x.segs])
+
+    def _reshape(self, node, x: Optional[Chan], shape) -> Optional[Chan]:
+        if x is None:
+            return None
+        sizes = node.args[1:] if node.op == "call_method" else node.args[1]
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = sizes[0]
+        in_shape = tuple(node.all_input_nodes[0].meta["tensor_meta"].shape)
+        literal = [s for s in sizes[1:] if isinstance(s, int) and s != -1]
+        if x.dim == 1 and len(shape) == 2 and shape[0] == in_shape[0] and not literal:
+            return self._flatten(node, x, 1, -1)
+        raise _Opaque(f"is reshaped with fixed sizes in {_describe(node)}")
+
+    def _reduce(self, node, x: Optional[Chan], shape) -> Optional[Chan]:
+        if x is None:
+            return None
+        in_shape = tuple(node.all_input_nodes[0].meta["tensor_meta"].shape)
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if dims is None:
+            raise _Opaque(f"is reduced over every dimension in {_describe(node)}")
+        dims = [d % len(in_shape) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+        if x.dim in dims:
+            raise _Opaque(f"is summed over the channels in {_describe(node)}")
+        if len(shape) == len(in_shape):
+            return x
+        return Chan(x.dim - sum(d < x.dim for d in dims), x.segs)
+
+    # -- results -------------------------------------------------------------------
+    def groups(self) -> dict[int, dict]:
+        """Root id -> {size, producers, uses, blocked}."""
+        out = {}
+        order = {n: i for i, (n, _) in enumerate(self.model.named_modules())}
+        for gid in self.producer:
+            r = self.find(gid)
+            out[r] = {"size": self.size[r], "producers": sorted(self.producer[r], key=order.get), "blocked": sorted(set(self.blocked[r])),
+                      "uses": [u for u in self.uses if self.find(u.gid) == r]}
+        return out
+
+
+class _Opaque(Exception):
+    pass
+
+
+def _describe(node: fx.Node) -> str:
+    t = node.target
+    return f"{node.op} {getattr(t, '__name__', t)}"
+
+
+def _is_shape_query(node: fx.Node) -> bool:
+    return node.op == "call_method" and node.target in ("size", "dim") or \
+        node.op == "call_function" and node.target is getattr
+

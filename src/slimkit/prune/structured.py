@@ -1,0 +1,512 @@
+"""Structured pruning that physically removes channels, neurons and attention
+heads, keeping every coupled layer consistent (see ``channels.py``), with
+uniform, global or sensitivity-based ratio allocation across layers and an
+optional sparse-training phase (group lasso on channels, or L1 on BatchNorm
+scales) that pushes whole channels to zero before they are removed.
+
+The result is the user's own module class with smaller layers: a plain
+``nn.Module`` that exports to ONNX like the original."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core.config import Config, check_choice, check_range
+from ..core.context import Context
+from ..core.errors import ConfigError
+from ..core.progress import track
+from ..core.registry import register_technique
+from ..core.targets import Targets
+from ..evaluate.macs import count_macs, count_params
+from ..evaluate.metrics import held_in_split, split_score
+from ..quantize.graph import set_module
+from .channels import ChannelGraph
+from .importance import accumulate_gradients
+
+LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+
+
+@dataclasses.dataclass
+class StructuredPruneConfig(Config):
+    """Remove whole channels.
+
+    ``target_macs`` (fraction of MACs to remove; 0 = use ``ratio``) or ``ratio``
+    (fraction of channels per group). ``allocation``: ``uniform`` (same ratio in
+    every group), ``global`` (one ranking of normalised channel scores),
+    ``sensitivity`` (prune each group alone at several ratios on held-in data,
+    then greedily cut where the metric drops least per unit of ``budget``)."""
+
+    ratio: float = 0.5
+    target_macs: float = 0.0
+    allocation: str = "uniform"  # uniform | global | sensitivity
+    budget: str = "macs"  # what sensitivity allocation saves: macs | params | latency
+    criterion: str = "l2"  # l1 | l2 | taylor | bn_scale | random
+    max_ratio: float = 0.9  # never remove more than this share of one group
+    round_to: int = 8  # keep channel counts a multiple of this: ORT's blocked (NCHWc) kernels need 8 on AVX2
+    heads: float = 0.0  # share of attention heads to remove in nn.MultiheadAttention layers
+    sparse_penalty: str = "none"  # none | group_lasso | l1_bn: a sparse-training phase before pruning
+    sparse_strength: float = 1e-3
+    sparse_epochs: int = 0
+    eval_samples: int = 512
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
+
+    def validate(self) -> None:
+        check_range("ratio", self.ratio, 0, 1, hi_open=True)
+        check_range("target_macs", self.target_macs, 0, 1, hi_open=True)
+        check_range("max_ratio", self.max_ratio, 0, 1, hi_open=True)
+        check_range("heads", self.heads, 0, 1, hi_open=True)
+        check_choice("allocation", self.allocation, ("uniform", "global", "sensitivity"))
+        check_choice("budget", self.budget, ("macs", "params", "latency"))
+        check_choice("criterion", self.criterion, ("l1", "magnitude", "l2", "taylor", "bn_scale", "random"))
+        check_choice("sparse_penalty", self.sparse_penalty, ("none", "group_lasso", "l1_bn"))
+        if self.round_to < 1 or self.sparse_epochs < 0:
+            raise ConfigError("round_to must be >= 1 and sparse_epochs >= 0")
+        if self.sparse_penalty != "none" and self.sparse_epochs == 0:
+            raise ConfigError(f"sparse_penalty={self.sparse_penalty} needs sparse_epochs >= 1")
+        if self.allocation == "sensitivity" and self.target_macs == 0 and self.budget == "macs":
+            raise ConfigError("sensitivity allocation needs a target: set target_macs (e.g. 0.5)")
+        if isinstance(self.targets, (dict, list, str)):
+            self.targets = Targets.from_dict(self.targets)
+
+
+# -- scoring -------------------------------------------------------------------------
+
+def _rows(mod: nn.Module) -> torch.Tensor:
+    return mod.weight.detach().flatten(1)
+
+
+def _cols(mod: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    w = mod.weight.detach()
+    return w.transpose(0, 1)[idx].flatten(1)
+
+
+def _use_index(u, size: int) -> torch.Tensor:
+    """Input positions of a use for each of the group's ``size`` channels: [size, expand]."""
+    base = u.offset + torch.arange(size)[:, None] * u.expand
+    return base + torch.arange(u.expand)[None, :]
+
+
+def channel_scores(model: nn.Module, groups: dict, criterion: str, seed: int = 0) -> dict[int, torch.Tensor]:
+    """Importance of each channel of each group: the sum over the group's
+    layers of the criterion, each layer normalised by its mean so that wide
+    and narrow layers weigh alike (producers' rows, consumers' columns,
+    BatchNorm scales for ``bn_scale``)."""
+    out = {}
+    g = torch.Generator().manual_seed(seed)
+    for gid, grp in groups.items():
+        size = grp["size"]
+        if criterion == "random":
+            out[gid] = torch.rand(size, generator=g)
+            continue
+        parts = []
+        if criterion == "bn_scale":
+            parts = [model.get_submodule(u.name).weight.detach().abs() for u in grp["uses"] if u.role == "bn"]
+            if not parts:  # no BatchNorm in the group: fall back to the weights
+                criterion = "l2"
+        if criterion != "bn_scale":
+            for name in grp["producers"]:
+                mod = model.get_submodule(name)
+                w = _rows(mod)
+                if criterion == "taylor":
+                    if mod.weight.grad is None:
+                        raise ConfigError("taylor importance needs gradients; the data has no labels to compute them")
+                    s = (w * mod.weight.grad.flatten(1)).abs().sum(1)
+                else:
+                    s = w.abs().sum(1) if criterion in ("l1", "magnitude") else w.pow(2).sum(1)
+                parts.append(s)
+            for u in grp["uses"]:
+                if u.role != "in":
+                    continue
+                mod = model.get_submodule(u.name)
+                idx = _use_index(u, size)
+                cols = _cols(mod, idx.reshape(-1)).reshape(size, -1)
+                if criterion == "taylor":
+                    gcols = mod.weight.grad.transpose(0, 1)[idx.reshape(-1)].flatten(1).reshape(size, -1)
+                    parts.append((cols * gcols).abs().sum(1))
+                else:
+                    parts.append(cols.abs().sum(1) if criterion in ("l1", "magnitude") else cols.pow(2).sum(1))
+        out[gid] = sum(p / (p.mean() + 1e-12) for p in parts)
+    return out
+
+
+# -- applying a plan -----------------------------------------------------------------
+
+def _slice_param(mod: nn.Module, name: str, idx: torch.Tensor, dim: int) -> None:
+    p = getattr(mod, name, None)
+    if p is None:
+        return
+    new = p.detach().index_select(dim, idx).clone()
+    if isinstance(p, nn.Parameter):
+        setattr(mod, name, nn.Parameter(new, requires_grad=p.requires_grad))
+    else:
+        setattr(mod, name, new)
+
+
+def apply_keep(model: nn.Module, groups: dict, keep: dict[int, torch.Tensor]) -> None:
+    """Remove, in place, every channel not listed in ``keep[gid]`` (sorted indices)."""
+    in_keep: dict[str, list[tuple[int, int, torch.Tensor]]] = {}
+    for gid, idx in keep.items():
+        grp = groups[gid]
+        if len(idx) == grp["size"]:
+            continue
+        for name in grp["producers"]:
+            mod = model.get_submodule(name)
+            _slice_param(mod, "weight", idx, 0)
+            _slice_param(mod, "bias", idx, 0)
+            if isinstance(mod, nn.Linear):
+                mod.out_features = len(idx)
+            else:
+                mod.out_channels = len(idx)
+        for u in grp["uses"]:
+            mod = model.get_submodule(u.name)
+            if u.role == "in":
+                in_keep.setdefault(u.name, []).append((u.offset, grp["size"] * u.expand,
+                                                       _use_index(u, grp["size"])[idx].reshape(-1)))
+            else:  # bn / ln / dw index the same channels; several segments compose via the same path
+                in_keep.setdefault(u.name + "\0" + u.role, []).append((u.offset, grp["size"] * u.expand,
+                                                                      _use_index(u, grp["size"])[idx].reshape(-1)))
+    for key, parts in in_keep.items():
+        name, _, role = key.partition("\0")
+        mod = model.get_submodule(name)
+        width = mod.weight.shape[1] if role == "" else mod.weight.shape[0]
+        mask = torch.ones(width, dtype=torch.bool)
+        for off, span, kept in parts:
+            mask[off:off + span] = False
+            mask[kept] = True
+        idx = mask.nonzero().reshape(-1)
+        if role == "":
+            _slice_param(mod, "weight", idx, 1)
+            if isinstance(mod, nn.Linear):
+                mod.in_features = len(idx)
+            else:
+                mod.in_channels = len(idx)
+        elif role == "dw":
+            for p in ("weight", "bias"):
+                _slice_param(mod, p, idx, 0)
+            mod.in_channels = mod.out_channels = mod.groups = len(idx)
+        elif role == "bn":
+            for p in ("weight", "bias", "running_mean", "running_var"):
+                _slice_param(mod, p, idx, 0)
+            mod.num_features = len(idx)
+        elif role == "ln":
+            for p in ("weight", "bias"):
+                _slice_param(mod, p, idx, 0)
+            mod.normalized_shape = (len(idx),)
+
+
+def keep_from_counts(scores: dict[int, torch.Tensor], counts: dict[int, int]) -> dict[int, torch.Tensor]:
+    return {g: scores[g].argsort(descending=True)[:counts[g]].sort().values for g in counts}
+
+
+def _round(n_keep: float, size: int, cfg: StructuredPruneConfig) -> int:
+    floor = max(1, math.ceil(size * (1 - cfg.max_ratio)))
+    k = max(floor, int(round(n_keep)))
+    if cfg.round_to > 1 and size >= cfg.round_to:
+        k = min(size, max(cfg.round_to, int(math.ceil(k / cfg.round_to)) * cfg.round_to))
+    return min(size, k)
+
+
+# -- attention heads ----------------------------------------------------------------
+
+class SlimMultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` (batch_first) with fewer heads: the inner width
+    (heads x head_dim) no longer equals the embedding width, which the torch
+    class cannot express. Same call signature; returns ``(output, None)``."""
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        inner = num_heads * head_dim
+        self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(embed_dim, inner, bias=bias) for _ in range(3))
+        self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None, **_):
+        b, lq, _ = query.shape
+        lk = key.shape[1]
+
+        def split(t, n):
+            return t.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = split(self.q_proj(query), lq), split(self.k_proj(key), lk), split(self.v_proj(value), lk)
+        # explicit matmuls (not SDPA): torch's FLOP counter and every ONNX runtime see them
+        att = (q @ k.transpose(-1, -2)) * (self.head_dim ** -0.5)
+        if attn_mask is not None:
+            att = att.masked_fill(attn_mask, -math.inf) if attn_mask.dtype == torch.bool else att + attn_mask
+        if key_padding_mask is not None:
+            att = att.masked_fill(key_padding_mask.bool()[:, None, None, :], -math.inf)
+        att = F.dropout(att.softmax(-1), self.dropout, self.training)
+        o = att @ v
+        return self.out_proj(o.transpose(1, 2).reshape(b, lq, -1)), None
+
+
+def prune_heads(model: nn.Module, names: list[str], share: float) -> dict[str, tuple[int, int]]:
+    """Replace each named ``nn.MultiheadAttention`` by a ``SlimMultiheadAttention``
+    without its least important heads (L2 norm of the head's q/k/v rows and
+    out_proj columns). Returns {name: (heads before, after)}."""
+    done = {}
+    for name in names:
+        mha = model.get_submodule(name)
+        h, e = mha.num_heads, mha.embed_dim
+        d = e // h
+        keep_n = max(1, h - int(round(share * h)))
+        w = mha.in_proj_weight.detach().reshape(3, h, d, e)
+        o = mha.out_proj.weight.detach().reshape(e, h, d)
+        score = w.pow(2).sum((0, 2, 3)) + o.pow(2).sum((0, 2))
+        keep = score.argsort(descending=True)[:keep_n].sort().values
+        rows = (keep[:, None] * d + torch.arange(d)[None]).reshape(-1)
+        bias = mha.in_proj_bias is not None
+        new = SlimMultiheadAttention(e, keep_n, d, dropout=mha.dropout, bias=bias)
+        with torch.no_grad():
+            for i, lin in enumerate((new.q_proj, new.k_proj, new.v_proj)):
+                lin.weight.copy_(mha.in_proj_weight[i * e:(i + 1) * e][rows])
+                if bias:
+                    lin.bias.copy_(mha.in_proj_bias[i * e:(i + 1) * e][rows])
+            new.out_proj.weight.copy_(mha.out_proj.weight[:, rows])
+            if bias:
+                new.out_proj.bias.copy_(mha.out_proj.bias)
+        set_module(model, name, new)
+        done[name] = (h, keep_n)
+    return done
+
+
+# -- sparse training ---------------------------------------------------------------
+
+def sparse_penalty(model: nn.Module, groups: dict, kind: str):
+    """A callable returning the penalty: group lasso sums, per channel, the L2
+    norm of all weights that channel owns across its coupled layers; ``l1_bn``
+    is network slimming's L1 on BatchNorm scales."""
+    mods = {n: model.get_submodule(n) for grp in groups.values() for n in grp["producers"]}
+    idx = {gid: [(model.get_submodule(u.name), _use_index(u, grp["size"]).reshape(-1), grp["size"])
+                 for u in grp["uses"] if u.role == "in"] for gid, grp in groups.items()}
+    bns = [model.get_submodule(u.name) for grp in groups.values() for u in grp["uses"] if u.role == "bn"]
+
+    def penalty() -> torch.Tensor:
+        if kind == "l1_bn":
+            return sum(b.weight.abs().sum() for b in bns) if bns else torch.zeros(())
+        total = torch.zeros(())
+        for gid, grp in groups.items():
+            sq = sum(mods[n].weight.flatten(1).pow(2).sum(1) for n in grp["producers"])
+            for mod, ix, size in idx[gid]:
+                sq = sq + mod.weight.transpose(0, 1)[ix].flatten(1).pow(2).sum(1).reshape(size, -1).sum(1)
+            total = total + (sq + 1e-12).sqrt().sum()
+        return total
+
+    return penalty
+
+
+# -- the technique ------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Plan:
+    graph: ChannelGraph
+    groups: dict  # prunable groups only
+    skipped: dict  # name -> reasons
+    scores: dict
+
+
+def analyse(model: nn.Module, example, cfg: StructuredPruneConfig) -> _Plan:
+    prunable = {n for n, m in cfg.targets.select(model) if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+    graph = ChannelGraph(model, example, prunable)
+    allg = graph.groups()
+    groups = {g: v for g, v in allg.items() if not v["blocked"]}
+    skipped = {"+".join(v["producers"]): v["blocked"] for v in allg.values() if v["blocked"]}
+    return _Plan(graph, groups, skipped, {})
+
+
+def _pruned(model: nn.Module, plan: _Plan, counts: dict[int, int]) -> nn.Module:
+    m = copy.deepcopy(model)
+    apply_keep(m, plan.groups, keep_from_counts(plan.scores, counts))
+    return m
+
+
+def _allocate(model, plan: _Plan, cfg: StructuredPruneConfig, ctx: Context, example) -> tuple[dict, list]:
+    sizes = {g: v["size"] for g, v in plan.groups.items()}
+    base_macs = count_macs(model, example)
+
+    def uniform(r):
+        return {g: _round(s * (1 - r), s, cfg) for g, s in sizes.items()}
+
+    def global_(r):
+        norm = {g: plan.scores[g] / (plan.scores[g].mean() + 1e-12) for g in sizes}
+        allv = torch.cat(list(norm.values()))
+        k = int(round(r * allv.numel()))
+        thr = allv.sort().values[k - 1] if k > 0 else -math.inf
+        return {g: _round(int((norm[g] > thr).sum()), s, cfg) for g, s in sizes.items()}
+
+    def macs_removed(counts):
+        return 1 - count_macs(_pruned(model, plan, counts), example) / base_macs
+
+    if cfg.allocation in ("uniform", "global"):
+        fn = uniform if cfg.allocation == "uniform" else global_
+        if cfg.target_macs == 0:
+            return fn(cfg.ratio), []
+        lo, hi = 0.0, cfg.max_ratio
+        best = fn(hi)
+        if macs_removed(best) < cfg.target_macs:
+            raise ConfigError(f"target_macs={cfg.target_macs} cannot be met: at max_ratio={cfg.max_ratio} the "
+                              f"prunable layers save {macs_removed(best):.1%}; raise max_ratio or lower the target")
+        for _ in range(14):  # bisection on the ratio that meets the MAC target
+            mid = (lo + hi) / 2
+            if macs_removed(fn(mid)) >= cfg.target_macs:
+                hi, best = mid, fn(mid)
+            else:
+                lo = mid
+        return best, []
+    return _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs)
+
+
+def _latency(model, x, reps: int = 5) -> float:
+    with torch.no_grad():
+        model(*x)
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            model(*x)
+            ts.append(time.perf_counter() - t)
+    return sorted(ts)[len(ts) // 2]
+
+
+def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
+    """Prune each group alone at LEVELS; record metric drop, MAC / param /
+    latency saving; then take greedy steps with the least drop per unit saved."""
+    data = ctx.data
+    split = held_in_split(data, cfg.eval_samples, ctx.seed)
+    with torch.no_grad():
+        ref = torch.cat([model(*x) for x, _ in split.batches(256)]).float().numpy()
+    base_score = split_score(model, split, data, ref)[0]
+    xb = split.slice(0, 64).inputs
+    base_lat = _latency(model, xb)
+    base_params = count_params(model)
+    full = {g: s for g, s in sizes.items()}
+    table, cost = [], {}
+    levels = [lv for lv in LEVELS if lv <= cfg.max_ratio]
+    for g in track(list(sizes), "sensitivity (one group at a time)"):
+        name = "+".join(plan.groups[g]["producers"])
+        cost[g] = [(0.0, 0.0)]
+        seen = set()
+        for lv in levels:
+            counts = dict(full)
+            counts[g] = _round(sizes[g] * (1 - lv), sizes[g], cfg)
+            if counts[g] in seen:
+                cost[g].append(cost[g][-1])
+                continue
+            seen.add(counts[g])
+            m = _pruned(model, plan, counts)
+            drop = base_score - split_score(m, split, data, ref)[0]
+            saved = {"macs": 1 - count_macs(m, example) / base_macs, "params": 1 - count_params(m) / base_params,
+                     "latency": 1 - _latency(m, xb) / base_lat}
+            cost[g].append((drop, saved[cfg.budget]))
+            table.append({"group": name, "ratio": lv, "channels": f"{counts[g]}/{sizes[g]}", "drop": round(drop, 5),
+                          "macs_saved": round(saved["macs"], 4), "params_saved": round(saved["params"], 4),
+                          "latency_saved": round(saved["latency"], 4)})
+    target = cfg.target_macs if cfg.target_macs else cfg.ratio
+    level = {g: 0 for g in sizes}
+
+    def counts_of(level):
+        return {g: (_round(sizes[g] * (1 - levels[level[g] - 1]), sizes[g], cfg) if level[g] else sizes[g])
+                for g in sizes}
+
+    def achieved(level):
+        m = _pruned(model, plan, counts_of(level))
+        if cfg.budget == "macs":
+            return 1 - count_macs(m, example) / base_macs
+        if cfg.budget == "params":
+            return 1 - count_params(m) / base_params
+        return 1 - _latency(m, xb) / base_lat
+
+    predicted = 0.0
+    while True:
+        best, best_rate, best_j = None, math.inf, 0
+        for g in sizes:
+            d0, s0 = cost[g][level[g]]
+            # the next level that saves anything (rounding can make neighbouring levels identical)
+            j = next((j for j in range(level[g] + 1, len(levels) + 1) if cost[g][j][1] - s0 > 1e-9), None)
+            if j is None:
+                continue
+            d1, s1 = cost[g][j]
+            rate = max(d1 - d0, 0.0) / (s1 - s0) + 1e-6 * level[g]
+            if rate < best_rate:
+                best, best_rate, best_j = g, rate, j
+        if best is None:
+            break
+        predicted += cost[best][best_j][1] - cost[best][level[best]][1]
+        level[best] = best_j
+        if predicted >= target and achieved(level) >= target:
+            break
+    if achieved(level) < target:
+        raise ConfigError(f"{cfg.budget} target {target} cannot be met within max_ratio={cfg.max_ratio} "
+                          f"(reached {achieved(level):.1%}); raise max_ratio or lower the target")
+    return counts_of(level), table
+
+
+@register_technique("prune.structured", StructuredPruneConfig, needs=("example_inputs",),
+                    summary="remove whole channels / neurons / attention heads (coupled layers kept consistent); "
+                            "uniform, global or sensitivity allocation; optional group-lasso sparse training")
+def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context) -> nn.Module:
+    """Physically smaller model: the user's class with fewer channels."""
+    example = ctx.example_inputs
+    m = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        ref_shape = tuple(m(*example).shape)
+    plan = analyse(m, example, cfg)
+    if not plan.groups and not (cfg.heads and plan.graph.attention):
+        why = "; ".join(f"{k}: {v[0]}" for k, v in list(plan.skipped.items())[:4])
+        raise ConfigError(f"no channel group of {type(model).__name__} can be pruned safely ({why})")
+    needs_labels = cfg.criterion == "taylor"
+    if (cfg.sparse_epochs or cfg.allocation == "sensitivity" or needs_labels) and not ctx.has("train_data"):
+        raise ConfigError("this configuration (sparse training / sensitivity / taylor) needs training data")
+    if cfg.sparse_epochs:
+        from ..distill.trainer import recover
+        from ..pipeline.recipe import Finetune
+
+        pen = sparse_penalty(m, plan.groups, cfg.sparse_penalty)
+        method = "kd" if ctx.teacher is not None else "plain"
+        recover(m, ctx, Finetune(method=method, epochs=cfg.sparse_epochs),
+                extra_loss=lambda: cfg.sparse_strength * pen())
+        plan = analyse(m, example, cfg)
+    if needs_labels:
+        if ctx.data.task != "classification":
+            raise ConfigError("taylor importance needs a labelled classification task")
+        accumulate_gradients(m, ctx.data)
+    plan.scores = channel_scores(m, plan.groups, cfg.criterion, ctx.seed)
+    table = []
+    if plan.groups:
+        counts, table = _allocate(m, plan, cfg, ctx, example)
+        apply_keep(m, plan.groups, keep_from_counts(plan.scores, counts))
+    else:
+        counts = {}
+    m.zero_grad(set_to_none=True)
+    heads = prune_heads(m, plan.graph.attention, cfg.heads) if cfg.heads else {}
+    with torch.no_grad():
+        try:
+            out_shape = tuple(m(*example).shape)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"the pruned model no longer runs ({str(e).splitlines()[0][:120]}); its forward "
+                              "probably hard-codes a channel count: exclude that layer in targets") from None
+    if out_shape != ref_shape:
+        raise ConfigError(f"pruning changed the output shape {ref_shape} -> {out_shape}; exclude the output layer")
+    per_group = {"+".join(plan.groups[g]["producers"]): f"{counts[g]}/{plan.groups[g]['size']}" for g in counts}
+    m.slimkit_info = {"channels": per_group, "skipped": plan.skipped, "heads": heads, "sensitivity": table,
+                      "allocation": cfg.allocation, "criterion": cfg.criterion}
+    removed = sum(plan.groups[g]["size"] - counts[g] for g in counts)
+    total = sum(plan.groups[g]["size"] for g in counts)
+    ctx.note(f"structured pruning ({cfg.allocation}, {cfg.criterion}): removed {removed} of {total} channels in "
+             f"{len(counts)} groups; skipped {len(plan.skipped)} group(s): "
+             + ("; ".join(f"{k} ({v[0]})" for k, v in plan.skipped.items()) or "none")
+             + (f"; attention heads {heads}" if heads else ""))
+    tables = ctx.extras.setdefault("tables", {})
+    tables["Structured pruning: channels kept per group"] = [
+        {"group": k, "kept": v} for k, v in per_group.items()] + [
+        {"group": f"{k} (attention heads)", "kept": f"{b}/{a}"} for k, (a, b) in heads.items()]
+    if plan.skipped:
+        tables["Structured pruning: groups left alone"] = [{"group": k, "why": "; ".join(v)}
+                                                          for k, v in plan.skipped.items()]
+    if table:
+        tables["Structured pruning: sensitivity (each group pruned alone, held-in data)"] = table
+    return m
