@@ -270,13 +270,16 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
 
 
 def _summary(report: dict, out: Path) -> None:
-    from .report.writer import fmt
+    from .report.writer import fmt, fmt_ratio
 
     b, c, r = report["baseline"], report["compressed"], report.get("ratios", {})
     key = report.get("metric", "accuracy")
     kind = "pct" if key == "accuracy" else "f4"
     typer.echo(f"{key}: {fmt(b.get(key), kind)} -> {fmt(c.get(key), kind)}; size {fmt(b['size_bytes'], 'bytes')} -> "
-               f"{fmt(c['size_bytes'], 'bytes')} ({r.get('size_bytes', 1):.2f}x); ORT latency b1 "
+               f"{fmt(c['size_bytes'], 'bytes')} ({r.get('size_bytes', 1):.2f}x)"
+               + (f", .slim {fmt(c['size_bytes_compressed'], 'bytes')} ({fmt_ratio(c['size_ratio_compressed_vs_fp32_onnx'])}"
+                  " vs fp32 ONNX)" if c.get("size_ratio_compressed_vs_fp32_onnx") else "")
+               + "; ORT latency b1 "
                f"{r.get('latency_ms_p50_b1', float('nan')):.2f}x, bN {r.get('latency_ms_p50_bN', float('nan')):.2f}x")
     for v in report.get("verdicts", []):
         typer.echo(f"  - {v}")

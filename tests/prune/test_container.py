@@ -27,10 +27,16 @@ def test_codebook_encoding_for_few_distinct_values(tmp_path):
     centroids = torch.randn(16)
     state = {"w": centroids[torch.randint(0, 16, (256, 256))], "b": torch.randn(256)}
     info = save_slim(state, tmp_path / "c.slim")
-    assert info["encodings"]["codebook"] == 1
-    assert info["file_bytes"] < 0.3 * info["raw_bytes"]
+    assert info["encodings"]["packed"] == 1
+    assert info["file_bytes"] < 0.14 * info["raw_bytes"]  # 4-bit indices: 1/8 of fp32, plus the bias
     back = load_slim(tmp_path / "c.slim")
     assert torch.equal(back["w"], state["w"]) and torch.equal(back["b"], state["b"])
+    # pruned and clustered: bitmask + 3-bit indices of the non-zeros only
+    sparse = state["w"].clone().clamp_min(0.0)[:, :200]
+    sparse[sparse < 0.5] = 0
+    info = save_slim({"s": sparse}, tmp_path / "s.slim")
+    assert info["encodings"]["sparse"] == 1
+    assert torch.equal(load_slim(tmp_path / "s.slim")["s"], sparse)
 
 
 def test_corrupt_and_foreign_files(tmp_path, digits_mlp):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..core.context import Context, seed_everything
 from ..core.errors import ConfigError
 from ..core.progress import track
+from ..zoo.train import augment_batch
 from .losses import embedding_loss, kd_loss
 
 
@@ -38,12 +39,15 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None) -
     if teacher is not None:
         teacher.eval()
     model.train()
+    aug = data.augment if ft.augment == "auto" else (None if ft.augment == "none" else ft.augment)
     step = 0
     for _ in track(range(ft.epochs), f"fine-tune ({ft.method})"):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, ft.batch_size):
             idx = perm[i:i + ft.batch_size]
             x = tuple(t[idx] for t in data.train.inputs)
+            if aug:  # the teacher sees the same augmented batch
+                x = (augment_batch(x[0], aug, g),) + x[1:]
             y = None if data.train.targets is None else data.train.targets[idx]
             out = model(*x)
             if embedding or ft.method == "kd":

@@ -27,6 +27,7 @@ class Finetune(Config):
     batch_size: int = 64
     temperature: float = 4.0
     alpha: float = 0.5  # weight of the hard-label loss in kd
+    augment: str = "auto"  # auto (the data set's own, e.g. 1-pixel shifts for digits) | none | shift2d | shift1d
 
     def validate(self) -> None:
         check_choice("finetune.method", self.method, ("plain", "kd"))
@@ -35,6 +36,7 @@ class Finetune(Config):
         check_range("finetune.lr", self.lr, 0, 1, lo_open=True)
         check_range("finetune.alpha", self.alpha, 0, 1)
         check_range("finetune.temperature", self.temperature, 0, 100, lo_open=True)
+        check_choice("finetune.augment", self.augment, ("auto", "none", "shift2d", "shift1d"))
 
 
 @dataclasses.dataclass

@@ -1,5 +1,6 @@
 """Pruning: importance criteria, schedules, unstructured and N:M masks."""
 from .importance import CRITERIA, accumulate_gradients, bn_scale, magnitude, random, taylor
+from .cluster import ClusterConfig, ClusteredModel, cluster, kmeans_1d
 from .container import load_slim, save_slim
 from .gradual import GradualPruneConfig, gradual_prune
 from .schedule import agp
@@ -8,4 +9,4 @@ from .unstructured import MagnitudePruneConfig, PrunedModel, layer_sparsity, mag
 
 __all__ = ["CRITERIA", "accumulate_gradients", "bn_scale", "magnitude", "random", "taylor", "agp",
            "MagnitudePruneConfig", "PrunedModel", "layer_sparsity", "magnitude_prune", "nm_mask",
-           "GradualPruneConfig", "StructuredPruneConfig", "structured_prune", "prune_heads", "SlimMultiheadAttention", "gradual_prune", "load_slim", "save_slim"]
+           "GradualPruneConfig", "StructuredPruneConfig", "structured_prune", "prune_heads", "SlimMultiheadAttention", "gradual_prune", "load_slim", "save_slim", "ClusterConfig", "ClusteredModel", "cluster", "kmeans_1d"]

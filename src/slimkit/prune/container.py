@@ -7,7 +7,10 @@ The header lists every tensor: name, dtype, shape, encoding, byte offset and
 length in the decompressed payload. Encodings, chosen per tensor, smallest wins:
     dense     raw values
     bitmask   np.packbits(values != 0) followed by the non-zero values in order
-    codebook  the distinct values (<= 256) followed by one uint8 index per element
+    codebook  the distinct values (<= 256) followed by one uint8 index per element (version 1 only)
+    packed    uint16 K, the K distinct values, then ceil(log2 K)-bit indices, bit-packed (LSB first)
+    sparse    np.packbits(values != 0), uint16 K, the K distinct non-zero values, then the
+              non-zeros' ceil(log2 K)-bit indices, bit-packed: pruned *and* clustered tensors
 zstd (level 10, ``core.io.ZSTD_LEVEL``) then entropy-codes the whole payload. No pickle anywhere: the
 loader parses JSON and raw arrays only.
 """
@@ -24,7 +27,30 @@ import torch.nn as nn
 from ..core.errors import LoadError
 from ..core.io import ZSTD_LEVEL, atomic_path
 
-MAGIC, VERSION = b"SLIM", 1
+MAGIC, VERSION = b"SLIM", 2
+READABLE = (1, 2)
+
+
+def _bits(k: int) -> int:
+    return max(1, int(np.ceil(np.log2(max(k, 2)))))
+
+
+def _pack(idx: np.ndarray, bits: int) -> bytes:
+    planes = (idx[:, None].astype(np.uint16) >> np.arange(bits, dtype=np.uint16)) & 1
+    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
+
+
+def _unpack(buf: bytes, n: int, bits: int) -> np.ndarray:
+    planes = np.unpackbits(np.frombuffer(buf, np.uint8), count=n * bits, bitorder="little").reshape(n, bits)
+    return (planes.astype(np.int64) << np.arange(bits)).sum(1)
+
+
+def _book(values: np.ndarray) -> bytes | None:
+    uniq = np.unique(values)
+    if uniq.size > 256 or uniq.size == 0:
+        return None
+    idx = np.searchsorted(uniq, values)
+    return struct.pack("<H", uniq.size) + uniq.tobytes() + _pack(idx, _bits(uniq.size))
 
 
 def _encodings(a: np.ndarray) -> list[tuple[str, bytes]]:
@@ -32,12 +58,21 @@ def _encodings(a: np.ndarray) -> list[tuple[str, bytes]]:
     out = [("dense", flat.tobytes())]
     if a.dtype.kind == "f":
         nz = flat != 0
-        out.append(("bitmask", np.packbits(nz).tobytes() + flat[nz].tobytes()))
-        uniq = np.unique(flat)
-        if uniq.size <= 256:
-            idx = np.searchsorted(uniq, flat).astype(np.uint8)
-            out.append(("codebook", struct.pack("<H", uniq.size) + uniq.tobytes() + idx.tobytes()))
+        mask = np.packbits(nz).tobytes()
+        out.append(("bitmask", mask + flat[nz].tobytes()))
+        book = _book(flat)
+        if book is not None:
+            out.append(("packed", book))
+        book = _book(flat[nz]) if nz.any() else None
+        if book is not None:
+            out.append(("sparse", mask + book))
     return out
+
+
+def _read_book(blob: bytes, dt: np.dtype, n: int) -> np.ndarray:
+    k = struct.unpack("<H", blob[:2])[0]
+    book = np.frombuffer(blob[2:2 + k * dt.itemsize], dtype=dt)
+    return book[_unpack(blob[2 + k * dt.itemsize:], n, _bits(k))]
 
 
 def save_slim(model_or_state, path) -> dict:
@@ -78,8 +113,8 @@ def load_slim(path, model: nn.Module | None = None):
     if data[:4] != MAGIC or len(data) < 9:
         raise LoadError(f"{p} is not a .slim file (bad magic)")
     version, hlen = struct.unpack("<BI", data[4:9])
-    if version != VERSION:
-        raise LoadError(f"{p} is .slim version {version}; this slimkit reads version {VERSION}")
+    if version not in READABLE:
+        raise LoadError(f"{p} is .slim version {version}; this slimkit reads versions {READABLE}")
     try:
         header = json.loads(data[9:9 + hlen])["tensors"]
         payload = zstandard.ZstdDecompressor().decompress(data[9 + hlen:])
@@ -101,6 +136,13 @@ def load_slim(path, model: nn.Module | None = None):
             k = struct.unpack("<H", blob[:2])[0]
             book = np.frombuffer(blob[2:2 + k * dt.itemsize], dtype=dt)
             a = book[np.frombuffer(blob[2 + k * dt.itemsize:], np.uint8, count=n)]
+        elif e["enc"] == "packed":
+            a = _read_book(blob, dt, n)
+        elif e["enc"] == "sparse":
+            nb = (n + 7) // 8
+            mask = np.unpackbits(np.frombuffer(blob[:nb], np.uint8), count=n).astype(bool)
+            a = np.zeros(n, dt)
+            a[mask] = _read_book(blob[nb:], dt, int(mask.sum()))
         else:
             raise LoadError(f"{p}: unknown encoding {e['enc']!r}")
         state[e["name"]] = torch.from_numpy(np.ascontiguousarray(a).reshape(shape))

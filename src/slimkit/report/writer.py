@@ -55,7 +55,14 @@ def fmt(v: Any, kind: str) -> str:
 
 def _ratio_for(report: dict, key: str) -> str:
     r = (report.get("ratios") or {}).get(key)
-    return f"{r:.2f}x" if isinstance(r, (int, float)) else ""
+    return fmt_ratio(r) if isinstance(r, (int, float)) else ""
+
+
+def fmt_ratio(r: float) -> str:
+    """0.29x; below 0.1 three decimals and the factor, e.g. 0.024x (41.9x smaller)."""
+    if r < 0.1:
+        return f"{r:.3f}x ({1 / r:.1f}x smaller)" if r > 0 else "0x"
+    return f"{r:.2f}x"
 
 
 def metric_rows(report: dict, columns: list[tuple[str, dict]]) -> list[list[str]]:
@@ -68,6 +75,9 @@ def metric_rows(report: dict, columns: list[tuple[str, dict]]) -> list[list[str]
             row.append(_ratio_for(report, key) if key not in ("accuracy",) else
                        f"{100 * (columns[1][1].get(key, 0) - columns[0][1].get(key, 0)):+.2f} pt")
         rows.append(row)
+    vs = columns[-1][1].get("size_ratio_compressed_vs_fp32_onnx")
+    if len(columns) == 2 and vs:
+        rows.append(["compressed container vs the fp32 ONNX file", "", "", fmt_ratio(vs)])
     return rows
 
 

@@ -67,6 +67,7 @@ class DataBundle:
     dynamic_axes: dict = dataclasses.field(default_factory=dict)
     num_classes: Optional[int] = None
     description: str = ""
+    augment: Optional[str] = None  # label-preserving augmentation recovery training may use: shift2d | shift1d
 
     def __post_init__(self) -> None:
         if self.calib is None and self.train is not None:
@@ -111,7 +112,8 @@ def digits(size: int = 16) -> DataBundle:
     y = torch.tensor(d.target, dtype=torch.long)
     idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=360, stratify=d.target, random_state=0)
     return DataBundle("digits", "classification", DataSplit(x[idx_tr], y[idx_tr]), DataSplit(x[idx_te], y[idx_te]),
-                      num_classes=10, description="scikit-learn digits, 16x16, 1437 train / 360 test")
+                      num_classes=10, description="scikit-learn digits, 16x16, 1437 train / 360 test",
+                      augment="shift2d")
 
 
 def mnist1d() -> DataBundle:

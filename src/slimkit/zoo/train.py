@@ -24,7 +24,7 @@ class TrainSpec:
     augment: Optional[str] = None  # "shift2d" | "shift1d" | None
 
 
-def _augment(x: torch.Tensor, kind: Optional[str], g: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, kind: Optional[str], g: torch.Generator) -> torch.Tensor:
     if kind == "shift2d":
         dx, dy = (torch.randint(-1, 2, (2,), generator=g)).tolist()
         return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
@@ -49,7 +49,7 @@ def fit_classifier(model: nn.Module, train: DataSplit, spec: TrainSpec, *, seed:
             idx = perm[i:i + spec.batch_size]
             x = tuple(t[idx] for t in train.inputs)
             y = train.targets[idx]
-            x = (_augment(x[0], spec.augment, g),) + x[1:]
+            x = (augment_batch(x[0], spec.augment, g),) + x[1:]
             out = model(*x)
             loss = loss_fn(out, y, x) if loss_fn else F.cross_entropy(out, y, label_smoothing=spec.label_smoothing)
             opt.zero_grad(set_to_none=True)
