@@ -2,11 +2,11 @@
 from .importance import CRITERIA, accumulate_gradients, bn_scale, magnitude, random, taylor
 from .cluster import ClusterConfig, ClusteredModel, cluster, kmeans_1d
 from .container import load_slim, save_slim
-from .gradual import GradualPruneConfig, gradual_prune
+from .gradual import GradualPruneConfig, IterativePruneConfig, gradual_prune, iterative_prune
 from .schedule import agp
 from .structured import SlimMultiheadAttention, StructuredPruneConfig, prune_heads, structured_prune
 from .unstructured import MagnitudePruneConfig, PrunedModel, layer_sparsity, magnitude_prune, nm_mask
 
 __all__ = ["CRITERIA", "accumulate_gradients", "bn_scale", "magnitude", "random", "taylor", "agp",
            "MagnitudePruneConfig", "PrunedModel", "layer_sparsity", "magnitude_prune", "nm_mask",
-           "GradualPruneConfig", "StructuredPruneConfig", "structured_prune", "prune_heads", "SlimMultiheadAttention", "gradual_prune", "load_slim", "save_slim", "ClusterConfig", "ClusteredModel", "cluster", "kmeans_1d"]
+           "GradualPruneConfig", "IterativePruneConfig", "iterative_prune", "StructuredPruneConfig", "structured_prune", "prune_heads", "SlimMultiheadAttention", "gradual_prune", "load_slim", "save_slim", "ClusterConfig", "ClusteredModel", "cluster", "kmeans_1d"]

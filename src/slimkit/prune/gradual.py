@@ -119,3 +119,55 @@ def gradual_prune(model: nn.Module, cfg: GradualPruneConfig, ctx: Context) -> nn
              f"{100 * zeros / total:.1f}% of {total:,} weights are zero"
              + (f"; {state['regrown']:,} weights regrown on the way" if cfg.regrow_fraction else ""))
     return m.eval()
+
+
+@dataclasses.dataclass
+class IterativePruneConfig(Config):
+    """Prune -> fine-tune cycles: each cycle raises the sparsity (AGP spacing) and recovers."""
+
+    final_sparsity: float = 0.9
+    cycles: int = 4
+    epochs_per_cycle: int = 3
+    scope: str = "global"
+    method: str = "kd"
+    lr: float = 1e-3
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
+
+    def validate(self) -> None:
+        check_range("final_sparsity", self.final_sparsity, 0, 1, hi_open=True)
+        check_choice("scope", self.scope, ("global", "layer"))
+        check_choice("method", self.method, ("kd", "plain"))
+        if self.cycles < 1 or self.epochs_per_cycle < 1:
+            raise ConfigError("cycles and epochs_per_cycle must be >= 1")
+        if isinstance(self.targets, (dict, list, str)):
+            self.targets = Targets.from_dict(self.targets)
+
+
+@register_technique("prune.iterative", IterativePruneConfig, needs=("train_data",),
+                    summary="iterative magnitude pruning: prune -> fine-tune cycles up to a final sparsity")
+def iterative_prune(model: nn.Module, cfg: IterativePruneConfig, ctx: Context) -> nn.Module:
+    """Classic iterative pruning (Han et al. 2015): each cycle prunes more, then recovers with masks held."""
+    from ..distill.trainer import recover
+    from ..pipeline.recipe import Finetune
+
+    if cfg.method == "kd" and ctx.teacher is None:
+        raise ConfigError("prune.iterative with method kd needs a teacher")
+    m = copy.deepcopy(model)
+    layers = [(n, mod) for n, mod in cfg.targets.select(m) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    if not layers:
+        raise ConfigError("no Linear/Conv layer matched the targets; nothing to prune")
+    history = []
+    for c in range(1, cfg.cycles + 1):
+        s = agp(c, final=cfg.final_sparsity, start=0, end=cfg.cycles)
+        masks = _masks_for(layers, s, cfg.scope)
+
+        def hold(step: int, total: int, masks=masks) -> None:
+            with torch.no_grad():
+                for n, mod in layers:
+                    mod.weight.mul_(masks[n])
+
+        hold(0, 0)
+        recover(m, ctx, Finetune(method=cfg.method, epochs=cfg.epochs_per_cycle, lr=cfg.lr), on_step=hold)
+        history.append(round(s, 4))
+    ctx.note(f"iterative pruning: {cfg.cycles} prune -> fine-tune cycles, sparsity {history}")
+    return m.eval()
