@@ -64,18 +64,22 @@ def structured(names, epochs: int, threads: int, target: float) -> str:
     for name in names:
         lm, data = resolve(f"zoo:{name}")
         model = lm.model.eval()
-        ft = Finetune(method="kd", epochs=epochs, lr=0.002)
-        variants = {}
-        for alloc in ("uniform", "sensitivity"):
+        variants, methods = {}, {}
+        for alloc, rt in (("uniform", 8), ("sensitivity", 8), ("uniform", 1)):
             ctx = Context(data=data, teacher=model)
-            variants[f"slimkit {alloc}"] = structured_prune(model, StructuredPruneConfig(
-                target_macs=target, allocation=alloc), ctx)
+            lbl = f"slimkit {alloc}" + (", round_to 1" if rt == 1 else "")
+            variants[lbl] = structured_prune(model, StructuredPruneConfig(
+                target_macs=target, allocation=alloc, round_to=rt), ctx)
+        # the distillation issue's question: KD vs plain fine-tuning for the same pruned model and budget
+        variants["slimkit uniform, plain fine-tune"] = copy.deepcopy(variants["slimkit uniform"])
+        methods["slimkit uniform, plain fine-tune"] = "plain"
         try:
             peer, ratio = torch_pruning_peer(model, data, target)
             variants[f"Torch-Pruning (ratio {ratio:.3f})"] = peer
         except ImportError:
             print("torch-pruning is not installed: peer skipped (pip install torch-pruning)", file=sys.stderr)
         for lbl, m in variants.items():
+            ft = Finetune(method=methods.get(lbl, "kd"), epochs=epochs, lr=0.002)
             recover(m, Context(data=data, teacher=model), ft)
         with tempfile.TemporaryDirectory() as td:
             td = Path(td)
@@ -85,7 +89,7 @@ def structured(names, epochs: int, threads: int, target: float) -> str:
                 export_onnx(m, data, p)
                 cands.append(Candidate(lbl, m, p))
             res = compare(cands, data, workdir=td / "w", threads=threads, batch=360, runs=30)
-        rows = [f"### {name}: ~{target:.0%} fewer MACs, then {epochs} epochs KD (same budget for all)", "",
+        rows = [f"### {name}: ~{target:.0%} fewer MACs, then {epochs} epochs of recovery (KD unless noted)", "",
                 "| variant | accuracy | params | MACs | MACs vs fp32 | ORT b1 | ORT bN | PyTorch b1 | PyTorch bN |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for lbl, m in res["metrics"].items():

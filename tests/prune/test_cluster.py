@@ -65,9 +65,9 @@ def test_cluster_bad_input(digits_mlp):
 def test_deep_compression_digits_mlp(digits_mlp, digits, tmp_path):
     """prune 95% -> 4-bit sharing -> .slim: far smaller than the fp32 ONNX file, accuracy kept."""
     ctx = Context(data=digits, teacher=digits_mlp)
-    p = gradual_prune(digits_mlp, GradualPruneConfig(final_sparsity=0.95, epochs=100, lr=0.01), ctx)
+    p = gradual_prune(digits_mlp, GradualPruneConfig(final_sparsity=0.95, epochs=100, lr=0.01, augment="auto"), ctx)
     cm = cluster(p, ClusterConfig(bits=4), ctx)
-    recover(cm, ctx, Finetune(method="kd", epochs=3, lr=5e-4))
+    recover(cm, ctx, Finetune(method="kd", epochs=3, lr=5e-4, augment="auto"))
     final = cm.slimkit_finalize()
     export_onnx(digits_mlp, digits, tmp_path / "fp32.onnx")
     info = save_slim(final, tmp_path / "m.slim")

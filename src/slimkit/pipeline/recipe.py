@@ -27,7 +27,9 @@ class Finetune(Config):
     batch_size: int = 64
     temperature: float = 4.0
     alpha: float = 0.5  # weight of the hard-label loss in kd
-    augment: str = "auto"  # auto (the data set's own, e.g. 1-pixel shifts for digits) | none | shift2d | shift1d
+    # none | auto (the data set's own label-preserving augmentation, e.g. 1-pixel shifts for digits) | shift2d | shift1d;
+    # measured: it helps long recoveries (deep compression, 200 epochs) and not 20-epoch ones (docs/BENCHMARKS.md)
+    augment: str = "none"
 
     def validate(self) -> None:
         check_choice("finetune.method", self.method, ("plain", "kd"))

@@ -29,10 +29,12 @@ class GradualPruneConfig(Config):
     regrow_fraction: float = 0.0  # > 0: dynamic mode, share of kept weights swapped each update
     method: str = "kd"
     lr: float = 1e-3
+    augment: str = "none"  # as in finetune: none | auto | shift2d | shift1d
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
 
     def validate(self) -> None:
         check_range("final_sparsity", self.final_sparsity, 0, 1, hi_open=True)
+        check_choice("augment", self.augment, ("auto", "none", "shift2d", "shift1d"))
         check_range("initial_sparsity", self.initial_sparsity, 0, self.final_sparsity)
         check_range("prune_fraction_of_training", self.prune_fraction_of_training, 0, 1, lo_open=True)
         check_range("regrow_fraction", self.regrow_fraction, 0, 0.5)
@@ -109,7 +111,7 @@ def gradual_prune(model: nn.Module, cfg: GradualPruneConfig, ctx: Context) -> nn
             for n, mod in layers:
                 mod.weight.mul_(state["masks"][n])
 
-    recover(m, ctx, Finetune(method=cfg.method, epochs=cfg.epochs, lr=cfg.lr), on_step=on_step)
+    recover(m, ctx, Finetune(method=cfg.method, epochs=cfg.epochs, lr=cfg.lr, augment=cfg.augment), on_step=on_step)
     with torch.no_grad():
         for n, mod in layers:
             mod.weight.mul_(state["masks"][n])

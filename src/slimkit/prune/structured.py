@@ -26,6 +26,7 @@ from ..core.targets import Targets
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.metrics import held_in_split, split_score
 from ..quantize.graph import set_module
+from ..search import greedy_levels
 from .channels import ChannelGraph
 from .importance import accumulate_gradients
 
@@ -406,7 +407,6 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
                           "macs_saved": round(saved["macs"], 4), "params_saved": round(saved["params"], 4),
                           "latency_saved": round(saved["latency"], 4)})
     target = cfg.target_macs if cfg.target_macs else cfg.ratio
-    level = {g: 0 for g in sizes}
 
     def counts_of(level):
         return {g: (_round(sizes[g] * (1 - levels[level[g] - 1]), sizes[g], cfg) if level[g] else sizes[g])
@@ -420,28 +420,10 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
             return 1 - count_params(m) / base_params
         return 1 - _latency(m, xb) / base_lat
 
-    predicted = 0.0
-    while True:
-        best, best_rate, best_j = None, math.inf, 0
-        for g in sizes:
-            d0, s0 = cost[g][level[g]]
-            # the next level that saves anything (rounding can make neighbouring levels identical)
-            j = next((j for j in range(level[g] + 1, len(levels) + 1) if cost[g][j][1] - s0 > 1e-9), None)
-            if j is None:
-                continue
-            d1, s1 = cost[g][j]
-            rate = max(d1 - d0, 0.0) / (s1 - s0) + 1e-6 * level[g]
-            if rate < best_rate:
-                best, best_rate, best_j = g, rate, j
-        if best is None:
-            break
-        predicted += cost[best][best_j][1] - cost[best][level[best]][1]
-        level[best] = best_j
-        if predicted >= target and achieved(level) >= target:
-            break
-    if achieved(level) < target:
+    level, got = greedy_levels(cost, target, achieved)
+    if got < target:
         raise ConfigError(f"{cfg.budget} target {target} cannot be met within max_ratio={cfg.max_ratio} "
-                          f"(reached {achieved(level):.1%}); raise max_ratio or lower the target")
+                          f"(reached {got:.1%}); raise max_ratio or lower the target")
     return counts_of(level), table
 
 
