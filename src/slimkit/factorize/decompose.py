@@ -85,12 +85,19 @@ def tucker2(w: torch.Tensor, r_out: int, r_in: int, sweeps: int = 5):
     return u_out, core, u_in
 
 
+def tucker_rank_limits(conv: nn.Module) -> tuple[int, int]:
+    """Largest useful (output, input) Tucker ranks: the ranks of the two unfoldings."""
+    k = math.prod(conv.kernel_size)
+    return min(conv.out_channels, conv.in_channels * k), min(conv.in_channels, conv.out_channels * k)
+
+
 def tucker2_conv(conv: nn.Module, r_out: int, r_in: int, sweeps: int = 5) -> nn.Sequential:
     if conv.groups != 1:
         raise ConfigError("Tucker-2 needs an ordinary convolution (groups=1)")
+    lo, li = tucker_rank_limits(conv)
+    if not (1 <= r_out <= lo and 1 <= r_in <= li):
+        raise ConfigError(f"Tucker ranks ({r_out}, {r_in}) are outside 1..{lo} / 1..{li} for this convolution")
     o, i = conv.out_channels, conv.in_channels
-    if not (1 <= r_out <= o and 1 <= r_in <= i):
-        raise ConfigError(f"Tucker ranks ({r_out}, {r_in}) are outside 1..{o} / 1..{i}")
     w = conv.weight.detach().double()
     u_out, core, u_in = tucker2(w, r_out, r_in, sweeps)
     ones = (1,) * (w.dim() - 2)
