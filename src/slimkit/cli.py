@@ -244,7 +244,10 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
              batch: Optional[int] = typer.Option(None, "--batch", help=BATCH_HELP),
              runs: int = typer.Option(30, "--runs", min=20, help="Timed runs at batch 1."),
              seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
-             trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model .pt file.")) -> None:
+             trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model .pt file."),
+             checkpoint_dir: Optional[Path] = typer.Option(
+                 None, "--checkpoint-dir", help="Write a checkpoint after every training epoch here; run the same "
+                                                "command again to resume an interrupted run.")) -> None:
     """Run a recipe (ordered stages of techniques with optional recovery), then measure baseline and result side by
     side, export the result to ONNX with a parity check, and write the report. All artifacts or none.
 
@@ -256,6 +259,7 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
     Examples:
       slimkit compress zoo:digits-cnn --recipe demo --out out/
       slimkit compress zoo:minilm --recipe recipes/int8-dynamic.yaml --out out/minilm
+      slimkit compress zoo:digits-cnn --recipe distill-student --out out/s --checkpoint-dir ckpt/
     """
     from .load import resolve
     from .pipeline.recipe import Recipe
@@ -265,7 +269,8 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
     if lm.model is None:
         raise SlimkitError("compress needs a PyTorch model, not an ONNX file")
-    res = run(lm.model, rec, bundle, out=out, model_spec=model, threads=threads, batch=batch, runs=runs, seed=seed)
+    res = run(lm.model, rec, bundle, out=out, model_spec=model, threads=threads, batch=batch, runs=runs, seed=seed,
+              checkpoint_dir=checkpoint_dir)
     _summary(res.report, out)
 
 

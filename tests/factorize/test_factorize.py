@@ -114,3 +114,15 @@ def test_factorized_cnn_recovers_with_kd(kind, digits_cnn, digits):
     with torch.no_grad():
         acc = float(np.mean(f(digits.test.inputs[0]).argmax(1).numpy() == digits.test.targets.numpy()))
     assert acc >= 0.985
+
+
+def test_data_aware_svd_minimises_the_output_error():
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(32, 32)
+    scale = torch.ones(32)
+    scale[:4] = 30.0  # a few outlier input channels, as after a transformer LayerNorm
+    x = torch.randn(512, 32, generator=g) * scale
+    cov = x.double().T @ x.double()
+    plain, aware = svd_linear(lin, 8), svd_linear(lin, 8, cov)
+    assert _err(aware(x), lin(x)) < 0.8 * _err(plain(x), lin(x))
+    torch.testing.assert_close(svd_linear(lin, 32, cov)(x), lin(x), atol=1e-3, rtol=1e-3)

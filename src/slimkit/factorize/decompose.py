@@ -33,18 +33,30 @@ def linear_rank_limit(layer: nn.Linear) -> int:
     return min(layer.in_features, layer.out_features)
 
 
-def svd_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
-    """Truncated SVD: the best rank-``rank`` approximation in Frobenius norm (Eckart-Young)."""
+def svd_linear(layer: nn.Linear, rank: int, cov: torch.Tensor | None = None) -> nn.Sequential:
+    """Truncated SVD: the best rank-``rank`` approximation of W in Frobenius norm
+    (Eckart-Young); with ``cov`` = sum of x x^T over calibration inputs, the best
+    rank-``rank`` approximation of the *outputs* W x instead (whitened SVD, as in
+    SVD-LLM: factor W L where C = L L^T, then undo L)."""
     full = linear_rank_limit(layer)
     if not 1 <= rank <= full:
         raise ConfigError(f"rank {rank} is outside 1..{full} for Linear({layer.in_features}, {layer.out_features})")
     w = layer.weight.detach().double()
+    chol = None
+    if cov is not None:
+        c = cov.double()
+        c = c + (1e-5 * c.diagonal().mean() + 1e-12) * torch.eye(c.shape[0], dtype=c.dtype)
+        chol = torch.linalg.cholesky(c)
+        w = w @ chol
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     root = s[:rank].sqrt()
+    right = root[:, None] * vh[:rank]
+    if chol is not None:  # right @ L^-1
+        right = torch.linalg.solve_triangular(chol, right, upper=False, left=False)
     first = nn.Linear(layer.in_features, rank, bias=False)
     second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
     with torch.no_grad():
-        first.weight.copy_((root[:, None] * vh[:rank]).float())
+        first.weight.copy_(right.float())
         second.weight.copy_((u[:, :rank] * root[None]).float())
         if layer.bias is not None:
             second.bias.copy_(layer.bias)

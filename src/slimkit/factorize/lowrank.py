@@ -51,6 +51,7 @@ class LowRankConfig(Config):
     budget: str = "macs"  # macs | params
     round_to: int = 8
     min_saving: float = 0.1  # replace a layer only if its MACs and params drop by at least this share
+    data_aware: bool = True  # Linear: whitened SVD that minimises the output error on calibration data
     eval_samples: int = 512
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
 
@@ -87,11 +88,12 @@ def _full_rank(mod: nn.Module, cfg: LowRankConfig) -> int:
     return max(tucker_rank_limits(mod))
 
 
-def _factorize(mod: nn.Module, share: float, cfg: LowRankConfig, rank: int | None = None) -> nn.Module:
+def _factorize(mod: nn.Module, share: float, cfg: LowRankConfig, rank: int | None = None,
+               cov: torch.Tensor | None = None) -> nn.Module:
     """The layer factorized keeping ``share`` of its full rank (or exactly ``rank``)."""
     if isinstance(mod, nn.Linear):
         full = linear_rank_limit(mod)
-        return svd_linear(mod, rank or _round_rank(share * full, full, cfg.round_to))
+        return svd_linear(mod, rank or _round_rank(share * full, full, cfg.round_to), cov)
     if cfg.conv == "spatial":
         full = spatial_rank_limit(mod)
         return spatial_svd_conv(mod, rank or _round_rank(share * full, full, cfg.round_to))
@@ -128,6 +130,25 @@ class _Shapes:
         for h in hooks:
             h.remove()
 
+    @staticmethod
+    @torch.no_grad()
+    def covariances(model: nn.Module, split, names: list[str]) -> dict[str, torch.Tensor]:
+        """Sum of x x^T of each named Linear's inputs over ``split`` (float64)."""
+        cov: dict[str, torch.Tensor] = {}
+
+        def hook(name):
+            def fn(mod, args, out) -> None:
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+                cov[name] = cov.get(name, 0) + x.T @ x
+            return fn
+
+        hooks = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+        for x, _ in split.batches(64):
+            model(*x)
+        for h in hooks:
+            h.remove()
+        return cov
+
     def cost(self, name: str, mod: nn.Module) -> tuple[int, int]:
         return count_macs(mod, (torch.zeros(self.shapes[name]),)), count_params(mod)
 
@@ -157,6 +178,9 @@ def lowrank(model: nn.Module, cfg: LowRankConfig, ctx: Context) -> nn.Module:
     shapes = _Shapes(m, example, [n for n, _ in layers])
     layers = [(n, mod) for n, mod in layers if n in shapes.shapes]
     base = {n: shapes.cost(n, mod) for n, mod in layers}
+    covs = {}
+    if cfg.data_aware and ctx.has("calibration_data"):
+        covs = _Shapes.covariances(m, ctx.data.calib, [n for n, mod in layers if isinstance(mod, nn.Linear)])
     skipped, plan, table = {}, {}, []
 
     def pays_off(n, new):
@@ -166,16 +190,16 @@ def lowrank(model: nn.Module, cfg: LowRankConfig, ctx: Context) -> nn.Module:
     if cfg.rank == "auto":
         if not ctx.has("train_data"):
             raise ConfigError("rank: auto measures each layer on held-in data: it needs training data")
-        plan, table = _auto(m, layers, cfg, ctx, example, shapes, base, pays_off)
+        plan, table = _auto(m, layers, cfg, ctx, example, shapes, base, pays_off, covs)
     else:
         for n, mod in layers:
             if n in cfg.ranks:
                 if cfg.ranks[n] > _full_rank(mod, cfg):
                     raise ConfigError(f"rank {cfg.ranks[n]} for {n} is larger than its full rank {_full_rank(mod, cfg)}")
-                new = _factorize(mod, 1.0, cfg, rank=cfg.ranks[n])
+                new = _factorize(mod, 1.0, cfg, rank=cfg.ranks[n], cov=covs.get(n))
             else:
                 share = cfg.ratio if cfg.rank == "ratio" else _energy_share(mod, cfg)
-                new = _factorize(mod, share, cfg)
+                new = _factorize(mod, share, cfg, cov=covs.get(n))
             if pays_off(n, new):
                 plan[n] = new
             else:
@@ -200,12 +224,12 @@ def lowrank(model: nn.Module, cfg: LowRankConfig, ctx: Context) -> nn.Module:
         tables["Low-rank factorization: layers left alone"] = [{"layer": k, "why": v} for k, v in skipped.items()]
     if table:
         tables["Low-rank factorization: sensitivity (each layer alone, held-in data)"] = table
-    ctx.note(f"low-rank ({cfg.rank}): factorized {len(plan)} of {len(layers)} layer(s); params "
+    ctx.note(f"low-rank ({cfg.rank}{', data-aware SVD' if covs else ''}): factorized {len(plan)} of {len(layers)} layer(s); params "
              f"{count_params(model):,} -> {count_params(m):,}")
     return m
 
 
-def _auto(m, layers, cfg, ctx, example, shapes, base, pays_off):
+def _auto(m, layers, cfg, ctx, example, shapes, base, pays_off, covs):
     data = ctx.data
     split = held_in_split(data, cfg.eval_samples, ctx.seed)
     with torch.no_grad():
@@ -217,7 +241,7 @@ def _auto(m, layers, cfg, ctx, example, shapes, base, pays_off):
     for n, mod in track(layers, "low-rank sensitivity (one layer at a time)"):
         cost[n], options[n] = [(0.0, 0.0)], [None]
         for share in LEVELS:
-            new = _factorize(mod, share, cfg)
+            new = _factorize(mod, share, cfg, cov=covs.get(n))
             if not pays_off(n, new):
                 cost[n].append(cost[n][-1])
                 options[n].append(options[n][-1])

@@ -79,7 +79,8 @@ def export_artifact(model: nn.Module, data: DataBundle, path: Path):
 
 def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *, out: Optional[str | os.PathLike] = None,
              model_spec: str = "", threads: int = 1, batch: Optional[int] = None, runs: int = 30,
-             seed: Optional[int] = None, measure: bool = True) -> Result:
+             seed: Optional[int] = None, measure: bool = True,
+             checkpoint_dir: Optional[str | os.PathLike] = None) -> Result:
     """Run ``recipe`` on a copy of ``model`` with ``data``; write DIR/model.onnx,
     report.json, report.md, report.html and recipe.yaml when ``out`` is given
     (all or nothing: files are assembled in a temporary folder first)."""
@@ -111,8 +112,11 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
     for stage in recipe.stages:
         t0 = time.perf_counter()
         notes_before = len(ctx.notes)
-        for step in stage.techniques:
+        ckpt = Path(checkpoint_dir) / f"{recipe.name}-{stage.name}" if checkpoint_dir else None
+        for i, step in enumerate(stage.techniques):
             tech = get_technique(step.type)
+            # techniques that train (distill.*) resume from their own checkpoint
+            ctx.extras["checkpoint"] = str(ckpt) + f"-{i}.pt" if ckpt else None
             info(f"slimkit: stage {stage.name}: {step.type}")
             work = tech.apply(work, step.config, ctx)
             if not isinstance(work, nn.Module):
@@ -120,7 +124,7 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
         if stage.finetune is not None and stage.finetune.epochs > 0:
             from ..distill.trainer import recover
 
-            work = recover(work, ctx, stage.finetune)
+            work = recover(work, ctx, stage.finetune, checkpoint=str(ckpt) + "-finetune.pt" if ckpt else None)
         finalize = getattr(work, "slimkit_finalize", None)
         if callable(finalize):  # e.g. make pruning masks permanent once recovery is done
             work = finalize()
