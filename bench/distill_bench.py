@@ -3,6 +3,7 @@
     python bench/distill_bench.py --only kd        # KD vs the same student alone, 3 seeds, digits and MNIST-1D
     python bench/distill_bench.py --only cnn       # low-rank / DS conversion on the zoo CNNs, KD recovery, latency
     python bench/distill_bench.py --only minilm    # low-rank MiniLM (data-aware SVD) + embedding KD, and with int8
+    python bench/distill_bench.py --only student   # a 3-block MiniLM initialised from the teacher, embedding KD
 
 Every ONNX variant is timed interleaved with the fp32 model in the same process
 (1 thread); ratios are variant / fp32. Fidelity for MiniLM is reported on all
@@ -158,6 +159,36 @@ def minilm(threads: int, epochs: int, shares: list[float]) -> str:
     return out
 
 
+def minilm_student(threads: int, epochs: int, keep: list[int]) -> str:
+    """A shallower MiniLM: blocks dropped, the rest initialised from the teacher, embedding KD."""
+    lm, data = resolve("zoo:minilm")
+    model = lm.model.eval()
+    held = data.test.slice(len(data.train), len(data.test))
+    t0 = time.perf_counter()
+    ctx = Context(data=data, teacher=model)
+    s = distill_student(model, StudentConfig(width=1.0, keep_layers=keep, epochs=epochs, lr=1e-4, batch_size=32), ctx)
+    cost = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as td:
+        td = Path(td)
+        export_onnx(model, data, td / "t.onnx")
+        export_onnx(s, data, td / "s.onnx")
+        res = compare([Candidate("fp32 (6 blocks)", model, td / "t.onnx"),
+                       Candidate(f"student (blocks {keep})", s, td / "s.onnx")], data, workdir=td / "w",
+                      threads=threads, measure_memory=False)
+    with torch.no_grad():
+        a = torch.cat([s(*b) for b, _ in held.batches(64)]).numpy()
+        r = torch.cat([model(*b) for b, _ in held.batches(64)]).numpy()
+    h = fidelity(a, r)
+    m, r_ = res["metrics"][f"student (blocks {keep})"], res["ratios"][f"student (blocks {keep})"]
+    out = (f"MiniLM student, blocks {keep} of 6 kept (initialised from the teacher), {epochs} epochs of embedding "
+           f"KD on 180 sentences ({cost:.0f} s): params {m['params']:,} ({r_['params']:.2f}x), ONNX "
+           f"{m['size_bytes'] / 1e6:.1f} MB, cos mean (all 300) {m['fidelity_cos_mean']:.4f}, held-out 120: cos mean "
+           f"{h['fidelity_cos_mean']:.4f} / min {h['fidelity_cos_min']:.4f} / NN top-1 {h['nn_top1']:.3f}; ORT latency "
+           f"b1 {r_['latency_ms_p50_b1']:.2f}x, bN {r_['latency_ms_p50_bN']:.2f}x the fp32 model")
+    print(out, flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="kd,cnn,minilm")
@@ -172,6 +203,8 @@ def main(argv=None) -> int:
         cnn(a.threads)
     if "minilm" in parts:
         minilm(a.threads, a.minilm_epochs, [float(s) for s in a.minilm_shares.split(",")])
+    if "student" in parts:
+        minilm_student(a.threads, a.minilm_epochs, [0, 2, 4])
     return 0
 
 

@@ -41,6 +41,10 @@ class DynamicQuantConfig(Config):
     # SmoothQuant where the input comes from a LayerNorm with outlier channels (BERT-style Q/K/V and FFN-in)
     smooth: Targets = dataclasses.field(default_factory=lambda: Targets(
         include=["re:(attention\\.self\\.(query|key|value)|intermediate\\.dense)$"], types=["Linear"]))
+    # per-token (per row) symmetric activation scales where one outlier token would squash a whole tensor's
+    # range: by default the FFN output projections, whose GELU inputs carry the outliers (measured on MiniLM)
+    per_token: Targets = dataclasses.field(default_factory=lambda: Targets(
+        include=["re:layer\\.\\d+\\.output\\.dense$"], types=["Linear"]))
     keep_float: list = dataclasses.field(default_factory=list)  # Linear layer names (or re:) kept in fp32
     calibration_samples: int = 128
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear"]))
@@ -50,7 +54,7 @@ class DynamicQuantConfig(Config):
         check_range("smoothquant_alpha", self.smoothquant_alpha, 0, 1)
         if self.calibration_samples < 2:
             raise ConfigError(f"calibration_samples={self.calibration_samples}: need at least 2")
-        for attr in ("targets", "smooth"):
+        for attr in ("targets", "smooth", "per_token"):
             if isinstance(getattr(self, attr), (dict, list, str)):
                 setattr(self, attr, Targets.from_dict(getattr(self, attr)))
 
@@ -74,6 +78,13 @@ def _dyn_act(x: torch.Tensor) -> torch.Tensor:
     return x + (y - x).detach()
 
 
+def _token_act(x: torch.Tensor) -> torch.Tensor:
+    """Per-row symmetric 8-bit: scale = max|x| / 127 per token, codes in [-127, 127] (stored as u8 + 128)."""
+    s = (x.detach().abs().amax(-1, keepdim=True) / 127.0).clamp(min=1e-12)
+    y = torch.clamp(torch.round(x / s), -127, 127) * s
+    return x + (y - x).detach()
+
+
 class DynQuantLinear(nn.Module):
     """Linear with an optional SmoothQuant input scale; simulates dynamic int8 when ``sim`` is on."""
 
@@ -87,7 +98,7 @@ class DynQuantLinear(nn.Module):
             self.inv_smooth = None
         self.weight = nn.Parameter(w)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
-        self.qmax, self.per_channel, self.sim = qmax, per_channel, True
+        self.qmax, self.per_channel, self.sim, self.per_token = qmax, per_channel, True, False
 
     def forward(self, x):
         if self.inv_smooth is not None:
@@ -95,7 +106,7 @@ class DynQuantLinear(nn.Module):
         if not self.sim:
             return F.linear(x, self.weight, self.bias)
         q, s = _wq(self.weight, self.qmax, self.per_channel)
-        return F.linear(_dyn_act(x), q * s[:, None], self.bias)
+        return F.linear(_token_act(x) if self.per_token else _dyn_act(x), q * s[:, None], self.bias)
 
 
 class DynQuantEmbedding(nn.Module):
@@ -179,6 +190,7 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
     smooth_names = [n for n, _ in cfg.smooth.select(m, strict=False)] if cfg.smoothquant_alpha > 0 else []
     smooth_names = [n for n in smooth_names if n in dict(linears)]
     stats = _act_absmax(m, smooth_names, data, cfg.calibration_samples) if smooth_names else {}
+    token_names = {n for n, _ in cfg.per_token.select(m, strict=False)} & set(dict(linears))
     for name, lin in linears:
         s = None
         if name in stats:
@@ -186,6 +198,8 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
             wmax = lin.weight.detach().abs().amax(0).clamp(min=1e-5)
             s = (stats[name].clamp(min=1e-5) ** a / wmax ** (1 - a)).clamp(min=1e-2, max=1e2)
         set_module(m, name, DynQuantLinear(lin, qmax, cfg.per_channel, s))
+    for n in token_names:
+        m.get_submodule(n).per_token = True
     embs = []
     if cfg.embeddings:
         for name, mod in list(m.named_modules()):
@@ -197,7 +211,8 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
             "weight_range": wr, "weight_range_reason": note, "quantized_layers": [n for n, _ in linears],
             "float_layers": [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)
                              and n not in dict(linears)],
-            "smoothquant": {"alpha": cfg.smoothquant_alpha, "layers": list(stats)}, "int8_embeddings": embs}
+            "smoothquant": {"alpha": cfg.smoothquant_alpha, "layers": list(stats)}, "int8_embeddings": embs,
+            "per_token_activations": sorted(token_names)}
     if note:
         ctx.note(note)
     ctx.note(f"int8 dynamic: {len(linears)} Linear layers, {len(embs)} embedding tables, SmoothQuant on {len(stats)}")
@@ -226,7 +241,7 @@ def _known(idx: dict, a: np.ndarray) -> bool:
 
 
 def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool, weights=None, tables=None,
-                          weight_u8: bool = False) -> dict:
+                          weight_u8: bool = False, token_weights=None) -> dict:
     """Rewrite MatMul(x, W const) -> DynamicQuantizeLinear + MatMulInteger + scale
     (fused by ONNX Runtime into DynamicQuantizeMatMul), and Gather(E const, ids)
     -> int8 rows with a gathered per-row scale."""
@@ -259,6 +274,34 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
             x = n.input[0]
             xq, xs, xz = base + "_xq", base + "_xscale", base + "_xzp"
             mm, mf, sc = base + "_mmi", base + "_mmf", base + "_scale"
+            if token_weights is not None and _known(token_weights, w):
+                # per-token symmetric scales: max|x| / 127 per row, codes + 128 as u8, zero point 128
+                c = {k: G.add_init(f"{base}_{k}", np.array(v, np.float32)) for k, v in
+                     (("eps", 1e-12 * 127.0), ("q127", 127.0), ("lo", -127.0), ("hi", 127.0), ("off", 128.0))}
+                zp = G.add_init(base + "_xzp128", np.array(128, np.uint8))
+                new_nodes += [
+                    helper.make_node("Abs", [x], [base + "_abs"], name=base + "_abs"),
+                    helper.make_node("ReduceMax", [base + "_abs"], [base + "_amax"], name=base + "_amax", axes=[-1],
+                                     keepdims=1),
+                    helper.make_node("Max", [base + "_amax", c["eps"]], [base + "_amaxc"], name=base + "_amaxc"),
+                    helper.make_node("Div", [base + "_amaxc", c["q127"]], [xs], name=base + "_xs"),
+                    helper.make_node("Div", [x, xs], [base + "_xdiv"], name=base + "_xdiv"),
+                    helper.make_node("Round", [base + "_xdiv"], [base + "_xr"], name=base + "_xr"),
+                    helper.make_node("Clip", [base + "_xr", c["lo"], c["hi"]], [base + "_xc"], name=base + "_xc"),
+                    helper.make_node("Add", [base + "_xc", c["off"]], [base + "_xo"], name=base + "_xo"),
+                    helper.make_node("Cast", [base + "_xo"], [xq], name=base + "_xu8", to=TensorProto.UINT8),
+                    helper.make_node("MatMulInteger", [xq, qn, zp] + zn, [mm], name=base + "_mmi"),
+                    helper.make_node("Cast", [mm], [mf], name=base + "_cast", to=TensorProto.FLOAT),
+                    helper.make_node("Mul", [mf, xs], [sc], name=base + "_rowscale"),
+                    helper.make_node("Mul", [sc, sn], [base + "_prebias" if has_bias else final_out],
+                                     name=base + "_out"),
+                ]
+                if has_bias:
+                    new_nodes.append(helper.make_node("Add", [base + "_prebias", n.input[2]], [final_out],
+                                                      name=base + "_bias"))
+                G.g.node.remove(n)
+                done += 1
+                continue
             new_nodes += [
                 helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=base + "_dql"),
                 helper.make_node("MatMulInteger", [xq, qn, xz] + zn, [mm], name=base + "_mmi"),
@@ -321,7 +364,10 @@ def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17
     model, weights, tables = export_float_graph(qm, data, opset, DynQuantLinear, DynQuantEmbedding)
     qmax = 63 if qm.info["weight_range"] == "reduced" else 127
     weight_u8 = qm.info["weight_range"] == "u8"
-    counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), weights, tables, weight_u8)
+    token = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules()
+                    if isinstance(m, DynQuantLinear) and m.per_token])
+    counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), weights, tables, weight_u8,
+                                   token_weights=token)
     n_lin = sum(isinstance(m, DynQuantLinear) for m in qm.model.modules())
     if counts["matmuls"] == 0:
         raise ExportError(f"none of the {n_lin} quantized Linear layers was found in the ONNX graph; "
