@@ -40,3 +40,18 @@ def test_int4_file_is_about_half_of_int8_and_runs_matmulnbits(digits_mlp, digits
     np.testing.assert_allclose(got, q4m(*x).detach().numpy(), atol=1e-3, rtol=1e-3)
     acc_fp = (digits_mlp(*x).argmax(1) == digits.test.targets).float().mean().item()
     assert float((got.argmax(1) == digits.test.targets.numpy()).mean()) >= acc_fp - 0.02
+
+
+def test_gptq_beats_round_to_nearest_on_the_output_error():
+    from slimkit.quantize.int4 import dq4, gptq_q4, q4
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 128, generator=g)
+    # correlated inputs with uneven scales, as real activations are
+    x = torch.randn(2048, 16, generator=g) @ torch.randn(16, 128, generator=g) + 0.1 * torch.randn(2048, 128, generator=g)
+    h = x.double().T @ x.double()
+    q_r, s_r = q4(w, 32)
+    q_g, s_g = gptq_q4(w, h, 32)
+    assert q_g.min() >= -8 and q_g.max() <= 7 and s_g.shape == (48, 4)
+    err = lambda q, s: float((x @ (dq4(q, s, 32) - w).T).pow(2).mean())  # noqa: E731
+    assert err(q_g, s_g) < 0.7 * err(q_r, s_r)

@@ -29,7 +29,7 @@ from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.metrics import held_in_split, split_score
-from ..quantize.graph import set_module
+from ..quantize.graph import input_covariances, set_module
 from ..search import greedy_levels
 from .decompose import (depthwise_separable, linear_rank_limit, rank_for_energy, singular_values,
                         spatial_rank_limit, spatial_svd_conv, svd_linear, tucker2_conv, tucker_rank_limits)
@@ -130,25 +130,6 @@ class _Shapes:
         for h in hooks:
             h.remove()
 
-    @staticmethod
-    @torch.no_grad()
-    def covariances(model: nn.Module, split, names: list[str]) -> dict[str, torch.Tensor]:
-        """Sum of x x^T of each named Linear's inputs over ``split`` (float64)."""
-        cov: dict[str, torch.Tensor] = {}
-
-        def hook(name):
-            def fn(mod, args, out) -> None:
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                cov[name] = cov.get(name, 0) + x.T @ x
-            return fn
-
-        hooks = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-        for x, _ in split.batches(64):
-            model(*x)
-        for h in hooks:
-            h.remove()
-        return cov
-
     def cost(self, name: str, mod: nn.Module) -> tuple[int, int]:
         return count_macs(mod, (torch.zeros(self.shapes[name]),)), count_params(mod)
 
@@ -180,7 +161,7 @@ def lowrank(model: nn.Module, cfg: LowRankConfig, ctx: Context) -> nn.Module:
     base = {n: shapes.cost(n, mod) for n, mod in layers}
     covs = {}
     if cfg.data_aware and ctx.has("calibration_data"):
-        covs = _Shapes.covariances(m, ctx.data.calib, [n for n, mod in layers if isinstance(mod, nn.Linear)])
+        covs = input_covariances(m, ctx.data.calib, [n for n, mod in layers if isinstance(mod, nn.Linear)])
     skipped, plan, table = {}, {}, []
 
     def pays_off(n, new):

@@ -76,3 +76,25 @@ def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     """Replace the submodule at dotted ``name``."""
     parent, _, attr = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, attr, new)
+
+
+@torch.no_grad()
+def input_covariances(model: nn.Module, split, names: list[str]) -> dict[str, torch.Tensor]:
+    """Sum of x x^T of each named layer's inputs (last dimension) over ``split``, float64:
+    the Hessian of a Linear layer's output error (GPTQ) and the whitening of data-aware SVD."""
+    cov: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(mod, args, out) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            cov[name] = cov.get(name, 0) + x.T @ x
+        return fn
+
+    hooks = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    try:
+        for x, _ in split.batches(64):
+            model(*x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return cov

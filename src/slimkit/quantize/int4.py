@@ -18,11 +18,12 @@ from ..core.config import Config, check_choice
 from ..core.context import Context
 from ..core.errors import ConfigError, ExportError
 from ..core.io import atomic_path
+from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..zoo.data import DataBundle
 from .dynamic import DynQuantModel, _known, _plain_gemm, select_linears
-from .graph import set_module
+from .graph import input_covariances, set_module
 from .static import _check_finite_weights
 
 
@@ -31,12 +32,15 @@ class Int4WeightConfig(Config):
     """4-bit weights in groups along the input dimension; activations stay float."""
 
     group_size: int = 64
+    method: str = "gptq"  # gptq (error-compensating, needs calibration data) | rtn (round to nearest)
+    damp: float = 0.01  # GPTQ: share of the mean Hessian diagonal added for stability
     embeddings: bool = True
     keep_float: list = dataclasses.field(default_factory=list)
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear"]))
 
     def validate(self) -> None:
         check_choice("group_size", self.group_size, (16, 32, 64, 128, 256))
+        check_choice("method", self.method, ("gptq", "rtn"))
         if isinstance(self.targets, (dict, list, str)):
             self.targets = Targets.from_dict(self.targets)
 
@@ -65,6 +69,37 @@ def q4(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
     return q.reshape(rows, k), s
 
 
+@torch.no_grad()
+def gptq_q4(w: torch.Tensor, h: torch.Tensor, g: int, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ (Frantar et al. 2023) with 4-bit group codes: quantize one input column at a
+    time and spread its error over the columns not yet quantized, weighted by the inverse
+    Hessian of the layer's output error (H = sum of x x^T over calibration inputs).
+    Group scales are chosen (MSE search) when a group starts, on the error-updated weights."""
+    w = w.detach().float().clone()
+    rows, k = w.shape
+    if k % g:
+        raise ConfigError(f"input size {k} is not divisible by group_size={g}; pick a group size that divides it")
+    h = h.double().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * h.diagonal().mean() * torch.eye(k, dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    q = torch.zeros(rows, k)
+    scales = torch.zeros(rows, k // g)
+    for g0 in range(0, k, g):
+        s = q4(w[:, g0:g0 + g], g)[1][:, 0]
+        scales[:, g0 // g] = s
+        for i in range(g0, g0 + g):
+            col = w[:, i]
+            qi = torch.clamp(torch.round(col / s), -8, 7)
+            q[:, i] = qi
+            err = (col - qi * s) / hinv[i, i]
+            if i + 1 < k:
+                w[:, i + 1:] -= err[:, None] * hinv[i, i + 1:][None, :]
+    return q, scales
+
+
 def dq4(q: torch.Tensor, s: torch.Tensor, g: int) -> torch.Tensor:
     rows, k = q.shape
     return (q.reshape(rows, k // g, g) * s[..., None]).reshape(rows, k)
@@ -78,8 +113,20 @@ class Int4Linear(nn.Module):
         self.g, self.sim = g, True
         q4(self.weight.detach(), g)  # validates the group size now
 
+    def fix(self, q: torch.Tensor, s: torch.Tensor) -> None:
+        """Use these codes and scales (e.g. from GPTQ); the float weight becomes their dequantized value."""
+        self.register_buffer("codes", q.to(torch.int8))
+        self.register_buffer("scales", s.float())
+        with torch.no_grad():
+            self.weight.copy_(dq4(q.float(), s.float(), self.g))
+
     def forward(self, x):
-        w = dq4(*q4(self.weight, self.g), self.g) if self.sim else self.weight
+        if not self.sim:
+            w = self.weight
+        elif getattr(self, "codes", None) is not None:
+            w = dq4(self.codes.float(), self.scales, self.g)
+        else:
+            w = dq4(*q4(self.weight, self.g), self.g)
         return F.linear(x, w, self.bias)
 
 
@@ -111,15 +158,26 @@ def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4M
     linears = select_linears(m, cfg.targets, cfg.keep_float)
     if not linears:
         raise ConfigError("no Linear layer matched the targets; nothing to quantize")
-    for n, lin in linears:
-        set_module(m, n, Int4Linear(lin, cfg.group_size))
+    method = cfg.method
+    if method == "gptq" and not ctx.has("calibration_data"):
+        method = "rtn"
+        ctx.note("int4: no calibration data, so round-to-nearest instead of GPTQ")
+    hess = {}
+    if method == "gptq":
+        hess = input_covariances(m, ctx.data.calib, [n for n, _ in linears])
+    for n, lin in track(linears, f"int4 ({method})"):
+        il = Int4Linear(lin, cfg.group_size)
+        if n in hess:
+            il.fix(*gptq_q4(lin.weight, hess[n], cfg.group_size, cfg.damp))
+        set_module(m, n, il)
     embs = []
     if cfg.embeddings:
         for n, mod in list(m.named_modules()):
             if isinstance(mod, nn.Embedding) and mod.num_embeddings >= 256 and mod.embedding_dim % cfg.group_size == 0:
                 set_module(m, n, Int4Embedding(mod, cfg.group_size))
                 embs.append(n)
-    info = {"scheme": f"weight-only int4, symmetric, group {cfg.group_size} along the input dimension, packed",
+    info = {"scheme": f"weight-only int4 ({method}), symmetric, group {cfg.group_size} along the input dimension, "
+                      "packed",
             "quantized_layers": [n for n, _ in linears], "int4_embeddings": embs}
     ctx.note(f"int4 weights: {len(linears)} Linear layers and {len(embs)} embedding tables, group {cfg.group_size}")
     return Int4Model(m, info, cfg)
@@ -131,7 +189,7 @@ def _pack(q: np.ndarray) -> np.ndarray:
     return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
 
 
-def rewrite_int4(model, g: int, weights: dict, tables: dict) -> dict:
+def rewrite_int4(model, g: int, weights: dict, tables: dict, fixed: dict | None = None) -> dict:
     from onnx import TensorProto, helper, numpy_helper
 
     from .onnx_passes import Graph, prune_unused, topo_sort
@@ -147,7 +205,8 @@ def rewrite_int4(model, g: int, weights: dict, tables: dict) -> dict:
             if w.ndim != 2 or not _known(weights, w):
                 continue
             k, nn_ = w.shape
-            q, s = q4(torch.from_numpy(w.T.copy()), g)  # [N, K], [N, K/g]
+            key = np.ascontiguousarray(w).tobytes()
+            q, s = (fixed or {}).get(key) or q4(torch.from_numpy(w.T.copy()), g)  # [N, K], [N, K/g]
             packed = _pack(q.numpy()).reshape(nn_, k // g, g // 2)
             base = n.name or n.output[0]
             bn = G.add_init(base + "_B4", packed)
@@ -207,7 +266,9 @@ def export_int4(qm: Int4Model, data: DataBundle, path, *, opset: int = 17, check
     from .onnx_passes import optimized_op_types
 
     model, weights, tables = export_float_graph(qm, data, opset, Int4Linear, Int4Embedding)
-    counts = rewrite_int4(model, qm.cfg.group_size, weights, tables)
+    fixed = {np.ascontiguousarray(mod.weight.detach().numpy().T).tobytes(): (mod.codes.float(), mod.scales)
+             for mod in qm.model.modules() if isinstance(mod, Int4Linear) and getattr(mod, "codes", None) is not None}
+    counts = rewrite_int4(model, qm.cfg.group_size, weights, tables, fixed)
     if counts["matmulnbits"] == 0:
         raise ExportError("none of the int4 Linear layers was found in the ONNX graph")
     blob = model.SerializeToString()
