@@ -11,6 +11,9 @@ from slimkit.export import ort_run, ort_session
 from slimkit.pipeline.runner import export_artifact
 
 TECHS = [t for t in list_techniques() if not t.name.startswith("test.")]
+# accuracy floors without recovery; depthwise-separable conversion is a lossy re-parametrisation that relies on
+# the stage's fine-tune (its floor after recovery is in tests/factorize)
+FLOOR = {"factorize.dsconv": 0.80}
 
 
 def test_registry_lists_the_built_in_families():
@@ -21,9 +24,12 @@ def test_registry_lists_the_built_in_families():
 
 
 @pytest.mark.parametrize("tech", TECHS, ids=lambda t: t.name)
-def test_technique_contract(tech, digits_mlp, digits, tmp_path):
-    before = copy.deepcopy(digits_mlp.state_dict())
+def test_technique_contract(tech, digits_mlp, digits_cnn, digits, tmp_path):
     cfg = tech.config_cls()
+    # convolution-only techniques get the CNN, the rest the MLP
+    conv_only = "Linear" not in getattr(getattr(cfg, "targets", None), "types", ["Linear"])
+    digits_mlp = digits_cnn if conv_only else digits_mlp
+    before = copy.deepcopy(digits_mlp.state_dict())
     if hasattr(cfg, "epochs"):
         cfg.epochs = 1  # keep the sweep fast; accuracy floors per technique live in their own tests
     if hasattr(cfg, "final_sparsity"):
@@ -40,4 +46,4 @@ def test_technique_contract(tech, digits_mlp, digits, tmp_path):
     assert out(*x).shape == digits_mlp(*x).shape
     export_artifact(out, digits, tmp_path / "m.onnx")
     got = ort_run(ort_session(tmp_path / "m.onnx"), x)
-    assert float((np.asarray(got).argmax(1) == digits.test.targets.numpy()).mean()) >= 0.95
+    assert float((np.asarray(got).argmax(1) == digits.test.targets.numpy()).mean()) >= FLOOR.get(tech.name, 0.95)
