@@ -64,3 +64,38 @@ def test_minilm_int8_fidelity_floor(minilm, sentences, tmp_path):
     assert f["fidelity_cos_mean"] >= 0.99 and f["fidelity_cos_min"] >= 0.93
     m = onnx.load(str(out))
     assert sum(i.data_type == onnx.TensorProto.INT8 for i in m.graph.initializer) >= 36
+
+
+class _SeqNet(nn.Module):
+    def __init__(self, rnn="lstm"):
+        super().__init__()
+        self.rnn = (nn.LSTM if rnn == "lstm" else nn.GRU)(8, 64, batch_first=True)
+        self.head = nn.Linear(64, 5)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def test_lstm_becomes_ort_dynamic_quantize_lstm_and_gru_stays_float(tmp_path):
+    from slimkit.zoo.data import DataBundle, DataSplit
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 12, 8)
+    y = torch.randint(0, 5, (64,))
+    data = DataBundle("seq", "classification", DataSplit(x, y), DataSplit(x[:32], y[:32]), num_classes=5)
+    model = _SeqNet().eval()
+    ctx = Context(data=data)
+    qm = int8_dynamic(model, DynamicQuantConfig(), ctx)
+    assert qm.info["int8_lstms"] == ["rnn"]
+    qm.slimkit_export(data, tmp_path / "q.onnx")
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    export_onnx(model, data, tmp_path / "f.onnx")
+    assert (tmp_path / "q.onnx").stat().st_size < 0.4 * (tmp_path / "f.onnx").stat().st_size
+    got = ort_run(ort_session(tmp_path / "q.onnx"), (x,))
+    ref = model(x).detach().numpy()
+    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() > 0.99
+    gctx = Context(data=data)
+    int8_dynamic(_SeqNet("gru").eval(), DynamicQuantConfig(), gctx)
+    assert any("GRU layers stay float" in n for n in gctx.notes)

@@ -37,6 +37,7 @@ class DynamicQuantConfig(Config):
     per_channel: bool = True
     weight_range: str = "auto"  # auto | full | reduced (7-bit s8) | u8 (full 8-bit, u8 x u8 kernels)
     embeddings: bool = True  # word-embedding tables as int8 rows (Gather)
+    rnn: bool = True  # nn.LSTM -> ORT DynamicQuantizeLSTM (int8 weights); nn.GRU has no int8 kernel: stays float
     smoothquant_alpha: float = 0.5  # 0 disables the migration
     # SmoothQuant where the input comes from a LayerNorm with outlier channels (BERT-style Q/K/V and FFN-in)
     smooth: Targets = dataclasses.field(default_factory=lambda: Targets(
@@ -107,6 +108,36 @@ class DynQuantLinear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         q, s = _wq(self.weight, self.qmax, self.per_channel)
         return F.linear(_token_act(x) if self.per_token else _dyn_act(x), q * s[:, None], self.bias)
+
+
+class DynQuantLSTM(nn.LSTM):
+    """An nn.LSTM whose input and recurrent weights are simulated as per-row int8 (ORT's
+    DynamicQuantizeLSTM quantizes the same rows: one scale per gate unit); float when ``sim`` is off."""
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, qmax: int) -> "DynQuantLSTM":
+        new = cls(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, bias=lstm.bias,
+                  batch_first=lstm.batch_first, dropout=lstm.dropout, bidirectional=lstm.bidirectional,
+                  proj_size=lstm.proj_size)
+        new.load_state_dict(lstm.state_dict())
+        new.qmax, new.sim = qmax, True
+        return new
+
+    def forward(self, x, hx=None):
+        if not self.sim:
+            return super().forward(x, hx)
+        saved = {}
+        for name in self._flat_weights_names:
+            if name.startswith("weight_"):
+                w = getattr(self, name)
+                q, sc = _wq(w.detach(), self.qmax, True)
+                saved[name] = w.data
+                w.data = q * sc[:, None]
+        try:
+            return super().forward(x, hx)
+        finally:
+            for name, d in saved.items():
+                getattr(self, name).data = d
 
 
 class DynQuantEmbedding(nn.Module):
@@ -185,12 +216,23 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
     wr, note = (cfg.weight_range, "") if cfg.weight_range != "auto" else weight_range_for_cpu()
     qmax = 63 if wr == "reduced" else 127
     linears = select_linears(m, cfg.targets, cfg.keep_float)
-    if not linears:
-        raise ConfigError("no Linear layer matched the targets; nothing to quantize")
+    has_lstm = cfg.rnn and any(type(x) is nn.LSTM for x in m.modules())
+    if not linears and not has_lstm:
+        raise ConfigError("no Linear or LSTM layer matched the targets; nothing to quantize")
     smooth_names = [n for n, _ in cfg.smooth.select(m, strict=False)] if cfg.smoothquant_alpha > 0 else []
     smooth_names = [n for n in smooth_names if n in dict(linears)]
     stats = _act_absmax(m, smooth_names, data, cfg.calibration_samples) if smooth_names else {}
     token_names = {n for n, _ in cfg.per_token.select(m, strict=False)} & set(dict(linears))
+    lstms, grus = [], []
+    if cfg.rnn:
+        for name, mod in list(m.named_modules()):
+            if type(mod) is nn.LSTM and mod.proj_size == 0:
+                set_module(m, name, DynQuantLSTM.from_lstm(mod, qmax))
+                lstms.append(name)
+            elif isinstance(mod, nn.GRU):
+                grus.append(name)
+    if grus:
+        ctx.note(f"GRU layers stay float (ONNX Runtime has no int8 GRU kernel): {', '.join(grus)}")
     for name, lin in linears:
         s = None
         if name in stats:
@@ -212,10 +254,11 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
             "float_layers": [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)
                              and n not in dict(linears)],
             "smoothquant": {"alpha": cfg.smoothquant_alpha, "layers": list(stats)}, "int8_embeddings": embs,
-            "per_token_activations": sorted(token_names)}
+            "per_token_activations": sorted(token_names), "int8_lstms": lstms, "float_grus": grus}
     if note:
         ctx.note(note)
-    ctx.note(f"int8 dynamic: {len(linears)} Linear layers, {len(embs)} embedding tables, SmoothQuant on {len(stats)}")
+    ctx.note(f"int8 dynamic: {len(linears)} Linear layers, {len(lstms)} LSTM(s), {len(embs)} embedding tables, "
+             f"SmoothQuant on {len(stats)}")
     return DynQuantModel(m, info, cfg)
 
 
@@ -241,7 +284,7 @@ def _known(idx: dict, a: np.ndarray) -> bool:
 
 
 def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool, weights=None, tables=None,
-                          weight_u8: bool = False, token_weights=None) -> dict:
+                          weight_u8: bool = False, token_weights=None, lstm: bool = False) -> dict:
     """Rewrite MatMul(x, W const) -> DynamicQuantizeLinear + MatMulInteger + scale
     (fused by ONNX Runtime into DynamicQuantizeMatMul), and Gather(E const, ids)
     -> int8 rows with a gathered per-row scale."""
@@ -250,7 +293,7 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
     from .onnx_passes import Graph, prune_unused, topo_sort
 
     G = Graph(model)
-    new_nodes, done, gathers = [], 0, 0
+    new_nodes, done, gathers, lstms = [], 0, 0, 0
     for n in list(G.g.node):
         gemm = n.op_type == "Gemm" and n.input[1] in G.inits and _plain_gemm(n)
         if (n.op_type == "MatMul" or gemm) and n.input[1] in G.inits:
@@ -313,6 +356,27 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
                 new_nodes.append(helper.make_node("Add", [base + "_prebias", n.input[2]], [final_out], name=base + "_bias"))
             G.g.node.remove(n)
             done += 1
+        elif lstm and n.op_type == "LSTM" and len(n.input) > 2 and n.input[1] in G.inits and n.input[2] in G.inits:
+            base = n.name or n.output[0]
+            ins = [n.input[0]]
+            extra = []
+            for k, tag in ((1, "W"), (2, "R")):
+                w = numpy_helper.to_array(G.inits[n.input[k]])  # [dirs, 4H, in]
+                d, rows, cols = w.shape
+                q, sc = _wq(torch.from_numpy(w.reshape(d * rows, cols).copy()), qmax, True)
+                qa = q.numpy().astype(np.int8).reshape(d, rows, cols).transpose(0, 2, 1).copy()  # [dirs, in, 4H]
+                ins.append(G.add_init(f"{base}_{tag}q", qa))
+                extra += [G.add_init(f"{base}_{tag}scale", sc.numpy().astype(np.float32).reshape(d, rows)),
+                          G.add_init(f"{base}_{tag}zp", np.zeros((d, rows), np.int8))]
+            ins += [n.input[i] if len(n.input) > i else "" for i in range(3, 8)] + extra
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute if a.name != "layout"}
+            attrs = {k: (v.decode() if isinstance(v, bytes) else
+                         [x.decode() if isinstance(x, bytes) else x for x in v] if isinstance(v, list) else v)
+                     for k, v in attrs.items()}
+            new_nodes.append(helper.make_node("DynamicQuantizeLSTM", ins, list(n.output), name=base + "_dqlstm",
+                                              domain="com.microsoft", **attrs))
+            G.g.node.remove(n)
+            lstms += 1
         elif embeddings and n.op_type == "Gather" and n.input[0] in G.inits:
             e = numpy_helper.to_array(G.inits[n.input[0]])
             if e.ndim != 2 or e.shape[0] < 256 or (tables is not None and not _known(tables, e)):
@@ -331,9 +395,11 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
             G.g.node.remove(n)
             gathers += 1
     G.g.node.extend(new_nodes)
+    if lstms and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     topo_sort(model)
     prune_unused(model)
-    return {"matmuls": done, "gathers": gathers}
+    return {"matmuls": done, "gathers": gathers, "lstms": lstms}
 
 
 def export_float_graph(qm, data: DataBundle, opset: int, linear_cls, embedding_cls):
@@ -366,10 +432,11 @@ def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17
     weight_u8 = qm.info["weight_range"] == "u8"
     token = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules()
                     if isinstance(m, DynQuantLinear) and m.per_token])
+    has_lstm = any(isinstance(m, DynQuantLSTM) for m in qm.model.modules())
     counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), weights, tables, weight_u8,
-                                   token_weights=token)
+                                   token_weights=token, lstm=has_lstm)
     n_lin = sum(isinstance(m, DynQuantLinear) for m in qm.model.modules())
-    if counts["matmuls"] == 0:
+    if counts["matmuls"] == 0 and counts["lstms"] == 0:
         raise ExportError(f"none of the {n_lin} quantized Linear layers was found in the ONNX graph; "
                           "the model's export does not map onto its layers")
     qm.info["layers_unused_in_graph"] = n_lin - counts["matmuls"]

@@ -29,7 +29,7 @@ from .modules import ActQuant, QGroup, QuantLayer
 from .scheme import QScheme
 
 INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
-                "DynamicQuantizeMatMul", "QAttention", "MatMulNBits", "DynamicQuantizeLinear"}
+                "DynamicQuantizeMatMul", "QAttention", "MatMulNBits", "DynamicQuantizeLinear", "DynamicQuantizeLSTM"}
 
 
 def weight_range_for_cpu() -> tuple[str, str]:
