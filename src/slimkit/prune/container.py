@@ -11,6 +11,9 @@ length in the decompressed payload. Encodings, chosen per tensor, smallest wins:
     packed    uint16 K, the K distinct values, then ceil(log2 K)-bit indices, bit-packed (LSB first)
     sparse    np.packbits(values != 0), uint16 K, the K distinct non-zero values, then the
               non-zeros' ceil(log2 K)-bit indices, bit-packed: pruned *and* clustered tensors
+    gaps      relative-index coding of the non-zero positions (Deep Compression): uint32 G, then G bytes,
+              each either a gap 0..254 to the next non-zero or 255 = "skip 255 positions, no value";
+              then the non-zero values (``gaps``) or uint16 K + codebook + packed indices (``gaps_book``)
 zstd (level 10, ``core.io.ZSTD_LEVEL``) then entropy-codes the whole payload. No pickle anywhere: the
 loader parses JSON and raw arrays only.
 """
@@ -53,6 +56,27 @@ def _book(values: np.ndarray) -> bytes | None:
     return struct.pack("<H", uniq.size) + uniq.tobytes() + _pack(idx, _bits(uniq.size))
 
 
+def _gap_bytes(nz: np.ndarray) -> bytes:
+    pos = np.flatnonzero(nz)
+    gaps = np.diff(np.concatenate([[-1], pos])) - 1
+    esc = gaps // 255  # each gap: esc escape bytes (255), then its remainder
+    reps = esc + 1
+    vals = np.full(int(reps.sum()), 255, np.uint8)
+    ends = np.cumsum(reps) - 1
+    vals[ends] = (gaps % 255).astype(np.uint8)
+    return struct.pack("<I", vals.size) + vals.tobytes()
+
+
+def _read_gaps(blob: bytes, n: int) -> tuple[np.ndarray, int]:
+    g = struct.unpack("<I", blob[:4])[0]
+    b = np.frombuffer(blob[4:4 + g], np.uint8).astype(np.int64)
+    adv = np.where(b == 255, 255, b + 1)
+    pos = (np.cumsum(adv) - 1)[b != 255]
+    if pos.size and pos[-1] >= n:
+        raise ValueError("gap stream points past the tensor")
+    return pos, 4 + g
+
+
 def _encodings(a: np.ndarray) -> list[tuple[str, bytes]]:
     flat = a.reshape(-1)
     out = [("dense", flat.tobytes())]
@@ -66,6 +90,11 @@ def _encodings(a: np.ndarray) -> list[tuple[str, bytes]]:
         book = _book(flat[nz]) if nz.any() else None
         if book is not None:
             out.append(("sparse", mask + book))
+        if nz.any():
+            gb = _gap_bytes(nz)
+            out.append(("gaps", gb + flat[nz].tobytes()))
+            if book is not None:
+                out.append(("gaps_book", gb + book))
     return out
 
 
@@ -143,6 +172,16 @@ def load_slim(path, model: nn.Module | None = None):
             mask = np.unpackbits(np.frombuffer(blob[:nb], np.uint8), count=n).astype(bool)
             a = np.zeros(n, dt)
             a[mask] = _read_book(blob[nb:], dt, int(mask.sum()))
+        elif e["enc"] in ("gaps", "gaps_book"):
+            try:
+                pos, off = _read_gaps(blob, n)
+            except (ValueError, struct.error):
+                raise LoadError(f"{p} is corrupt ({e['name']}: bad gap stream)") from None
+            a = np.zeros(n, dt)
+            if e["enc"] == "gaps":
+                a[pos] = np.frombuffer(blob[off:], dtype=dt, count=pos.size)
+            else:
+                a[pos] = _read_book(blob[off:], dt, pos.size)
         else:
             raise LoadError(f"{p}: unknown encoding {e['enc']!r}")
         state[e["name"]] = torch.from_numpy(np.ascontiguousarray(a).reshape(shape))
