@@ -33,6 +33,8 @@ from slimkit.factorize import DSConvConfig, LowRankConfig, dsconv, lowrank  # no
 from slimkit.load import resolve  # noqa: E402
 from slimkit.pipeline.recipe import Finetune  # noqa: E402
 
+from _common import latency_cells, side_by_side  # noqa: E402
+
 
 def _acc(m, data) -> float:
     with torch.no_grad():
@@ -82,21 +84,14 @@ def cnn(threads: int, epochs: int = 20) -> str:
                 continue
             recover(m, Context(data=data, teacher=model), Finetune(method="kd", epochs=epochs, lr=0.002))
             variants[lbl] = m
-        with tempfile.TemporaryDirectory() as td:
-            td = Path(td)
-            cands = []
-            for i, (lbl, m) in enumerate([("fp32", model)] + list(variants.items())):
-                export_onnx(m, data, td / f"v{i}.onnx")
-                cands.append(Candidate(lbl, m, td / f"v{i}.onnx"))
-            res = compare(cands, data, workdir=td / "w", threads=threads, batch=360, runs=30)
+        res = side_by_side({"fp32": model, **variants}, data, threads)
         rows = [f"### {name}: factorized, then {epochs} epochs KD", "",
                 "| variant | accuracy | params | MACs vs fp32 | ORT b1 | ORT bN | PyTorch b1 | PyTorch bN |",
                 "|---|---|---|---|---|---|---|---|"]
         for lbl, m in res["metrics"].items():
             r = res["ratios"].get(lbl, {})
             rows.append(f"| {lbl} | {100 * m['accuracy']:.2f}% | {m['params']:,} | {r.get('macs', 1.0):.3f} | "
-                        f"{r.get('latency_ms_p50_b1', 1.0):.2f}x | {r.get('latency_ms_p50_bN', 1.0):.2f}x | "
-                        f"{r.get('torch_latency_ms_p50_b1', 1.0):.2f}x | {r.get('torch_latency_ms_p50_bN', 1.0):.2f}x |")
+                        f"{latency_cells(r)} |")
         out.append("\n".join(rows))
         print(out[-1], flush=True)
     return "\n\n".join(out)

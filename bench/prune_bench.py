@@ -16,8 +16,6 @@ import argparse
 import copy
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
 
@@ -25,12 +23,12 @@ os.environ.setdefault("SLIMKIT_QUIET", "1")
 
 from slimkit.core import Context  # noqa: E402
 from slimkit.distill.trainer import recover  # noqa: E402
-from slimkit.evaluate import Candidate, compare  # noqa: E402
 from slimkit.evaluate.macs import count_macs  # noqa: E402
-from slimkit.export import export_onnx  # noqa: E402
 from slimkit.load import resolve  # noqa: E402
 from slimkit.pipeline.recipe import Finetune  # noqa: E402
 from slimkit.prune import StructuredPruneConfig, structured_prune  # noqa: E402
+
+from _common import latency_cells, side_by_side  # noqa: E402
 
 
 def torch_pruning_peer(model, data, target: float):
@@ -81,23 +79,14 @@ def structured(names, epochs: int, threads: int, target: float) -> str:
         for lbl, m in variants.items():
             ft = Finetune(method=methods.get(lbl, "kd"), epochs=epochs, lr=0.002)
             recover(m, Context(data=data, teacher=model), ft)
-        with tempfile.TemporaryDirectory() as td:
-            td = Path(td)
-            cands = []
-            for i, (lbl, m) in enumerate([("unpruned", model)] + list(variants.items())):
-                p = td / f"v{i}.onnx"
-                export_onnx(m, data, p)
-                cands.append(Candidate(lbl, m, p))
-            res = compare(cands, data, workdir=td / "w", threads=threads, batch=360, runs=30)
+        res = side_by_side({"unpruned": model, **variants}, data, threads)
         rows = [f"### {name}: ~{target:.0%} fewer MACs, then {epochs} epochs of recovery (KD unless noted)", "",
                 "| variant | accuracy | params | MACs | MACs vs fp32 | ORT b1 | ORT bN | PyTorch b1 | PyTorch bN |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for lbl, m in res["metrics"].items():
             r = res["ratios"].get(lbl, {})
             rows.append(f"| {lbl} | {100 * m['accuracy']:.2f}% | {m['params']:,} | {m['macs']:,} | "
-                        f"{r.get('macs', 1.0):.3f} | {r.get('latency_ms_p50_b1', 1.0):.2f}x | "
-                        f"{r.get('latency_ms_p50_bN', 1.0):.2f}x | {r.get('torch_latency_ms_p50_b1', 1.0):.2f}x | "
-                        f"{r.get('torch_latency_ms_p50_bN', 1.0):.2f}x |")
+                        f"{r.get('macs', 1.0):.3f} | {latency_cells(r)} |")
         out.append("\n".join(rows))
         print(out[-1], flush=True)
     return "\n\n".join(out)

@@ -102,15 +102,11 @@ def make_student(teacher: nn.Module, cfg: StudentConfig, ctx: Context) -> nn.Mod
 
         s = structured_prune(s, StructuredPruneConfig(ratio=1 - cfg.width, round_to=1, max_ratio=0.99),
                              Context(data=ctx.data, seed=ctx.seed))
-    if cfg.init == "random":
+    if cfg.init == "random":  # BatchNorm's reset_parameters also resets its running statistics
         seed_everything(ctx.seed)
         for mod in s.modules():
             if hasattr(mod, "reset_parameters") and mod is not s:
                 mod.reset_parameters()
-        for buf in ("running_mean", "running_var"):
-            for mod in s.modules():
-                if isinstance(mod, nn.modules.batchnorm._BatchNorm) and getattr(mod, buf) is not None:
-                    (getattr(mod, buf).zero_() if buf == "running_mean" else getattr(mod, buf).fill_(1.0))
     return s
 
 

@@ -113,29 +113,22 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
     if teacher is not None:
         teacher.eval()
 
-    if teacher is not None and (ft.method == "kd" or embedding):
+    pairs = [tuple(p) for p in (ft.features or [])]
+    s_hooks = _Features(model, [p[0] for p in pairs], "student") if pairs else None
+    t_hooks = _Features(teacher, [p[1] for p in pairs], "teacher") if pairs else None
+    projections = nn.ModuleList()
+    if teacher is not None and (ft.method == "kd" or embedding or pairs):
+        # one dry run on two samples: output layouts must match, and the hooks see the feature widths
         x0 = tuple(t[:2] for t in train.inputs)
         with torch.no_grad():
             was = model.training
             model.eval()
             so, to = model(*x0), teacher(*x0)
             model.train(was)
-        if so.shape != to.shape:
+        if (ft.method == "kd" or embedding) and so.shape != to.shape:
             raise ConfigError(f"teacher and student outputs differ: {tuple(to.shape)} vs {tuple(so.shape)}; "
                               "distillation needs the same output layout (e.g. the same classes)")
-
-    pairs = [tuple(p) for p in (ft.features or [])]
-    s_hooks = _Features(model, [p[0] for p in pairs], "student") if pairs else None
-    t_hooks = _Features(teacher, [p[1] for p in pairs], "teacher") if pairs else None
-    projections = nn.ModuleList()
     if pairs:
-        x0 = tuple(t[:2] for t in train.inputs)
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            model(*x0)
-            model.train(was)
-            teacher(*x0)
         for sn, tn in pairs:
             projections.append(_projection(s_hooks.out[sn], t_hooks.out[tn], (sn, tn)))
         torch.manual_seed(ctx.seed)  # projections must not shift the data order's randomness

@@ -40,14 +40,14 @@ def ort_runner(sess, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
 
 
 def time_interleaved(runners: dict[Hashable, Callable[[], None]], *, runs: int = 30, warmup: int = 5,
-                     desc: str = "timing") -> dict[Hashable, np.ndarray]:
-    """Return per-runner arrays of wall times in milliseconds."""
+                     desc: str | None = "timing") -> dict[Hashable, np.ndarray]:
+    """Return per-runner arrays of wall times in milliseconds (``desc=None``: no progress bar)."""
     keys = list(runners)
     for _ in range(warmup):
         for k in keys:
             runners[k]()
     times: dict[Hashable, list[float]] = {k: [] for k in keys}
-    for i in track(range(runs), desc):
+    for i in (track(range(runs), desc) if desc else range(runs)):
         rot = keys[i % len(keys):] + keys[:i % len(keys)]
         for k in rot:
             t0 = time.perf_counter()

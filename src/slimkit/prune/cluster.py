@@ -21,6 +21,7 @@ from ..core.context import Context
 from ..core.errors import ConfigError
 from ..core.registry import register_technique
 from ..core.targets import Targets
+from .unstructured import PrunedModel, weight_layers
 
 
 @dataclasses.dataclass
@@ -112,35 +113,17 @@ class SharedWeights(nn.Module):
         return w.reshape(self.shape)
 
 
-class ClusteredModel(nn.Module):
-    """The clustered model; fine-tuning trains the centroids. ``slimkit_finalize``
+class ClusteredModel(PrunedModel):
+    """The clustered model; fine-tuning trains the centroids, ``slimkit_finalize``
     writes the shared values into plain weights."""
-
-    def __init__(self, model: nn.Module, info: dict):
-        super().__init__()
-        self.model, self.info = model, info
-
-    def forward(self, *x):
-        return self.model(*x)
-
-    def slimkit_finalize(self) -> nn.Module:
-        for mod in self.model.modules():
-            if P.is_parametrized(mod, "weight"):
-                P.remove_parametrizations(mod, "weight", leave_parametrized=True)
-        return self.model
 
 
 @register_technique("prune.cluster", ClusterConfig, needs=(),
                     summary="weight sharing: k-means to 2^b values per layer or channel; centroids fine-tuned")
 def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> ClusteredModel:
     """Cluster weights; pruned zeros stay zero. A following fine-tune trains the centroids."""
-    final = getattr(model, "slimkit_finalize", None)
     m = copy.deepcopy(model)
-    if callable(final):
-        m = m.slimkit_finalize()
-    layers = [(n, mod) for n, mod in cfg.targets.select(m) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    if not layers:
-        raise ConfigError("no Linear/Conv layer matched the targets; nothing to cluster")
+    layers = weight_layers(m, cfg.targets, "cluster")
     info = {}
     for name, mod in layers:
         if mod.weight.numel() < 2 ** cfg.bits:

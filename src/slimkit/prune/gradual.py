@@ -16,6 +16,7 @@ from ..core.errors import ConfigError
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from .schedule import agp
+from .unstructured import weight_layers
 
 
 @dataclasses.dataclass
@@ -69,6 +70,14 @@ def _masks_for(layers, sparsity: float, scope: str) -> dict:
     return out
 
 
+def _setup(model: nn.Module, cfg, ctx: Context, name: str):
+    """A copy of the model to train and its targeted layers."""
+    if cfg.method == "kd" and ctx.teacher is None:
+        raise ConfigError(f"{name} with method kd needs a teacher")
+    m = copy.deepcopy(model)
+    return m, weight_layers(m, cfg.targets)
+
+
 @register_technique("prune.gradual", GradualPruneConfig, needs=("train_data",),
                     summary="gradual (AGP) pruning during KD training; optional dynamic prune-and-regrow")
 def gradual_prune(model: nn.Module, cfg: GradualPruneConfig, ctx: Context) -> nn.Module:
@@ -76,12 +85,7 @@ def gradual_prune(model: nn.Module, cfg: GradualPruneConfig, ctx: Context) -> nn
     from ..distill.trainer import recover
     from ..pipeline.recipe import Finetune
 
-    if cfg.method == "kd" and ctx.teacher is None:
-        raise ConfigError("prune.gradual with method kd needs a teacher")
-    m = copy.deepcopy(model)
-    layers = [(n, mod) for n, mod in cfg.targets.select(m) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    if not layers:
-        raise ConfigError("no Linear/Conv layer matched the targets; nothing to prune")
+    m, layers = _setup(model, cfg, ctx, "prune.gradual")
     state = {"masks": {n: torch.ones_like(mod.weight) for n, mod in layers}, "sparsity": 0.0, "regrown": 0}
 
     def on_step(step: int, total: int) -> None:
@@ -152,12 +156,7 @@ def iterative_prune(model: nn.Module, cfg: IterativePruneConfig, ctx: Context) -
     from ..distill.trainer import recover
     from ..pipeline.recipe import Finetune
 
-    if cfg.method == "kd" and ctx.teacher is None:
-        raise ConfigError("prune.iterative with method kd needs a teacher")
-    m = copy.deepcopy(model)
-    layers = [(n, mod) for n, mod in cfg.targets.select(m) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    if not layers:
-        raise ConfigError("no Linear/Conv layer matched the targets; nothing to prune")
+    m, layers = _setup(model, cfg, ctx, "prune.iterative")
     history = []
     for c in range(1, cfg.cycles + 1):
         s = agp(c, final=cfg.final_sparsity, start=0, end=cfg.cycles)

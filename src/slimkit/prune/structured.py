@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from ..core.errors import ConfigError
 from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
+from ..evaluate.latency import time_interleaved, torch_runner
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.metrics import held_in_split, split_score
 from ..quantize.graph import set_module
@@ -362,15 +363,10 @@ def _allocate(model, plan: _Plan, cfg: StructuredPruneConfig, ctx: Context, exam
     return _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs)
 
 
-def _latency(model, x, reps: int = 5) -> float:
-    with torch.no_grad():
-        model(*x)
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            model(*x)
-            ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2]
+def _latency_saved(base: nn.Module, model: nn.Module, x) -> float:
+    """1 - candidate / baseline PyTorch latency, timed interleaved (evaluate.latency)."""
+    t = time_interleaved({"base": torch_runner(base, x), "cand": torch_runner(model, x)}, runs=7, warmup=1, desc=None)
+    return 1 - float(np.median(t["cand"]) / np.median(t["base"]))
 
 
 def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
@@ -382,7 +378,6 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
         ref = torch.cat([model(*x) for x, _ in split.batches(256)]).float().numpy()
     base_score = split_score(model, split, data, ref)[0]
     xb = split.slice(0, 64).inputs
-    base_lat = _latency(model, xb)
     base_params = count_params(model)
     full = {g: s for g, s in sizes.items()}
     table, cost = [], {}
@@ -401,7 +396,7 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
             m = _pruned(model, plan, counts)
             drop = base_score - split_score(m, split, data, ref)[0]
             saved = {"macs": 1 - count_macs(m, example) / base_macs, "params": 1 - count_params(m) / base_params,
-                     "latency": 1 - _latency(m, xb) / base_lat}
+                     "latency": _latency_saved(model, m, xb)}
             cost[g].append((drop, saved[cfg.budget]))
             table.append({"group": name, "ratio": lv, "channels": f"{counts[g]}/{sizes[g]}", "drop": round(drop, 5),
                           "macs_saved": round(saved["macs"], 4), "params_saved": round(saved["params"], 4),
@@ -418,7 +413,7 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
             return 1 - count_macs(m, example) / base_macs
         if cfg.budget == "params":
             return 1 - count_params(m) / base_params
-        return 1 - _latency(m, xb) / base_lat
+        return _latency_saved(model, m, xb)
 
     level, got = greedy_levels(cost, target, achieved)
     if got < target:

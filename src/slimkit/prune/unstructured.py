@@ -7,6 +7,7 @@ import dataclasses
 
 import torch
 import torch.nn as nn
+import torch.nn.utils.parametrize as P
 import torch.nn.utils.prune as tprune
 
 from ..core.config import Config, check_choice, check_range
@@ -53,8 +54,17 @@ class MagnitudePruneConfig(Config):
             self.targets = Targets.from_dict(self.targets)
 
 
+def weight_layers(model: nn.Module, targets: Targets, what: str = "prune") -> list[tuple[str, nn.Module]]:
+    """The Linear/Conv layers ``targets`` selects; a one-line error when there are none."""
+    layers = [(n, m) for n, m in targets.select(model) if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    if not layers:
+        raise ConfigError(f"no Linear/Conv layer matched the targets; nothing to {what}")
+    return layers
+
+
 class PrunedModel(nn.Module):
-    """The pruned model with live masks (fine-tuning keeps pruned weights at zero)."""
+    """A model with live reparametrizations (pruning masks, shared-weight codebooks) that
+    fine-tuning respects; ``slimkit_finalize`` writes them into plain weights."""
 
     def __init__(self, model: nn.Module, info: dict):
         super().__init__()
@@ -64,11 +74,13 @@ class PrunedModel(nn.Module):
         return self.model(*x)
 
     def slimkit_finalize(self) -> nn.Module:
-        """Make the masks permanent: a plain model with zeros, no reparametrization left."""
+        """Make masks / codebooks permanent: a plain model, no reparametrization left."""
         # in place: modules under torch's pruning reparametrization cannot be deep-copied
         for mod in self.model.modules():
             if hasattr(mod, "weight_mask"):
                 tprune.remove(mod, "weight")
+            if P.is_parametrized(mod, "weight"):
+                P.remove_parametrizations(mod, "weight", leave_parametrized=True)
         return self.model
 
 
@@ -82,9 +94,7 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
 def magnitude_prune(model: nn.Module, cfg: MagnitudePruneConfig, ctx: Context) -> PrunedModel:
     """Unstructured pruning with masks kept through fine-tuning."""
     m = copy.deepcopy(model)
-    layers = [(n, mod) for n, mod in cfg.targets.select(m) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    if not layers:
-        raise ConfigError("no Linear/Conv layer matched the targets; nothing to prune")
+    layers = weight_layers(m, cfg.targets)
     if cfg.criterion == "taylor":
         if ctx.data is None or ctx.data.train is None or ctx.data.train.targets is None:
             raise ConfigError("taylor importance needs labelled training data")
