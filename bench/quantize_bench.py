@@ -1,10 +1,12 @@
 """Quantization benchmark: slimkit vs the stock quantizers, side by side in one run.
 
-    python bench/quantize_bench.py [--threads 1] [--only digits-cnn,mnist1d-cnn,minilm]
+    python bench/quantize_bench.py [--threads 1] [--only digits-cnn,mnist1d-cnn,mnist1d-lstm,minilm]
 
 Peers: ONNX Runtime's quantize_static (QDQ, default settings, same calibration
 samples) for the CNNs, ONNX Runtime's quantize_dynamic (default settings) and
-torch.ao's quantize_dynamic for MiniLM. Every ONNX variant is timed
+torch.ao's quantize_dynamic for MiniLM and the LSTM. The CNN tables also hold
+mixed precision under a size budget (4-bit layers packed), as written and
+unpacked at load. Every ONNX variant is timed
 interleaved with the fp32 file in the same process; ratios are variant / fp32.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 os.environ.setdefault("SLIMKIT_QUIET", "1")
@@ -27,8 +30,9 @@ from slimkit.evaluate import Candidate, compare  # noqa: E402
 from slimkit.evaluate.metrics import fidelity  # noqa: E402
 from slimkit.export import export_onnx  # noqa: E402
 from slimkit.load import resolve  # noqa: E402
-from slimkit.quantize import (DynamicQuantConfig, Int4WeightConfig, StaticQuantConfig, int4_weights,  # noqa: E402
-                              int8_dynamic, int8_static)
+from slimkit.quantize import (DynamicQuantConfig, Int4WeightConfig, MixedPrecisionConfig,  # noqa: E402
+                              StaticQuantConfig, int4_weights, int8_dynamic, int8_static, mixed_precision)
+from slimkit.quantize.onnx_passes import unpack_low_bit_weights  # noqa: E402
 
 
 def ort_static_peer(fp32: Path, out: Path, data) -> None:
@@ -71,10 +75,27 @@ def cnn(name: str, work: Path, threads: int) -> str:
     ours = work / f"{name}-slimkit-int8.onnx"
     qm.slimkit_export(data, ours)
     cost = time.perf_counter() - t0
+    # mixed precision under a size budget: 4-bit layers packed on disk; the same file unpacked at load
+    t0 = time.perf_counter()
+    mp = mixed_precision(lm.model, MixedPrecisionConfig(target_size=0.18), Context(data=data))
+    packed = work / f"{name}-slimkit-mixed.onnx"
+    mp.slimkit_export(data, packed)
+    cost_mp = time.perf_counter() - t0
+    m = onnx.load(packed)
+    unpack_low_bit_weights(m)
+    unpacked = work / f"{name}-slimkit-mixed-unpacked.onnx"
+    onnx.save(m, unpacked)
+    lbl_mp = "slimkit mixed_precision, target_size 0.18 (4-bit packed)"
+    lbl_un = "same file, unpacked at load"
     res = compare([Candidate("fp32", None, fp), Candidate("ORT quantize_static (default)", None, peer),
-                   Candidate("slimkit int8_static", None, ours)], data, workdir=work / "cmp", threads=threads,
+                   Candidate("slimkit int8_static", None, ours), Candidate(lbl_mp, None, packed),
+                   Candidate(lbl_un, None, unpacked)], data, workdir=work / "cmp", threads=threads,
                   measure_memory=False)
-    extra = {"slimkit int8_static": f"{cost:.1f} s to quantize; kernels {','.join(qm.info['ort_int8_kernels'])}"}
+    plan = mp.info["precision_plan"]
+    extra = {"slimkit int8_static": f"{cost:.1f} s to quantize; kernels {','.join(qm.info['ort_int8_kernels'])}",
+             lbl_mp: f"{cost_mp:.1f} s; {sum(b == 4 for b in plan.values())} of {len(plan)} layers 4-bit, weights "
+                     f"{mp.info['weight_bytes_vs_fp32']:.3f} of fp32",
+             lbl_un: "size column: int8 in memory; the file on disk is the row above"}
     return f"### {name} (batch N = {res['settings']['batch_N']}, {threads} thread(s))\n\n" + table(res, "accuracy", extra)
 
 
@@ -91,15 +112,21 @@ def minilm(work: Path, threads: int) -> str:
     ours = work / "minilm-slimkit-int8.onnx"
     qm.slimkit_export(data, ours)
     cost = time.perf_counter() - t0
+    qu8 = int8_dynamic(lm.model, DynamicQuantConfig(weight_range="u8"), Context(data=data))
+    ours_u8 = work / "minilm-slimkit-int8-u8.onnx"
+    qu8.slimkit_export(data, ours_u8)
     t0 = time.perf_counter()
     q4m = int4_weights(lm.model, Int4WeightConfig(group_size=64), Context(data=data))
     ours4 = work / "minilm-slimkit-int4.onnx"
     q4m.slimkit_export(data, ours4)
     cost4 = time.perf_counter() - t0
     res = compare([Candidate("fp32", None, fp), Candidate("ORT quantize_dynamic (default)", None, peer),
-                   Candidate("slimkit int8_dynamic", None, ours), Candidate("slimkit int4_weights g64", None, ours4)],
+                   Candidate("slimkit int8_dynamic", None, ours),
+                   Candidate("slimkit int8_dynamic, weight_range u8", None, ours_u8),
+                   Candidate("slimkit int4_weights g64", None, ours4)],
                   data, workdir=work / "cmp", threads=threads, measure_memory=False)
     extra = {"slimkit int8_dynamic": f"{cost:.1f} s end to end (calibration + export + parity)",
+             "slimkit int8_dynamic, weight_range u8": "full 8-bit weights, u8 x u8 kernels: fidelity for speed",
              "slimkit int4_weights g64": f"{cost4:.1f} s; MatMulNBits"}
     out = f"### minilm (batch N = {res['settings']['batch_N']}, {threads} thread(s))\n\n" + table(res, "fidelity_cos_mean", extra)
     ours_b1 = res["metrics"]["slimkit int8_dynamic"]["latency_ms_p50_b1"]
@@ -128,15 +155,43 @@ def minilm(work: Path, threads: int) -> str:
     return out
 
 
+def rnn(name: str, work: Path, threads: int) -> str:
+    """A recurrent model: slimkit's int8 dynamic (LSTM -> DynamicQuantizeLSTM, Linear -> integer MatMul) vs ORT's
+    quantize_dynamic (default op types) and torch.ao's quantize_dynamic (PyTorch runtime, no ONNX)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    lm, data = resolve(f"zoo:{name}")
+    fp = work / f"{name}-fp32.onnx"
+    export_onnx(lm.model, data, fp)
+    peer = work / f"{name}-ort-dynamic.onnx"
+    quantize_dynamic(str(fp), str(peer))
+    t0 = time.perf_counter()
+    qm = int8_dynamic(lm.model, DynamicQuantConfig(), Context(data=data))
+    ours = work / f"{name}-slimkit-int8.onnx"
+    qm.slimkit_export(data, ours)
+    cost = time.perf_counter() - t0
+    res = compare([Candidate("fp32", None, fp), Candidate("ORT quantize_dynamic (default)", None, peer),
+                   Candidate("slimkit int8_dynamic", None, ours)], data, workdir=work / "cmp", threads=threads,
+                  measure_memory=False)
+    extra = {"slimkit int8_dynamic": f"{cost:.1f} s; kernels {','.join(qm.info['ort_int8_kernels'])}"}
+    out = f"### {name} (batch N = {res['settings']['batch_N']}, {threads} thread(s))\n\n" + table(res, "accuracy", extra)
+    tq = torch.ao.quantization.quantize_dynamic(lm.model, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
+    with torch.inference_mode():
+        acc = float((tq(*data.test.inputs).argmax(-1) == data.test.targets).float().mean())
+    out += f"\n\ntorch.ao quantize_dynamic (Linear + LSTM, PyTorch runtime): accuracy {100 * acc:.2f}%\n"
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", default="digits-cnn,mnist1d-cnn,minilm")
+    ap.add_argument("--only", default="digits-cnn,mnist1d-cnn,mnist1d-lstm,minilm")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         for name in a.only.split(","):
-            print(minilm(work, a.threads) if name == "minilm" else cnn(name, work, a.threads))
+            print(minilm(work, a.threads) if name == "minilm" else rnn(name, work, a.threads) if "lstm" in name
+                  else cnn(name, work, a.threads))
             print()
             sys.stdout.flush()
 

@@ -58,3 +58,19 @@ def test_peak_memory_measured_in_child(digits_cnn, digits, tmp_path):
     # a fresh onnxruntime process is tens of MB, far below this test process (torch loaded)
     assert 10e6 < m["peak_mem_bytes"] < 400e6
     assert m["peak_mem_delta_bytes"] > 0
+
+
+def test_macs_count_recurrent_layers_the_flop_counter_cannot_see():
+    import torch.nn as nn
+
+    from slimkit.evaluate.macs import count_macs
+    from slimkit.zoo.models import ConvLSTM1D
+
+    # LSTM: 4 gates x hidden x (input + hidden) per step, layer and direction
+    lstm = nn.LSTM(8, 16, num_layers=2, bidirectional=True)
+    assert count_macs(lstm, (torch.randn(5, 2, 8),)) == 5 * 2 * 2 * 4 * 16 * ((8 + 16) + (32 + 16))
+    # GRU is decomposed into matmuls that torch's counter sees: counted once, not twice
+    gru = nn.GRU(8, 16, batch_first=True)
+    assert count_macs(gru, (torch.randn(2, 5, 8),)) == 2 * 5 * 3 * 16 * (8 + 16)
+    # inside a model: conv front end + 2-layer LSTM + head
+    assert count_macs(ConvLSTM1D(), (torch.randn(1, 1, 40),)) == 32 * 5 * 20 + 20 * 4 * 64 * (96 + 128) + 64 * 10

@@ -38,6 +38,30 @@ def test_keep_float_and_unknown_targets(digits_mlp, digits):
         DynamicQuantConfig(weight_range="int3")
 
 
+def test_full_range_layers_store_u8_weights_and_match_the_simulation(digits_mlp, digits, tmp_path):
+    qm = int8_dynamic(digits_mlp, DynamicQuantConfig(weight_range="reduced", full_range=["net.1"]), Context(data=digits))
+    assert qm.info["full_range_u8_layers"] == ["net.1"]
+    out = tmp_path / "q.onnx"
+    qm.slimkit_export(digits, out)
+    m = onnx.load(out)
+    u8 = [i for i in m.graph.initializer if i.name.endswith("_Wq") and i.data_type == onnx.TensorProto.UINT8]
+    s8 = [i for i in m.graph.initializer if i.name.endswith("_Wq") and i.data_type == onnx.TensorProto.INT8]
+    assert len(u8) == 1 and len(s8) == len(qm.info["quantized_layers"]) - 1  # net.1 at 8-bit u8, the rest 7-bit s8
+    codes = onnx.numpy_helper.to_array(u8[0]).astype(np.int32) - 128
+    assert np.abs(codes).max() > 63  # really uses the 8th bit
+    x = digits.test.slice(0, 50).inputs
+    np.testing.assert_allclose(ort_run(ort_session(out, optimize=False), x), qm(*x).detach().numpy(), atol=1e-3)
+    # a finer grid on that layer: its weights' reconstruction error drops
+    ref = int8_dynamic(digits_mlp, DynamicQuantConfig(weight_range="reduced"), Context(data=digits))
+
+    def werr(q):
+        from slimkit.quantize.dynamic import _wq
+        layer = q.model.get_submodule("net.1")
+        c, sc = _wq(layer.weight, layer.qmax, True)
+        return float((c * sc[:, None] - layer.weight).detach().abs().mean())
+    assert werr(qm) < 0.6 * werr(ref)
+
+
 def test_smoothquant_preserves_float_function():
     from slimkit.quantize.dynamic import DynQuantLinear
 

@@ -47,6 +47,9 @@ class DynamicQuantConfig(Config):
     per_token: Targets = dataclasses.field(default_factory=lambda: Targets(
         include=["re:layer\\.\\d+\\.output\\.dense$"], types=["Linear"]))
     keep_float: list = dataclasses.field(default_factory=list)  # Linear layer names (or re:) kept in fp32
+    # Linear names (or re:) whose weights keep full 8-bit codes as u8 (u8 x u8 kernels, which do not saturate on AVX2
+    # without VNNI, but run slower) while the rest use 7-bit s8 there: fidelity for speed, layer by layer
+    full_range: list = dataclasses.field(default_factory=list)
     calibration_samples: int = 128
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear"]))
 
@@ -223,6 +226,10 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
     smooth_names = [n for n in smooth_names if n in dict(linears)]
     stats = _act_absmax(m, smooth_names, data, cfg.calibration_samples) if smooth_names else {}
     token_names = {n for n, _ in cfg.per_token.select(m, strict=False)} & set(dict(linears))
+    full_names = set()
+    if cfg.full_range and wr == "reduced":  # elsewhere every layer already has full 8-bit codes
+        full_names = {n for n, _ in select_linears(m, Targets(include=list(cfg.full_range), types=["Linear"]), [])}
+        full_names &= set(dict(linears))
     lstms, grus = [], []
     if cfg.rnn:
         for name, mod in list(m.named_modules()):
@@ -239,7 +246,8 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
             a = cfg.smoothquant_alpha
             wmax = lin.weight.detach().abs().amax(0).clamp(min=1e-5)
             s = (stats[name].clamp(min=1e-5) ** a / wmax ** (1 - a)).clamp(min=1e-2, max=1e2)
-        set_module(m, name, DynQuantLinear(lin, qmax, cfg.per_channel, s))
+        set_module(m, name, DynQuantLinear(lin, 127 if name in full_names else qmax, cfg.per_channel, s))
+        m.get_submodule(name).weight_u8 = name in full_names
     for n in token_names:
         m.get_submodule(n).per_token = True
     embs = []
@@ -254,7 +262,8 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
             "float_layers": [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)
                              and n not in dict(linears)],
             "smoothquant": {"alpha": cfg.smoothquant_alpha, "layers": list(stats)}, "int8_embeddings": embs,
-            "per_token_activations": sorted(token_names), "int8_lstms": lstms, "float_grus": grus}
+            "per_token_activations": sorted(token_names), "full_range_u8_layers": sorted(full_names),
+            "int8_lstms": lstms, "float_grus": grus}
     if note:
         ctx.note(note)
     ctx.note(f"int8 dynamic: {len(linears)} Linear layers, {len(lstms)} LSTM(s), {len(embs)} embedding tables, "
@@ -284,7 +293,7 @@ def _known(idx: dict, a: np.ndarray) -> bool:
 
 
 def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool, weights=None, tables=None,
-                          weight_u8: bool = False, token_weights=None, lstm: bool = False) -> dict:
+                          weight_u8: bool = False, token_weights=None, lstm: bool = False, u8_weights=None) -> dict:
     """Rewrite MatMul(x, W const) -> DynamicQuantizeLinear + MatMulInteger + scale
     (fused by ONNX Runtime into DynamicQuantizeMatMul), and Gather(E const, ids)
     -> int8 rows with a gathered per-row scale."""
@@ -305,9 +314,10 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
             final_out = n.output[0]
             has_bias = gemm and len(n.input) > 2 and n.input[2]
             t = torch.from_numpy(w.T.copy())
-            q, s = _wq(t, qmax, per_channel)
+            u8 = weight_u8 or (u8_weights is not None and _known(u8_weights, w))
+            q, s = _wq(t, 127 if u8 else qmax, per_channel)
             base = n.name or n.output[0]
-            if weight_u8:  # u8 x u8 kernels do not saturate on AVX2: full 8-bit codes, zero point 128
+            if u8:  # u8 x u8 kernels do not saturate on AVX2: full 8-bit codes, zero point 128
                 qn = G.add_init(base + "_Wq", (q.numpy().T + 128).astype(np.uint8).copy())
                 zn = [G.add_init(base + "_Wzp", np.full(q.shape[0], 128, np.uint8))]
             else:
@@ -432,9 +442,11 @@ def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17
     weight_u8 = qm.info["weight_range"] == "u8"
     token = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules()
                     if isinstance(m, DynQuantLinear) and m.per_token])
+    full = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules()
+                   if isinstance(m, DynQuantLinear) and getattr(m, "weight_u8", False)])
     has_lstm = any(isinstance(m, DynQuantLSTM) for m in qm.model.modules())
     counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), weights, tables, weight_u8,
-                                   token_weights=token, lstm=has_lstm)
+                                   token_weights=token, lstm=has_lstm, u8_weights=full)
     n_lin = sum(isinstance(m, DynQuantLinear) for m in qm.model.modules())
     if counts["matmuls"] == 0 and counts["lstms"] == 0:
         raise ExportError(f"none of the {n_lin} quantized Linear layers was found in the ONNX graph; "

@@ -168,3 +168,98 @@ def optimized_op_types(model_bytes: bytes) -> list[str]:
         ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
         m = onnx.load(so.optimized_model_filepath)
     return [n.op_type for n in m.graph.node]
+
+
+def _int4_tensor(name: str, kind: int, codes: np.ndarray) -> onnx.TensorProto:
+    """Raw little-nibble-first packing (ONNX's INT4/UINT4 layout): two codes per byte."""
+    v = codes.astype(np.int32).reshape(-1) & 0xF
+    if v.size % 2:
+        v = np.append(v, 0)
+    raw = (v[0::2] | (v[1::2] << 4)).astype(np.uint8).tobytes()
+    return helper.make_tensor(name, kind, codes.shape, raw, raw=True)
+
+
+def pack_low_bit_weights(model: onnx.ModelProto) -> int:
+    """Store weight codes that fit in 4 bits as packed INT4/UINT4 initializers
+    (two codes per byte, ONNX opset 21), so a layer quantized to <= 4 bits really
+    takes half the bytes of int8 on disk.
+
+    The graph keeps ONNX Runtime's integer kernels: each packed weight goes
+    through DequantizeLinear(int4) -> QuantizeLinear(int8) with the same scale,
+    exact because 4-bit codes are int8 codes, and the original DequantizeLinear
+    -> Conv/Gemm pattern still fuses into QLinearConv/QGemm. The cost is that the
+    two small weight ops run at every inference (measured in docs/BENCHMARKS.md).
+    Returns how many weights were packed; the opset is raised to 21 if any."""
+    from onnx import TensorProto
+
+    G = Graph(model)
+    packed = 0
+    for n in list(G.g.node):
+        if n.op_type != "DequantizeLinear" or n.input[0] not in G.inits or len(n.input) < 3:
+            continue
+        q, zp = G.const(n.input[0]), G.const(n.input[2])
+        if q is None or zp is None or q.ndim < 2 or q.dtype not in (np.int8, np.uint8):
+            continue
+        lo, hi = (-8, 7) if q.dtype == np.int8 else (0, 15)
+        if q.min() < lo or q.max() > hi or zp.min() < lo or zp.max() > hi:
+            continue
+        users = G.consumers.get(n.input[0], [])
+        if len(users) != 1:  # a shared initializer: leave it as it is
+            continue
+        kind = TensorProto.INT4 if q.dtype == np.int8 else TensorProto.UINT4
+        base = n.input[0]
+        q4, z4 = _int4_tensor(base + "_4bit", kind, q), _int4_tensor(base + "_4bit_zp", kind, zp)
+        for t in (q4, z4):
+            G.g.initializer.append(t)
+        axis = [helper.make_attribute("axis", G.axis(n))] if zp.size > 1 else []
+        dq = helper.make_node("DequantizeLinear", [q4.name, n.input[1], z4.name], [base + "_4bit_dq"],
+                              name=base + "_4bit_DQ")
+        rq = helper.make_node("QuantizeLinear", [base + "_4bit_dq", n.input[1], n.input[2]], [base + "_8bit"],
+                              name=base + "_8bit_Q")
+        for node in (dq, rq):
+            node.attribute.extend(axis)
+            G.g.node.append(node)
+        n.input[0] = base + "_8bit"
+        packed += 1
+    if packed:
+        for o in model.opset_import:
+            if o.domain in ("", "ai.onnx") and o.version < 21:
+                o.version = 21
+        topo_sort(model)
+        prune_unused(model)
+    return packed
+
+
+def unpack_low_bit_weights(model: onnx.ModelProto) -> int:
+    """The inverse of :func:`pack_low_bit_weights`, for loading: each packed
+    weight's DequantizeLinear(int4) -> QuantizeLinear(int8) pair becomes an int8
+    initializer again, so the session runs without the per-inference expansion
+    (the file on disk stays small; memory holds int8). Returns how many."""
+    G = Graph(model)
+    count = 0
+    for q in list(G.g.node):
+        if q.op_type != "QuantizeLinear":
+            continue
+        dq = G.producer.get(q.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in G.inits:
+            continue
+        t = G.inits[dq.input[0]]
+        if t.data_type not in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            continue
+        codes = numpy_helper.to_array(t).astype(np.int32)
+        z4 = G.const(dq.input[2]).astype(np.int32)
+        z8 = G.const(q.input[2])
+        shape = [1] * codes.ndim
+        if z4.size > 1:
+            shape[G.axis(dq) % codes.ndim] = -1
+        # same scale on both sides: int8 code = int4 code - int4 zero point + int8 zero point
+        q8 = (codes - z4.reshape(shape) + z8.astype(np.int32).reshape(shape)).astype(z8.dtype)
+        name = G.add_init(dq.input[0] + "_unpacked", q8)
+        for c in G.consumers.get(q.output[0], []):
+            for k, inp in enumerate(c.input):
+                if inp == q.output[0]:
+                    c.input[k] = name
+        count += 1
+    if count:
+        prune_unused(model)
+    return count

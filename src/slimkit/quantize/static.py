@@ -60,6 +60,9 @@ class StaticQuantConfig(Config):
     calibration_samples: int = 256
     per_layer: dict = dataclasses.field(default_factory=dict)  # layer -> calibrator
     per_layer_bits: dict = dataclasses.field(default_factory=dict)  # layer -> weight bits (2-8), or 32 = keep float
+    # layers at <= 4 bits: packed INT4 on disk (half the bytes; plain ONNX Runtime then re-expands those weights at
+    # every run, see onnx_passes.pack_low_bit_weights) or int8 containers (no per-run cost, the default here)
+    pack_4bit: bool = False
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
 
     def validate(self) -> None:
@@ -240,7 +243,7 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
             "weight_bits": {n: (min(cfg.per_layer_bits.get(n, cfg.weight_bits), 7) if wr == "reduced"
                                 else cfg.per_layer_bits.get(n, cfg.weight_bits)) for n in quantized},
             "weight_range": wr, "weight_range_reason": note, "folded_batchnorm": folded,
-            "equalized_pairs": pairs, "quantized_layers": quantized,
+            "equalized_pairs": pairs, "quantized_layers": quantized, "pack_4bit": bool(cfg.pack_4bit),
             # quantized layers live on as QuantLayer(...).layer; every other Conv/Linear stayed float
             "float_layers": [n for n, m in gm.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
                              and not n.endswith(".layer")]}
@@ -367,7 +370,7 @@ def export_qdq(qm: QuantizedModel, data: DataBundle, path, *, opset: int = 17, c
     import onnx
 
     from ..export.onnx import check_parity
-    from .onnx_passes import fold_weight_quantize, optimized_op_types, quantize_biases
+    from .onnx_passes import fold_weight_quantize, optimized_op_types, pack_low_bit_weights, quantize_biases
 
     qm.eval()
     ex = data.example_inputs(2)
@@ -384,6 +387,9 @@ def export_qdq(qm: QuantizedModel, data: DataBundle, path, *, opset: int = 17, c
     model = onnx.load_from_string(buf.getvalue())
     fold_weight_quantize(model)
     quantize_biases(model)
+    packed = pack_low_bit_weights(model) if qm.info.get("pack_4bit", True) else 0
+    if packed:
+        qm.info["packed_4bit_weights"] = packed
     blob = model.SerializeToString()
     ops = optimized_op_types(blob)
     kernels = sorted({o for o in ops if o in INT8_KERNELS})

@@ -76,3 +76,18 @@ class CifarCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class ConvLSTM1D(nn.Module):
+    """A recurrent classifier for MNIST-1D (1x40 signals): a strided Conv1d front end
+    (40 -> 20 steps of 32 features), a 2-layer LSTM, the last step's state -> classes."""
+
+    def __init__(self, num_classes: int = 10, channels: int = 32, hidden: int = 64, layers: int = 2):
+        super().__init__()
+        self.front = nn.Sequential(nn.Conv1d(1, channels, 5, padding=2, stride=2), nn.ReLU())
+        self.lstm = nn.LSTM(channels, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq, _ = self.lstm(self.front(x).transpose(1, 2))
+        return self.head(seq[:, -1])
