@@ -56,3 +56,19 @@ def test_minilm_matches_sentence_transformers(minilm, sentences):
         ours = minilm(*sentences.test.slice(0, 64).inputs).numpy()
     cos = np.sum(ref * ours, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(ours, axis=1))
     assert cos.min() >= 0.9999
+
+
+def test_mnist1d_lstm_floor_and_int8_lstm_keeps_it(mnist1d, tmp_path):
+    from slimkit.core import Context
+    from slimkit.export import ort_run, ort_session
+    from slimkit.quantize import DynamicQuantConfig, int8_dynamic
+
+    model = load_zoo_model("mnist1d-lstm", mnist1d)
+    acc = _acc(model, mnist1d)
+    assert acc >= 0.85
+    qm = int8_dynamic(model, DynamicQuantConfig(), Context(data=mnist1d))
+    out = tmp_path / "lstm-int8.onnx"
+    qm.slimkit_export(mnist1d, out)
+    assert "DynamicQuantizeLSTM" in qm.info["ort_int8_kernels"]
+    got = ort_run(ort_session(out), mnist1d.test.inputs).argmax(1)
+    assert float((got == mnist1d.test.targets.numpy()).mean()) >= acc - 0.01
