@@ -42,8 +42,10 @@ def _acc(m, data) -> float:
 
 
 def kd_effect(epochs: int = 60, width: float = 0.5) -> str:
-    rows = [f"Student: the zoo CNN at width {width} (every prunable channel group halved), random init, {epochs} "
-            "epochs, AdamW lr 2e-3 cosine, batch 64; KD: T = 4, alpha = 0.5; seeds 0, 1, 2.", "",
+    d = StudentConfig()
+    rows = [f"Student: the zoo CNN at width {width} (every prunable channel group thinned), random init, {epochs} "
+            f"epochs, AdamW lr {d.lr:g} cosine, batch {d.batch_size}; KD: T = {d.temperature:g}, alpha (hard-label "
+            f"weight) = {d.alpha:g}; seeds 0, 1, 2.", "",
             "| data | teacher | student params | alone (mean +- std) | with KD (mean +- std) | KD gain | per seed (alone / KD) |",
             "|---|---|---|---|---|---|---|"]
     for name in ("digits-cnn", "mnist1d-cnn"):
