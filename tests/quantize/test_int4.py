@@ -75,3 +75,35 @@ def test_gptq_act_order_keeps_contiguous_groups_and_beats_rtn_on_uneven_inputs()
     assert err(q_a, s_a) < 0.7 * err(q_r, s_r)
     # with outlier channels, taking them first beats GPTQ in plain column order
     assert err(q_a, s_a) < 0.5 * err(*gptq_q4(w, h, 32))
+
+
+class _TokenNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(512, 128)
+        self.fc = torch.nn.Linear(128, 6)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids).mean(1))
+
+
+def test_int4_embedding_rows_with_their_own_group_size(tmp_path):
+    from slimkit.zoo.data import DataBundle, DataSplit
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 512, (64, 10))
+    y = torch.randint(0, 6, (64,))
+    data = DataBundle("tok", "classification", DataSplit(ids, y), DataSplit(ids[:32], y[:32]), num_classes=6)
+    model = _TokenNet().eval()
+    sizes, outs = {}, {}
+    for eg in (0, 128):
+        qm = int4_weights(model, Int4WeightConfig(group_size=32, embedding_group_size=eg), Context(data=data))
+        assert qm.info["int4_embeddings"] == ["emb"]
+        p = tmp_path / f"e{eg}.onnx"
+        qm.slimkit_export(data, p)  # parity with the simulation is checked inside
+        sizes[eg], outs[eg] = p.stat().st_size, ort_run(ort_session(p), (ids,))
+        np.testing.assert_allclose(outs[eg], qm(ids).detach().numpy(), atol=1e-4)
+    # one scale per 128-value row instead of four per row: 3 x 4 bytes saved on each of the 512 rows
+    assert sizes[0] - sizes[128] >= 512 * 3 * 4 * 0.95
+    with pytest.raises(ConfigError, match="embedding_group_size"):
+        Int4WeightConfig(embedding_group_size=7)

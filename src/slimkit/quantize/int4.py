@@ -38,11 +38,16 @@ class Int4WeightConfig(Config):
     # 0.9817 -> 0.9836, min 0.840 -> 0.860 in simulation, docs/BENCHMARKS.md)
     act_order: bool = True
     embeddings: bool = True
+    # group of the embedding table's rows (0 = group_size); a whole row (e.g. 384) stores one scale per token instead
+    # of six: the table is the biggest tensor and its rows tolerate coarser scales (docs/BENCHMARKS.md)
+    embedding_group_size: int = 0
     keep_float: list = dataclasses.field(default_factory=list)
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear"]))
 
     def validate(self) -> None:
         check_choice("group_size", self.group_size, (16, 32, 64, 128, 256))
+        if self.embedding_group_size < 0 or (self.embedding_group_size and self.embedding_group_size % 2):
+            raise ConfigError(f"embedding_group_size={self.embedding_group_size} must be 0 (= group_size) or even")
         check_choice("method", self.method, ("gptq", "rtn"))
         if isinstance(self.targets, (dict, list, str)):
             self.targets = Targets.from_dict(self.targets)
@@ -199,10 +204,11 @@ def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4M
             il.fix(*gptq_q4(lin.weight, hess[n], cfg.group_size, cfg.damp, cfg.act_order))
         set_module(m, n, il)
     embs = []
+    eg = cfg.embedding_group_size or cfg.group_size
     if cfg.embeddings:
         for n, mod in list(m.named_modules()):
-            if isinstance(mod, nn.Embedding) and mod.num_embeddings >= 256 and mod.embedding_dim % cfg.group_size == 0:
-                set_module(m, n, Int4Embedding(mod, cfg.group_size))
+            if isinstance(mod, nn.Embedding) and mod.num_embeddings >= 256 and mod.embedding_dim % eg == 0:
+                set_module(m, n, Int4Embedding(mod, eg))
                 embs.append(n)
     info = {"scheme": f"weight-only int4 ({method}), symmetric, group {cfg.group_size} along the input dimension, "
                       "packed",
@@ -217,7 +223,7 @@ def _pack(q: np.ndarray) -> np.ndarray:
     return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
 
 
-def rewrite_int4(model, g: int, weights: dict, tables: dict, fixed: dict | None = None) -> dict:
+def rewrite_int4(model, g: int, weights: dict, tables: dict, fixed: dict | None = None, eg: int = 0) -> dict:
     from onnx import TensorProto, helper, numpy_helper
 
     from .onnx_passes import Graph, prune_unused, topo_sort
@@ -252,12 +258,13 @@ def rewrite_int4(model, g: int, weights: dict, tables: dict, fixed: dict | None 
             if e.ndim != 2 or not _known(tables, e):
                 continue
             v, d = e.shape
-            q, s = q4(torch.from_numpy(e.copy()), g)
+            ge = eg or g
+            q, s = q4(torch.from_numpy(e.copy()), ge)
             base = n.name or n.output[0]
             pn = G.add_init(base + "_E4", _pack(q.numpy()))  # [V, D/2]
-            sn = G.add_init(base + "_E4s", s.numpy().astype(np.float32))  # [V, D/g]
+            sn = G.add_init(base + "_E4s", s.numpy().astype(np.float32))  # [V, D/ge]
             c16, c8 = G.add_init(base + "_16", np.array(16.0, np.float32)), G.add_init(base + "_8", np.array(8.0, np.float32))
-            shp_pairs = G.add_init(base + "_shp1", np.array([0, 0, d // g, g], np.int64))
+            shp_pairs = G.add_init(base + "_shp1", np.array([0, 0, d // ge, ge], np.int64))
             shp_out = G.add_init(base + "_shp2", np.array([0, 0, d], np.int64))
             ax = G.add_init(base + "_ax", np.array([-1], np.int64))
             t = lambda s_: f"{base}_{s_}"  # noqa: E731
@@ -296,7 +303,7 @@ def export_int4(qm: Int4Model, data: DataBundle, path, *, opset: int = 17, check
     model, weights, tables = export_float_graph(qm, data, opset, Int4Linear, Int4Embedding)
     fixed = {np.ascontiguousarray(mod.weight.detach().numpy().T).tobytes(): (mod.codes.float(), mod.scales)
              for mod in qm.model.modules() if isinstance(mod, Int4Linear) and getattr(mod, "codes", None) is not None}
-    counts = rewrite_int4(model, qm.cfg.group_size, weights, tables, fixed)
+    counts = rewrite_int4(model, qm.cfg.group_size, weights, tables, fixed, qm.cfg.embedding_group_size)
     if counts["matmulnbits"] == 0:
         raise ExportError("none of the int4 Linear layers was found in the ONNX graph")
     blob = model.SerializeToString()
