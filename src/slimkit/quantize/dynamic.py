@@ -37,7 +37,9 @@ class DynamicQuantConfig(Config):
     per_channel: bool = True
     weight_range: str = "auto"  # auto | full | reduced (7-bit s8) | u8 (full 8-bit, u8 x u8 kernels)
     embeddings: bool = True  # word-embedding tables as int8 rows (Gather)
-    rnn: bool = True  # nn.LSTM -> ORT DynamicQuantizeLSTM (int8 weights); nn.GRU has no int8 kernel: stays float
+    # nn.LSTM -> ORT DynamicQuantizeLSTM (int8 weights, integer matmuls); nn.GRU -> int8 weights dequantized at run
+    # time (ORT has no int8 GRU kernel: the file shrinks, the compute stays float)
+    rnn: bool = True
     smoothquant_alpha: float = 0.5  # 0 disables the migration
     # SmoothQuant where the input comes from a LayerNorm with outlier channels (BERT-style Q/K/V and FFN-in)
     smooth: Targets = dataclasses.field(default_factory=lambda: Targets(
@@ -113,16 +115,18 @@ class DynQuantLinear(nn.Module):
         return F.linear(_token_act(x) if self.per_token else _dyn_act(x), q * s[:, None], self.bias)
 
 
-class DynQuantLSTM(nn.LSTM):
-    """An nn.LSTM whose input and recurrent weights are simulated as per-row int8 (ORT's
-    DynamicQuantizeLSTM quantizes the same rows: one scale per gate unit); float when ``sim`` is off."""
+class _QuantRNN:
+    """Mixin for nn.LSTM / nn.GRU: input and recurrent weights simulated as per-row int8 (one scale per gate
+    unit, as ONNX Runtime's DynamicQuantizeLSTM and slimkit's GRU export use them); float when ``sim`` is off."""
 
     @classmethod
-    def from_lstm(cls, lstm: nn.LSTM, qmax: int) -> "DynQuantLSTM":
-        new = cls(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, bias=lstm.bias,
-                  batch_first=lstm.batch_first, dropout=lstm.dropout, bidirectional=lstm.bidirectional,
-                  proj_size=lstm.proj_size)
-        new.load_state_dict(lstm.state_dict())
+    def from_rnn(cls, rnn: nn.RNNBase, qmax: int):
+        kw = dict(num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first, dropout=rnn.dropout,
+                  bidirectional=rnn.bidirectional)
+        if isinstance(rnn, nn.LSTM):
+            kw["proj_size"] = rnn.proj_size
+        new = cls(rnn.input_size, rnn.hidden_size, **kw)
+        new.load_state_dict(rnn.state_dict())
         new.qmax, new.sim = qmax, True
         return new
 
@@ -141,6 +145,15 @@ class DynQuantLSTM(nn.LSTM):
         finally:
             for name, d in saved.items():
                 getattr(self, name).data = d
+
+
+class DynQuantLSTM(_QuantRNN, nn.LSTM):
+    """Runs as ONNX Runtime's DynamicQuantizeLSTM (int8 weights, integer gate matmuls)."""
+
+
+class DynQuantGRU(_QuantRNN, nn.GRU):
+    """int8 weights on disk (per-row scales, full 8-bit codes), dequantized at run time: ONNX Runtime has no
+    int8 GRU kernel, so the file shrinks and the recurrence computes in float."""
 
 
 class DynQuantEmbedding(nn.Module):
@@ -220,8 +233,9 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
     qmax = 63 if wr == "reduced" else 127
     linears = select_linears(m, cfg.targets, cfg.keep_float)
     has_lstm = cfg.rnn and any(type(x) is nn.LSTM for x in m.modules())
+    has_lstm = has_lstm or (cfg.rnn and any(type(x) is nn.GRU for x in m.modules()))
     if not linears and not has_lstm:
-        raise ConfigError("no Linear or LSTM layer matched the targets; nothing to quantize")
+        raise ConfigError("no Linear, LSTM or GRU layer matched the targets; nothing to quantize")
     smooth_names = [n for n, _ in cfg.smooth.select(m, strict=False)] if cfg.smoothquant_alpha > 0 else []
     smooth_names = [n for n in smooth_names if n in dict(linears)]
     stats = _act_absmax(m, smooth_names, data, cfg.calibration_samples) if smooth_names else {}
@@ -234,12 +248,15 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
     if cfg.rnn:
         for name, mod in list(m.named_modules()):
             if type(mod) is nn.LSTM and mod.proj_size == 0:
-                set_module(m, name, DynQuantLSTM.from_lstm(mod, qmax))
+                set_module(m, name, DynQuantLSTM.from_rnn(mod, qmax))
                 lstms.append(name)
-            elif isinstance(mod, nn.GRU):
+            elif type(mod) is nn.GRU:
+                # weights only, dequantized before a float kernel: no saturation, so full 8-bit codes
+                set_module(m, name, DynQuantGRU.from_rnn(mod, 127))
                 grus.append(name)
     if grus:
-        ctx.note(f"GRU layers stay float (ONNX Runtime has no int8 GRU kernel): {', '.join(grus)}")
+        ctx.note(f"GRU weights stored as int8 and dequantized at run time (ONNX Runtime has no int8 GRU kernel: "
+                 f"the file shrinks, the recurrence computes in float): {', '.join(grus)}")
     for name, lin in linears:
         s = None
         if name in stats:
@@ -263,7 +280,7 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
                              and n not in dict(linears)],
             "smoothquant": {"alpha": cfg.smoothquant_alpha, "layers": list(stats)}, "int8_embeddings": embs,
             "per_token_activations": sorted(token_names), "full_range_u8_layers": sorted(full_names),
-            "int8_lstms": lstms, "float_grus": grus}
+            "int8_lstms": lstms, "int8_storage_grus": grus}
     if note:
         ctx.note(note)
     ctx.note(f"int8 dynamic: {len(linears)} Linear layers, {len(lstms)} LSTM(s), {len(embs)} embedding tables, "
@@ -293,7 +310,8 @@ def _known(idx: dict, a: np.ndarray) -> bool:
 
 
 def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool, weights=None, tables=None,
-                          weight_u8: bool = False, token_weights=None, lstm: bool = False, u8_weights=None) -> dict:
+                          weight_u8: bool = False, token_weights=None, lstm: bool = False, u8_weights=None,
+                          gru: bool = False) -> dict:
     """Rewrite MatMul(x, W const) -> DynamicQuantizeLinear + MatMulInteger + scale
     (fused by ONNX Runtime into DynamicQuantizeMatMul), and Gather(E const, ids)
     -> int8 rows with a gathered per-row scale."""
@@ -302,7 +320,7 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
     from .onnx_passes import Graph, prune_unused, topo_sort
 
     G = Graph(model)
-    new_nodes, done, gathers, lstms = [], 0, 0, 0
+    new_nodes, done, gathers, lstms, grus = [], 0, 0, 0, 0
     for n in list(G.g.node):
         gemm = n.op_type == "Gemm" and n.input[1] in G.inits and _plain_gemm(n)
         if (n.op_type == "MatMul" or gemm) and n.input[1] in G.inits:
@@ -366,6 +384,22 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
                 new_nodes.append(helper.make_node("Add", [base + "_prebias", n.input[2]], [final_out], name=base + "_bias"))
             G.g.node.remove(n)
             done += 1
+        elif gru and n.op_type == "GRU" and len(n.input) > 2 and n.input[1] in G.inits and n.input[2] in G.inits:
+            base = n.name or n.output[0]
+            for k, tag in ((1, "W"), (2, "R")):
+                w = numpy_helper.to_array(G.inits[n.input[k]])  # [dirs, 3H, in]: rows are gate units
+                d, rows, cols = w.shape
+                q, sc = _wq(torch.from_numpy(w.reshape(d * rows, cols).copy()), 127, True)
+                qn = G.add_init(f"{base}_{tag}q", q.numpy().astype(np.int8))
+                sn = G.add_init(f"{base}_{tag}scale", sc.numpy().astype(np.float32))
+                zn = G.add_init(f"{base}_{tag}zp", np.zeros(d * rows, np.int8))
+                shp = G.add_init(f"{base}_{tag}shape", np.array([d, rows, cols], np.int64))
+                new_nodes += [helper.make_node("DequantizeLinear", [qn, sn, zn], [f"{base}_{tag}dq"], axis=0,
+                                               name=f"{base}_{tag}_DQ"),
+                              helper.make_node("Reshape", [f"{base}_{tag}dq", shp], [f"{base}_{tag}f"],
+                                               name=f"{base}_{tag}_reshape")]
+                n.input[k] = f"{base}_{tag}f"
+            grus += 1
         elif lstm and n.op_type == "LSTM" and len(n.input) > 2 and n.input[1] in G.inits and n.input[2] in G.inits:
             base = n.name or n.output[0]
             ins = [n.input[0]]
@@ -409,7 +443,7 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     topo_sort(model)
     prune_unused(model)
-    return {"matmuls": done, "gathers": gathers, "lstms": lstms}
+    return {"matmuls": done, "gathers": gathers, "lstms": lstms, "grus": grus}
 
 
 def export_float_graph(qm, data: DataBundle, opset: int, linear_cls, embedding_cls):
@@ -445,10 +479,11 @@ def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17
     full = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules()
                    if isinstance(m, DynQuantLinear) and getattr(m, "weight_u8", False)])
     has_lstm = any(isinstance(m, DynQuantLSTM) for m in qm.model.modules())
+    has_gru = any(isinstance(m, DynQuantGRU) for m in qm.model.modules())
     counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), weights, tables, weight_u8,
-                                   token_weights=token, lstm=has_lstm, u8_weights=full)
+                                   token_weights=token, lstm=has_lstm, u8_weights=full, gru=has_gru)
     n_lin = sum(isinstance(m, DynQuantLinear) for m in qm.model.modules())
-    if counts["matmuls"] == 0 and counts["lstms"] == 0:
+    if counts["matmuls"] == 0 and counts["lstms"] == 0 and counts["grus"] == 0:
         raise ExportError(f"none of the {n_lin} quantized Linear layers was found in the ONNX graph; "
                           "the model's export does not map onto its layers")
     qm.info["layers_unused_in_graph"] = n_lin - counts["matmuls"]
