@@ -343,6 +343,40 @@ def report(path: Path = typer.Argument(..., help="A report.json, or the folder h
     typer.echo(f"wrote {p.parent}/report.md and report.html")
 
 
+@app.command()
+@_guard
+def unpack(src: Path = typer.Argument(..., help="An ONNX file whose 4-bit weights slimkit packed (INT4)."),
+           dst: Path = typer.Argument(..., help="Where to write the int8 version.")) -> None:
+    """Turn packed 4-bit weights back into int8 initializers, for full-speed inference.
+
+    Mixed-precision files keep their 4-bit layers packed two codes per byte;
+    ONNX Runtime then re-expands them at every run. Unpacking once (at install
+    or load time) removes that cost; the outputs are bit-identical.
+
+    \b
+    Examples:
+      slimkit unpack out/model.onnx out/model-int8.onnx
+    """
+    import onnx
+
+    from .core.errors import LoadError
+    from .core.io import atomic_path
+    from .quantize.onnx_passes import unpack_low_bit_weights
+
+    try:
+        m = onnx.load(str(src))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise LoadError(f"{src} is not a readable ONNX file ({type(e).__name__}); re-export it") from None
+    n = unpack_low_bit_weights(m)
+    if n == 0:
+        raise LoadError(f"{src} has no packed 4-bit weights to unpack; nothing written")
+    with atomic_path(dst) as tmp:
+        onnx.save(m, str(tmp))
+    typer.echo(f"unpacked {n} weight tensor(s): wrote {dst} ({dst.stat().st_size:,} bytes, from {src.stat().st_size:,})")
+
+
 def run() -> None:  # console-script entry point
     app()
 

@@ -32,7 +32,7 @@ def test_entry_point_help():
 
 
 def test_every_command_has_man_page_help():
-    for cmd in ("list", "profile", "bench", "export", "compress", "demo", "report"):
+    for cmd in ("list", "profile", "bench", "export", "compress", "demo", "report", "unpack"):
         res = run(cmd, "--help")
         assert res.exit_code == 0 and "Usage:" in res.output and len(res.output) > 200
 
@@ -140,3 +140,28 @@ def test_bench_cli_against_itself(tmp_path):
     d = json.loads(res.output[res.output.index("{"):])
     r = d["ratios"]["digits-cnn#1"]
     assert r["size_bytes"] == 1.0 and 0.5 < r["latency_ms_p50_bN"] < 2.0
+
+
+def test_unpack_packed_mixed_precision_file(tmp_path, digits_mlp, digits):
+    import numpy as np
+    import onnx
+
+    from slimkit.core import Context
+    from slimkit.export import ort_run, ort_session
+    from slimkit.quantize import MixedPrecisionConfig, mixed_precision
+
+    qm = mixed_precision(digits_mlp, MixedPrecisionConfig(target_size=0.15), Context(data=digits))
+    src, dst = tmp_path / "packed.onnx", tmp_path / "int8.onnx"
+    qm.slimkit_export(digits, src)
+    res = run("unpack", str(src), str(dst))
+    assert res.exit_code == 0, res.output
+    assert not any(i.data_type == onnx.TensorProto.INT4 for i in onnx.load(str(dst)).graph.initializer)
+    x = digits.test.slice(0, 64).inputs
+    np.testing.assert_array_equal(ort_run(ort_session(dst), x), ort_run(ort_session(src), x))
+    # a file without packed weights: a one-line error, nothing written
+    res = run("unpack", str(dst), str(tmp_path / "again.onnx"))
+    assert res.exit_code == 2 and "no packed 4-bit weights" in res.output and not (tmp_path / "again.onnx").exists()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    res = run("unpack", str(bad), str(tmp_path / "x.onnx"))
+    assert res.exit_code == 2 and "not a readable ONNX file" in res.output

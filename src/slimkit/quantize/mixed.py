@@ -153,8 +153,8 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
                    measured_drop=round(current[0], 5), output_sqnr_db=round(current[1], 2), budget=budget)
     goal = (f"size <= {cfg.target_size:.3f} of fp32 (got {stored / max(1, 32 * total):.3f})" if cfg.target_size
             else f"drop <= {cfg.max_drop}, SQNR >= {cfg.min_sqnr_db} dB")
-    storage = (f"{lb}-bit codes packed in INT4 (ONNX Runtime re-expands them to int8 at each run; unpack once at load "
-               "with slimkit.quantize.onnx_passes.unpack_low_bit_weights, or set pack_4bit: false)" if container == 4
+    storage = (f"{lb}-bit codes packed in INT4 (ONNX Runtime re-expands them to int8 at each run; unpack once with "
+               "`slimkit unpack IN.onnx OUT.onnx`, or set pack_4bit: false)" if container == 4
                else f"{lb}-bit codes stored in int8 containers")
     ctx.note(f"mixed precision: {sum(b == cfg.low_bits for b in bits.values())} layer(s) at {cfg.low_bits} bits, "
              f"{sum(b == 32 for b in bits.values())} in fp32, the rest int8; drop {current[0]:.4f}, output SQNR "
