@@ -207,7 +207,11 @@ def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4M
     eg = cfg.embedding_group_size or cfg.group_size
     if cfg.embeddings:
         for n, mod in list(m.named_modules()):
-            if isinstance(mod, nn.Embedding) and mod.num_embeddings >= 256 and mod.embedding_dim % eg == 0:
+            if isinstance(mod, nn.Embedding) and mod.num_embeddings >= 256:
+                if mod.embedding_dim % eg:
+                    ctx.note(f"int4: embedding {n} stays float: its width {mod.embedding_dim} is not a multiple of the "
+                             f"group size {eg} (set embedding_group_size to a divisor)")
+                    continue
                 set_module(m, n, Int4Embedding(mod, eg))
                 embs.append(n)
     info = {"scheme": f"weight-only int4 ({method}), symmetric, group {cfg.group_size} along the input dimension, "
