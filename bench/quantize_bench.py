@@ -1,6 +1,6 @@
 """Quantization benchmark: slimkit vs the stock quantizers, side by side in one run.
 
-    python bench/quantize_bench.py [--threads 1] [--only digits-cnn,mnist1d-cnn,mnist1d-lstm,minilm]
+    python bench/quantize_bench.py [--threads 1] [--only digits-cnn,mnist1d-cnn,mnist1d-lstm,mnist1d-gru,minilm]
 
 Peers: ONNX Runtime's quantize_static (QDQ, default settings, same calibration
 samples) for the CNNs, ONNX Runtime's quantize_dynamic (default settings) and
@@ -175,22 +175,24 @@ def rnn(name: str, work: Path, threads: int) -> str:
                   measure_memory=False)
     extra = {"slimkit int8_dynamic": f"{cost:.1f} s; kernels {','.join(qm.info['ort_int8_kernels'])}"}
     out = f"### {name} (batch N = {res['settings']['batch_N']}, {threads} thread(s))\n\n" + table(res, "accuracy", extra)
-    tq = torch.ao.quantization.quantize_dynamic(lm.model, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
+    tq = torch.ao.quantization.quantize_dynamic(lm.model, {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU},
+                                                dtype=torch.qint8)
     with torch.inference_mode():
         acc = float((tq(*data.test.inputs).argmax(-1) == data.test.targets).float().mean())
-    out += f"\n\ntorch.ao quantize_dynamic (Linear + LSTM, PyTorch runtime): accuracy {100 * acc:.2f}%\n"
+    out += f"\n\ntorch.ao quantize_dynamic (Linear + LSTM/GRU, PyTorch runtime): accuracy {100 * acc:.2f}%\n"
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", default="digits-cnn,mnist1d-cnn,mnist1d-lstm,minilm")
+    ap.add_argument("--only", default="digits-cnn,mnist1d-cnn,mnist1d-lstm,mnist1d-gru,minilm")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         for name in a.only.split(","):
-            print(minilm(work, a.threads) if name == "minilm" else rnn(name, work, a.threads) if "lstm" in name
+            print(minilm(work, a.threads) if name == "minilm" else rnn(name, work, a.threads)
+                  if "lstm" in name or "gru" in name
                   else cnn(name, work, a.threads))
             print()
             sys.stdout.flush()

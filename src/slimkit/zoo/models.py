@@ -80,12 +80,14 @@ class CifarCNN(nn.Module):
 
 class ConvLSTM1D(nn.Module):
     """A recurrent classifier for MNIST-1D (1x40 signals): a strided Conv1d front end
-    (40 -> 20 steps of 32 features), a 2-layer LSTM, the last step's state -> classes."""
+    (40 -> 20 steps of 32 features), a 2-layer LSTM (or GRU), the last step's state -> classes."""
 
-    def __init__(self, num_classes: int = 10, channels: int = 32, hidden: int = 64, layers: int = 2):
+    def __init__(self, num_classes: int = 10, channels: int = 32, hidden: int = 64, layers: int = 2,
+                 cell: str = "lstm"):
         super().__init__()
         self.front = nn.Sequential(nn.Conv1d(1, channels, 5, padding=2, stride=2), nn.ReLU())
-        self.lstm = nn.LSTM(channels, hidden, num_layers=layers, batch_first=True)
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.lstm = rnn(channels, hidden, num_layers=layers, batch_first=True)
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
