@@ -64,7 +64,7 @@ def test_macs_count_recurrent_layers_the_flop_counter_cannot_see():
     import torch.nn as nn
 
     from slimkit.evaluate.macs import count_macs
-    from slimkit.zoo.models import ConvLSTM1D
+    from slimkit.zoo.models import ConvRNN1D
 
     # LSTM: 4 gates x hidden x (input + hidden) per step, layer and direction
     lstm = nn.LSTM(8, 16, num_layers=2, bidirectional=True)
@@ -73,4 +73,4 @@ def test_macs_count_recurrent_layers_the_flop_counter_cannot_see():
     gru = nn.GRU(8, 16, batch_first=True)
     assert count_macs(gru, (torch.randn(2, 5, 8),)) == 2 * 5 * 3 * 16 * (8 + 16)
     # inside a model: conv front end + 2-layer LSTM + head
-    assert count_macs(ConvLSTM1D(), (torch.randn(1, 1, 40),)) == 32 * 5 * 20 + 20 * 4 * 64 * (96 + 128) + 64 * 10
+    assert count_macs(ConvRNN1D(), (torch.randn(1, 1, 40),)) == 32 * 5 * 20 + 20 * 4 * 64 * (96 + 128) + 64 * 10

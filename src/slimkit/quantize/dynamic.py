@@ -104,7 +104,9 @@ class DynQuantLinear(nn.Module):
             self.inv_smooth = None
         self.weight = nn.Parameter(w)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
-        self.qmax, self.per_channel, self.sim, self.per_token = qmax, per_channel, True, False
+        self.qmax, self.per_channel, self.sim = qmax, per_channel, True
+        self.per_token = False  # per-row activation scales instead of one per tensor
+        self.weight_u8 = False  # full 8-bit codes exported as u8 (u8 x u8 kernels)
 
     def forward(self, x):
         if self.inv_smooth is not None:
@@ -232,9 +234,8 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
     wr, note = (cfg.weight_range, "") if cfg.weight_range != "auto" else weight_range_for_cpu()
     qmax = 63 if wr == "reduced" else 127
     linears = select_linears(m, cfg.targets, cfg.keep_float)
-    has_lstm = cfg.rnn and any(type(x) is nn.LSTM for x in m.modules())
-    has_lstm = has_lstm or (cfg.rnn and any(type(x) is nn.GRU for x in m.modules()))
-    if not linears and not has_lstm:
+    has_rnn = cfg.rnn and any(type(x) in (nn.LSTM, nn.GRU) for x in m.modules())
+    if not linears and not has_rnn:
         raise ConfigError("no Linear, LSTM or GRU layer matched the targets; nothing to quantize")
     smooth_names = [n for n, _ in cfg.smooth.select(m, strict=False)] if cfg.smoothquant_alpha > 0 else []
     smooth_names = [n for n in smooth_names if n in dict(linears)]
@@ -265,8 +266,7 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
             s = (stats[name].clamp(min=1e-5) ** a / wmax ** (1 - a)).clamp(min=1e-2, max=1e2)
         set_module(m, name, DynQuantLinear(lin, 127 if name in full_names else qmax, cfg.per_channel, s))
         m.get_submodule(name).weight_u8 = name in full_names
-    for n in token_names:
-        m.get_submodule(n).per_token = True
+        m.get_submodule(name).per_token = name in token_names
     embs = []
     if cfg.embeddings:
         for name, mod in list(m.named_modules()):
@@ -309,6 +309,16 @@ def _known(idx: dict, a: np.ndarray) -> bool:
     return any(np.array_equal(a, b) for b in idx.get((a.shape, float(a.reshape(-1)[:64].sum())), []))
 
 
+def _rnn_rows(G, name: str, qmax: int):
+    """An ONNX LSTM/GRU weight initializer [dirs, gates x H, in] as per-row int8 codes [dirs x rows, in] and scales."""
+    from onnx import numpy_helper
+
+    w = numpy_helper.to_array(G.inits[name])
+    d, rows, cols = w.shape
+    q, sc = _wq(torch.from_numpy(w.reshape(d * rows, cols).copy()), qmax, True)
+    return d, rows, cols, q, sc
+
+
 def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool, weights=None, tables=None,
                           weight_u8: bool = False, token_weights=None, lstm: bool = False, u8_weights=None,
                           gru: bool = False) -> dict:
@@ -345,6 +355,7 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
             x = n.input[0]
             xq, xs, xz = base + "_xq", base + "_xscale", base + "_xzp"
             mm, mf, sc = base + "_mmi", base + "_mmf", base + "_scale"
+            out = base + "_prebias" if has_bias else final_out
             if token_weights is not None and _known(token_weights, w):
                 # per-token symmetric scales: max|x| / 127 per row, codes + 128 as u8, zero point 128
                 c = {k: G.add_init(f"{base}_{k}", np.array(v, np.float32)) for k, v in
@@ -364,32 +375,24 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
                     helper.make_node("MatMulInteger", [xq, qn, zp] + zn, [mm], name=base + "_mmi"),
                     helper.make_node("Cast", [mm], [mf], name=base + "_cast", to=TensorProto.FLOAT),
                     helper.make_node("Mul", [mf, xs], [sc], name=base + "_rowscale"),
-                    helper.make_node("Mul", [sc, sn], [base + "_prebias" if has_bias else final_out],
-                                     name=base + "_out"),
+                    helper.make_node("Mul", [sc, sn], [out], name=base + "_out"),
                 ]
-                if has_bias:
-                    new_nodes.append(helper.make_node("Add", [base + "_prebias", n.input[2]], [final_out],
-                                                      name=base + "_bias"))
-                G.g.node.remove(n)
-                done += 1
-                continue
-            new_nodes += [
-                helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=base + "_dql"),
-                helper.make_node("MatMulInteger", [xq, qn, xz] + zn, [mm], name=base + "_mmi"),
-                helper.make_node("Cast", [mm], [mf], name=base + "_cast", to=TensorProto.FLOAT),
-                helper.make_node("Mul", [xs, sn], [sc], name=base + "_scalemul"),
-                helper.make_node("Mul", [mf, sc], [base + "_prebias" if has_bias else final_out], name=base + "_out"),
-            ]
+            else:  # one scale per tensor: the pattern ONNX Runtime fuses into DynamicQuantizeMatMul
+                new_nodes += [
+                    helper.make_node("DynamicQuantizeLinear", [x], [xq, xs, xz], name=base + "_dql"),
+                    helper.make_node("MatMulInteger", [xq, qn, xz] + zn, [mm], name=base + "_mmi"),
+                    helper.make_node("Cast", [mm], [mf], name=base + "_cast", to=TensorProto.FLOAT),
+                    helper.make_node("Mul", [xs, sn], [sc], name=base + "_scalemul"),
+                    helper.make_node("Mul", [mf, sc], [out], name=base + "_out"),
+                ]
             if has_bias:
-                new_nodes.append(helper.make_node("Add", [base + "_prebias", n.input[2]], [final_out], name=base + "_bias"))
+                new_nodes.append(helper.make_node("Add", [out, n.input[2]], [final_out], name=base + "_bias"))
             G.g.node.remove(n)
             done += 1
         elif gru and n.op_type == "GRU" and len(n.input) > 2 and n.input[1] in G.inits and n.input[2] in G.inits:
             base = n.name or n.output[0]
             for k, tag in ((1, "W"), (2, "R")):
-                w = numpy_helper.to_array(G.inits[n.input[k]])  # [dirs, 3H, in]: rows are gate units
-                d, rows, cols = w.shape
-                q, sc = _wq(torch.from_numpy(w.reshape(d * rows, cols).copy()), 127, True)
+                d, rows, cols, q, sc = _rnn_rows(G, n.input[k], 127)  # [dirs, 3H, in]: rows are gate units
                 qn = G.add_init(f"{base}_{tag}q", q.numpy().astype(np.int8))
                 sn = G.add_init(f"{base}_{tag}scale", sc.numpy().astype(np.float32))
                 zn = G.add_init(f"{base}_{tag}zp", np.zeros(d * rows, np.int8))
@@ -405,9 +408,7 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
             ins = [n.input[0]]
             extra = []
             for k, tag in ((1, "W"), (2, "R")):
-                w = numpy_helper.to_array(G.inits[n.input[k]])  # [dirs, 4H, in]
-                d, rows, cols = w.shape
-                q, sc = _wq(torch.from_numpy(w.reshape(d * rows, cols).copy()), qmax, True)
+                d, rows, cols, q, sc = _rnn_rows(G, n.input[k], qmax)  # [dirs, 4H, in]
                 qa = q.numpy().astype(np.int8).reshape(d, rows, cols).transpose(0, 2, 1).copy()  # [dirs, in, 4H]
                 ins.append(G.add_init(f"{base}_{tag}q", qa))
                 extra += [G.add_init(f"{base}_{tag}scale", sc.numpy().astype(np.float32).reshape(d, rows)),
@@ -477,7 +478,7 @@ def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17
     token = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules()
                     if isinstance(m, DynQuantLinear) and m.per_token])
     full = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules()
-                   if isinstance(m, DynQuantLinear) and getattr(m, "weight_u8", False)])
+                   if isinstance(m, DynQuantLinear) and m.weight_u8])
     has_lstm = any(isinstance(m, DynQuantLSTM) for m in qm.model.modules())
     has_gru = any(isinstance(m, DynQuantGRU) for m in qm.model.modules())
     counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), weights, tables, weight_u8,

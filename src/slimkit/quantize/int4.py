@@ -83,7 +83,7 @@ def gptq_q4(w: torch.Tensor, h: torch.Tensor, g: int, damp: float = 0.01,
     """GPTQ (Frantar et al. 2023) with 4-bit group codes: quantize one input column at a
     time and spread its error over the columns not yet quantized, weighted by the inverse
     Hessian of the layer's output error (H = sum of x x^T over calibration inputs).
-    Group scales are chosen (MSE search) when a group starts, on the error-updated weights."""
+    Group scales come from the MSE search of :func:`q4`."""
     w = w.detach().float().clone()
     rows, k = w.shape
     if k % g:
@@ -93,43 +93,25 @@ def gptq_q4(w: torch.Tensor, h: torch.Tensor, g: int, damp: float = 0.01,
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += damp * h.diagonal().mean() * torch.eye(k, dtype=h.dtype)
-    q = torch.zeros(rows, k)
-    if act_order:
-        return _gptq_act_order(w, h, g, q)
+    # act-order: inputs with the most energy first, while the most columns are left to absorb their error, with
+    # "static groups" (scales fixed up front per contiguous group, so the file keeps the groups MatMulNBits reads);
+    # otherwise natural order, each group's scale chosen when it starts, on the error-updated weights
+    scales = q4(w, g)[1] if act_order else torch.zeros(rows, k // g)
+    perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(k)
+    w, h = w[:, perm], h[perm][:, perm]
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
-    scales = torch.zeros(rows, k // g)
-    for g0 in range(0, k, g):
-        s = q4(w[:, g0:g0 + g], g)[1][:, 0]
-        scales[:, g0 // g] = s
-        for i in range(g0, g0 + g):
-            col = w[:, i]
-            qi = torch.clamp(torch.round(col / s), -8, 7)
-            q[:, i] = qi
-            err = (col - qi * s) / hinv[i, i]
-            if i + 1 < k:
-                w[:, i + 1:] -= err[:, None] * hinv[i, i + 1:][None, :]
-    return q, scales
-
-
-def _gptq_act_order(w: torch.Tensor, h: torch.Tensor, g: int, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """GPTQ in order of decreasing Hessian diagonal (the inputs with the most energy first, while the most
-    columns are left to absorb their error), with "static groups": scales fixed up front per contiguous
-    group, so the file keeps the contiguous groups MatMulNBits reads."""
-    k = w.shape[1]
-    scales = q4(w, g)[1]
-    perm = torch.argsort(h.diagonal(), descending=True)
-    wp = w[:, perm].clone()
-    hp = h[perm][:, perm]
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hp)), upper=True).float()
+    q = torch.zeros(rows, k)
     for j in range(k):
         i = int(perm[j])
+        if not act_order and j % g == 0:
+            scales[:, j // g] = q4(w[:, j:j + g], g)[1][:, 0]
         s = scales[:, i // g]
-        col = wp[:, j]
+        col = w[:, j]
         qi = torch.clamp(torch.round(col / s), -8, 7)
         q[:, i] = qi
         err = (col - qi * s) / hinv[j, j]
         if j + 1 < k:
-            wp[:, j + 1:] -= err[:, None] * hinv[j, j + 1:][None, :]
+            w[:, j + 1:] -= err[:, None] * hinv[j, j + 1:][None, :]
     return q, scales
 
 
@@ -144,19 +126,20 @@ class Int4Linear(nn.Module):
         self.weight = nn.Parameter(lin.weight.detach().clone())
         self.bias = None if lin.bias is None else nn.Parameter(lin.bias.detach().clone())
         self.g, self.sim = g, True
+        self.register_buffer("codes", None)  # fixed codes and scales (GPTQ), else rounded on the fly
+        self.register_buffer("scales", None)
         q4(self.weight.detach(), g)  # validates the group size now
 
     def fix(self, q: torch.Tensor, s: torch.Tensor) -> None:
         """Use these codes and scales (e.g. from GPTQ); the float weight becomes their dequantized value."""
-        self.register_buffer("codes", q.to(torch.int8))
-        self.register_buffer("scales", s.float())
+        self.codes, self.scales = q.to(torch.int8), s.float()
         with torch.no_grad():
             self.weight.copy_(dq4(q.float(), s.float(), self.g))
 
     def forward(self, x):
         if not self.sim:
             w = self.weight
-        elif getattr(self, "codes", None) is not None:
+        elif self.codes is not None:
             w = dq4(self.codes.float(), self.scales, self.g)
         else:
             w = dq4(*q4(self.weight, self.g), self.g)
@@ -306,7 +289,7 @@ def export_int4(qm: Int4Model, data: DataBundle, path, *, opset: int = 17, check
 
     model, weights, tables = export_float_graph(qm, data, opset, Int4Linear, Int4Embedding)
     fixed = {np.ascontiguousarray(mod.weight.detach().numpy().T).tobytes(): (mod.codes.float(), mod.scales)
-             for mod in qm.model.modules() if isinstance(mod, Int4Linear) and getattr(mod, "codes", None) is not None}
+             for mod in qm.model.modules() if isinstance(mod, Int4Linear) and mod.codes is not None}
     counts = rewrite_int4(model, qm.cfg.group_size, weights, tables, fixed, qm.cfg.embedding_group_size)
     if counts["matmulnbits"] == 0:
         raise ExportError("none of the int4 Linear layers was found in the ONNX graph")

@@ -12,7 +12,7 @@ Storage: 4-bit layers are packed two codes per byte (ONNX INT4, opset 21,
 ``pack_4bit``), so the file shrinks below int8; ONNX Runtime has no int4
 convolution kernel, so the file re-expands those weights to int8 at each run
 (cheap for big batches, measurable at batch 1: docs/BENCHMARKS.md);
-``quantize.onnx_passes.unpack_low_bit_weights`` does it once at load instead.
+``slimkit unpack`` (``quantize.onnx_passes.unpack_low_bit_weights``) does it once instead.
 Codes of 3 or 2 bits use 4-bit containers.
 """
 from __future__ import annotations

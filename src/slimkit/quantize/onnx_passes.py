@@ -46,6 +46,13 @@ class Graph:
         self.inits[name] = t
         return name
 
+    def rewire(self, old: str, new: str) -> None:
+        """Every consumer of tensor ``old`` reads ``new`` instead."""
+        for c in self.consumers.get(old, []):
+            for k, inp in enumerate(c.input):
+                if inp == old:
+                    c.input[k] = new
+
     def axis(self, node) -> int:
         for a in node.attribute:
             if a.name == "axis":
@@ -76,10 +83,7 @@ def fold_weight_quantize(model: onnx.ModelProto) -> int:
         q = np.clip(np.round(w / s) + z, info.min, info.max).astype(zp.dtype)
         name = n.input[0] + "_quantized"
         G.add_init(name, q)
-        for c in G.consumers.get(n.output[0], []):
-            for k, inp in enumerate(c.input):
-                if inp == n.output[0]:
-                    c.input[k] = name
+        G.rewire(n.output[0], name)
         remove.append(n)
         folded += 1
     for n in remove:
@@ -254,11 +258,7 @@ def unpack_low_bit_weights(model: onnx.ModelProto) -> int:
             shape[G.axis(dq) % codes.ndim] = -1
         # same scale on both sides: int8 code = int4 code - int4 zero point + int8 zero point
         q8 = (codes - z4.reshape(shape) + z8.astype(np.int32).reshape(shape)).astype(z8.dtype)
-        name = G.add_init(dq.input[0] + "_unpacked", q8)
-        for c in G.consumers.get(q.output[0], []):
-            for k, inp in enumerate(c.input):
-                if inp == q.output[0]:
-                    c.input[k] = name
+        G.rewire(q.output[0], G.add_init(dq.input[0] + "_unpacked", q8))
         count += 1
     if count:
         prune_unused(model)

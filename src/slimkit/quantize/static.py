@@ -387,7 +387,7 @@ def export_qdq(qm: QuantizedModel, data: DataBundle, path, *, opset: int = 17, c
     model = onnx.load_from_string(buf.getvalue())
     fold_weight_quantize(model)
     quantize_biases(model)
-    packed = pack_low_bit_weights(model) if qm.info.get("pack_4bit", True) else 0
+    packed = pack_low_bit_weights(model) if qm.info.get("pack_4bit", False) else 0
     if packed:
         qm.info["packed_4bit_weights"] = packed
     blob = model.SerializeToString()

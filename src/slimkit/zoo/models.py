@@ -78,7 +78,7 @@ class CifarCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-class ConvLSTM1D(nn.Module):
+class ConvRNN1D(nn.Module):
     """A recurrent classifier for MNIST-1D (1x40 signals): a strided Conv1d front end
     (40 -> 20 steps of 32 features), a 2-layer LSTM (or GRU), the last step's state -> classes."""
 
@@ -86,10 +86,9 @@ class ConvLSTM1D(nn.Module):
                  cell: str = "lstm"):
         super().__init__()
         self.front = nn.Sequential(nn.Conv1d(1, channels, 5, padding=2, stride=2), nn.ReLU())
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
-        self.lstm = rnn(channels, hidden, num_layers=layers, batch_first=True)
+        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](channels, hidden, num_layers=layers, batch_first=True)
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seq, _ = self.lstm(self.front(x).transpose(1, 2))
+        seq, _ = self.rnn(self.front(x).transpose(1, 2))
         return self.head(seq[:, -1])

@@ -13,7 +13,7 @@ from ..core.errors import LoadError
 from ..core.io import atomic_path, cache_dir
 from ..core.progress import info
 from . import data as D
-from .models import CNN1D, MLP, CifarCNN, ConvLSTM1D, LeNet5
+from .models import CNN1D, MLP, CifarCNN, ConvRNN1D, LeNet5
 from .train import TrainSpec, fit_classifier
 
 
@@ -54,10 +54,10 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              TrainSpec(epochs=40, lr=2e-3, augment="shift2d"), floor=0.97),
     ZooModel("mnist1d-cnn", lambda: CNN1D(), "mnist1d", "1-D CNN on MNIST-1D, >= 90% test accuracy",
              TrainSpec(epochs=40, lr=3e-3, batch_size=128, augment=None, weight_decay=5e-4), floor=0.90),
-    ZooModel("mnist1d-lstm", lambda: ConvLSTM1D(), "mnist1d",
+    ZooModel("mnist1d-lstm", lambda: ConvRNN1D(), "mnist1d",
              "Conv1d front end + 2-layer LSTM on MNIST-1D (the sequence model for int8 LSTM), >= 85% test accuracy",
              TrainSpec(epochs=40, lr=3e-3, batch_size=128, augment=None, weight_decay=5e-4), floor=0.85),
-    ZooModel("mnist1d-gru", lambda: ConvLSTM1D(cell="gru"), "mnist1d",
+    ZooModel("mnist1d-gru", lambda: ConvRNN1D(cell="gru"), "mnist1d",
              "the same with a 2-layer GRU (int8 GRU weights are stored, not executed: ORT has no int8 GRU), >= 85%",
              TrainSpec(epochs=40, lr=3e-3, batch_size=128, augment=None, weight_decay=5e-4), floor=0.85),
     ZooModel("minilm", _minilm, "sentences",
