@@ -1,6 +1,7 @@
 """Quantization benchmark: slimkit vs the stock quantizers, side by side in one run.
 
     python bench/quantize_bench.py [--threads 1] [--only digits-cnn,mnist1d-cnn,mnist1d-lstm,mnist1d-gru,minilm]
+    python bench/quantize_bench.py --only minilm-int4   # the int4 ablation (size and fidelity, no timing)
 
 Peers: ONNX Runtime's quantize_static (QDQ, default settings, same calibration
 samples) for the CNNs, ONNX Runtime's quantize_dynamic (default settings) and
@@ -116,18 +117,18 @@ def minilm(work: Path, threads: int) -> str:
     ours_u8 = work / "minilm-slimkit-int8-u8.onnx"
     qu8.slimkit_export(data, ours_u8)
     t0 = time.perf_counter()
-    q4m = int4_weights(lm.model, Int4WeightConfig(group_size=64), Context(data=data))
+    q4m = int4_weights(lm.model, Int4WeightConfig(), Context(data=data))
     ours4 = work / "minilm-slimkit-int4.onnx"
     q4m.slimkit_export(data, ours4)
     cost4 = time.perf_counter() - t0
     res = compare([Candidate("fp32", None, fp), Candidate("ORT quantize_dynamic (default)", None, peer),
                    Candidate("slimkit int8_dynamic", None, ours),
                    Candidate("slimkit int8_dynamic, weight_range u8", None, ours_u8),
-                   Candidate("slimkit int4_weights g64", None, ours4)],
+                   Candidate("slimkit int4_weights", None, ours4)],
                   data, workdir=work / "cmp", threads=threads, measure_memory=False)
     extra = {"slimkit int8_dynamic": f"{cost:.1f} s end to end (calibration + export + parity)",
              "slimkit int8_dynamic, weight_range u8": "full 8-bit weights, u8 x u8 kernels: fidelity for speed",
-             "slimkit int4_weights g64": f"{cost4:.1f} s; MatMulNBits"}
+             "slimkit int4_weights": f"{cost4:.1f} s; MatMulNBits; {len(q4m.info['int8_layers'])} layers 8-bit"}
     out = f"### minilm (batch N = {res['settings']['batch_N']}, {threads} thread(s))\n\n" + table(res, "fidelity_cos_mean", extra)
     ours_b1 = res["metrics"]["slimkit int8_dynamic"]["latency_ms_p50_b1"]
     peer_b1 = res["metrics"]["ORT quantize_dynamic (default)"]["latency_ms_p50_b1"]
@@ -153,6 +154,36 @@ def minilm(work: Path, threads: int) -> str:
             f"{np.median(times['tq']) * 1e3:.2f} ms vs fp32 {np.median(times['fp32']) * 1e3:.2f} ms "
             f"({np.median(times['tq']) / np.median(times['fp32']):.2f}x)\n")
     return out
+
+
+def minilm_int4(work: Path) -> str:
+    """Which int4 choices buy MiniLM's fidelity, step by step, all exported and run in ONNX Runtime."""
+    from slimkit.export import ort_run, ort_session
+
+    lm, data = resolve("zoo:minilm")
+    with torch.inference_mode():
+        ref = torch.cat([lm.model(*x) for x, _ in data.test.batches(64)]).numpy()
+    variants = [
+        ("symmetric g64, float32 scales, table g64 (the third session's default)",
+         dict(group_size=64, symmetric=True, scale_dtype="float32", embedding_group_size=64, int8_budget=0)),
+        ("asymmetric g64, float16 scales, table g64", dict(group_size=64, embedding_group_size=64, int8_budget=0)),
+        ("asymmetric g32, float16 scales, table g64", dict(embedding_group_size=64, int8_budget=0)),
+        ("asymmetric g32, float16 scales, table g128", dict(int8_budget=0)),
+        ("the default: the above + 8-bit budget 2.5%", dict()),
+    ]
+    rows = ["| variant | size (MB) | cos mean / min / NN (ORT) | 8-bit layers | time |", "|---|---|---|---|---|"]
+    for i, (label, kw) in enumerate(variants):
+        t0 = time.perf_counter()
+        qm = int4_weights(lm.model, Int4WeightConfig(**kw), Context(data=data))
+        path = work / f"minilm-int4-{i}.onnx"
+        qm.slimkit_export(data, path)
+        cost = time.perf_counter() - t0
+        sess = ort_session(path)
+        got = np.concatenate([ort_run(sess, x) for x, _ in data.test.batches(64)])
+        f = fidelity(got, ref)
+        rows.append(f"| {label} | {path.stat().st_size / 1e6:.3f} | {f['fidelity_cos_mean']:.4f} / "
+                    f"{f['fidelity_cos_min']:.4f} / {f['nn_top1']:.3f} | {len(qm.info['int8_layers'])} | {cost:.1f} s |")
+    return "### minilm int4 ablation (300 test sentences, GPTQ act-order in every row)\n\n" + "\n".join(rows)
 
 
 def rnn(name: str, work: Path, threads: int) -> str:
@@ -191,7 +222,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         for name in a.only.split(","):
-            print(minilm(work, a.threads) if name == "minilm" else rnn(name, work, a.threads)
+            print(minilm(work, a.threads) if name == "minilm" else minilm_int4(work) if name == "minilm-int4"
+                  else rnn(name, work, a.threads)
                   if "lstm" in name or "gru" in name
                   else cnn(name, work, a.threads))
             print()

@@ -1,8 +1,15 @@
-"""Weight-only int4 (group-wise, symmetric) for Linear layers and embedding
-tables, stored packed (two codes per byte), so the file really is about half
-of int8. Linear layers run through ONNX Runtime's block-quantized MatMulNBits
-kernel (com.microsoft domain); embedding rows are gathered packed and
-dequantized on the fly with standard ops."""
+"""Weight-only low-bit quantization (group-wise, 4-bit by default) for Linear
+layers and embedding tables, stored packed (two codes per byte), so the file
+really is about half of int8. Linear layers run through ONNX Runtime's
+block-quantized MatMulNBits kernel (com.microsoft domain); embedding rows are
+gathered packed and dequantized on the fly with standard ops.
+
+Defaults measured on MiniLM (docs/BENCHMARKS.md): asymmetric groups of 32 with
+float16 scales and 4-bit zero points (the zero points cost less than the float32
+scales they replace), GPTQ with act-order, embedding rows in groups of 64, and a
+small byte budget that gives the Linear layers whose 8-bit version lowers the
+output error most per extra byte (measured on the calibration set) 8-bit groups
+through the same kernel."""
 from __future__ import annotations
 
 import copy
@@ -26,21 +33,32 @@ from .dynamic import DynQuantModel, _known, _plain_gemm, select_linears
 from .graph import input_covariances, set_module
 from .static import _check_finite_weights
 
+_SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+_FP16_MIN = 6.2e-5  # smallest normal float16: scales stay exact in the file
+
 
 @dataclasses.dataclass
 class Int4WeightConfig(Config):
     """4-bit weights in groups along the input dimension; activations stay float."""
 
-    group_size: int = 64
+    group_size: int = 32
+    # asymmetric groups (a 4-bit zero point each) cut the rounding error of GPTQ-int4 MiniLM by a fifth
+    # (cos 0.9836 -> 0.9864 at group 64) for half a byte per group
+    symmetric: bool = False
+    scale_dtype: str = "float16"  # in the file; ORT folds the cast to float32 at load
     method: str = "gptq"  # gptq (error-compensating, needs calibration data) | rtn (round to nearest)
     damp: float = 0.01  # GPTQ: share of the mean Hessian diagonal added for stability
     # GPTQ: columns in order of decreasing Hessian diagonal, scales fixed per group up front (MiniLM g64: cos mean
     # 0.9817 -> 0.9836, min 0.840 -> 0.860 in simulation, docs/BENCHMARKS.md)
     act_order: bool = True
     embeddings: bool = True
-    # group of the embedding table's rows (0 = group_size); a whole row (e.g. 384) stores one scale per token instead
-    # of six: the table is the biggest tensor and its rows tolerate coarser scales (docs/BENCHMARKS.md)
-    embedding_group_size: int = 0
+    # group of the embedding table's rows (0 = group_size): the table is the biggest tensor and its rows tolerate
+    # coarser groups than the Linear layers (docs/BENCHMARKS.md)
+    embedding_group_size: int = 128
+    # extra bytes, as a share of the 4-bit weights' bytes, that may give the most sensitive Linear layers 8-bit
+    # groups instead of 4-bit (greedy by output error saved per byte on the calibration set; 0 = all 4-bit)
+    int8_budget: float = 0.025
+    sensitivity_samples: int = 64  # calibration samples used to rank the layers for 8 bits
     keep_float: list = dataclasses.field(default_factory=list)
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear"]))
 
@@ -49,45 +67,103 @@ class Int4WeightConfig(Config):
         if self.embedding_group_size < 0 or (self.embedding_group_size and self.embedding_group_size % 2):
             raise ConfigError(f"embedding_group_size={self.embedding_group_size} must be 0 (= group_size) or even")
         check_choice("method", self.method, ("gptq", "rtn"))
+        check_choice("scale_dtype", self.scale_dtype, tuple(_SCALE_DTYPES))
+        if not 0 <= self.int8_budget <= 1:
+            raise ConfigError(f"int8_budget={self.int8_budget} must be a share in [0, 1] (0 keeps every layer at 4 bits)")
         if isinstance(self.targets, (dict, list, str)):
             self.targets = Targets.from_dict(self.targets)
 
 
-def q4(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric 4-bit codes in [-8, 7] and one MSE-chosen scale per group of ``g`` along the last axis."""
-    rows, k = w.shape
+@dataclasses.dataclass
+class GroupCodes:
+    """Unsigned codes in [0, 2^bits - 1] with one scale and zero point per group of ``g`` along the last axis:
+    value = (code - zero) * scale. Symmetric groups have zero = 2^(bits-1) (MatMulNBits' default)."""
+
+    q: torch.Tensor  # [rows, k] float holding integers
+    s: torch.Tensor  # [rows, k / g] float32 (values representable in the file's scale dtype)
+    z: torch.Tensor  # [rows, k / g] float holding integers
+    g: int
+    bits: int
+    symmetric: bool
+
+    def dequantize(self) -> torch.Tensor:
+        rows, k = self.q.shape
+        return ((self.q.reshape(rows, k // self.g, self.g) - self.z[..., None]) * self.s[..., None]).reshape(rows, k)
+
+    def nbytes(self, scale_bytes: int) -> float:
+        """Bytes in the file: packed codes, scales, packed zero points (none for symmetric groups)."""
+        groups = self.s.numel()
+        return self.q.numel() * self.bits / 8 + groups * scale_bytes + (0 if self.symmetric else groups * self.bits / 8)
+
+
+def _check_groups(k: int, g: int) -> None:
     if k % g:
         raise ConfigError(f"input size {k} is not divisible by group_size={g}; pick a group size that divides it")
-    wg = w.detach().reshape(rows, k // g, g)
-    amax = wg.abs().amax(-1).clamp(min=1e-12)
-    # per group, the clipping scale with the least squared error (plain max is rarely best at 4 bits)
-    best_s, best_e = amax / 7.0, None
+
+
+def _round_scale(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if dtype == torch.float16:
+        return s.clamp(min=_FP16_MIN, max=65504.0).half().float()
+    return s.clamp(min=1e-12)
+
+
+def fit_groups(w: torch.Tensor, g: int, bits: int = 4, symmetric: bool = True,
+               scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group of ``g`` along the last axis, the scale (and zero point) whose codes reconstruct the group with
+    the least squared error, searched over clipping ratios 0.6-1.0 of the group's range (plain max-abs is rarely
+    best at 4 bits)."""
+    rows, k = w.shape
+    _check_groups(k, g)
+    maxq = 2 ** bits - 1
+    wg = w.detach().float().reshape(rows, k // g, g)
+    if symmetric:
+        amax = wg.abs().amax(-1)
+        lo, hi = -amax, amax
+    else:  # the range always holds 0, so a zero weight is exact
+        lo, hi = wg.amin(-1).clamp(max=0), wg.amax(-1).clamp(min=0)
+    best_s = best_z = best_e = None
     for f in torch.linspace(0.6, 1.0, 9):
-        s = amax * f / 7.0
-        q = torch.clamp(torch.round(wg / s[..., None]), -8, 7)
-        e = (q * s[..., None] - wg).pow(2).sum(-1)
+        if symmetric:
+            s = _round_scale(hi * f / (2 ** (bits - 1) - 1), scale_dtype)
+            z = torch.full_like(s, 2.0 ** (bits - 1))
+        else:
+            s = _round_scale((hi - lo) * f / maxq, scale_dtype)
+            z = torch.clamp(torch.round(-lo * f / s), 0, maxq)
+        q = torch.clamp(torch.round(wg / s[..., None]) + z[..., None], 0, maxq)
+        e = ((q - z[..., None]) * s[..., None] - wg).pow(2).sum(-1)
         if best_e is None:
-            best_e, best_s = e, s
+            best_s, best_z, best_e = s, z, e
         else:
             better = e < best_e
             best_e = torch.where(better, e, best_e)
-            best_s = torch.where(better, s, best_s)
-    s = best_s
-    q = torch.clamp(torch.round(w.reshape(rows, k // g, g) / s[..., None]), -8, 7)
-    return q.reshape(rows, k), s
+            best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
+    return best_s, best_z
+
+
+def encode(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, g: int, bits: int) -> torch.Tensor:
+    rows, k = w.shape
+    q = torch.clamp(torch.round(w.reshape(rows, k // g, g) / s[..., None]) + z[..., None], 0, 2 ** bits - 1)
+    return q.reshape(rows, k)
+
+
+def rtn(w: torch.Tensor, g: int, bits: int = 4, symmetric: bool = True,
+        scale_dtype: torch.dtype = torch.float32) -> GroupCodes:
+    """Round to nearest with MSE-chosen group scales."""
+    s, z = fit_groups(w, g, bits, symmetric, scale_dtype)
+    return GroupCodes(encode(w.detach().float(), s, z, g, bits), s, z, g, bits, symmetric)
 
 
 @torch.no_grad()
-def gptq_q4(w: torch.Tensor, h: torch.Tensor, g: int, damp: float = 0.01,
-            act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """GPTQ (Frantar et al. 2023) with 4-bit group codes: quantize one input column at a
+def gptq(w: torch.Tensor, h: torch.Tensor, g: int, bits: int = 4, symmetric: bool = True,
+         scale_dtype: torch.dtype = torch.float32, damp: float = 0.01, act_order: bool = False) -> GroupCodes:
+    """GPTQ (Frantar et al. 2023) with group codes: quantize one input column at a
     time and spread its error over the columns not yet quantized, weighted by the inverse
     Hessian of the layer's output error (H = sum of x x^T over calibration inputs).
-    Group scales come from the MSE search of :func:`q4`."""
+    Group scales come from the MSE search of :func:`fit_groups`."""
     w = w.detach().float().clone()
     rows, k = w.shape
-    if k % g:
-        raise ConfigError(f"input size {k} is not divisible by group_size={g}; pick a group size that divides it")
+    _check_groups(k, g)
+    maxq = 2 ** bits - 1
     h = h.double().clone()
     dead = h.diagonal() == 0
     h[dead, dead] = 1.0
@@ -96,7 +172,10 @@ def gptq_q4(w: torch.Tensor, h: torch.Tensor, g: int, damp: float = 0.01,
     # act-order: inputs with the most energy first, while the most columns are left to absorb their error, with
     # "static groups" (scales fixed up front per contiguous group, so the file keeps the groups MatMulNBits reads);
     # otherwise natural order, each group's scale chosen when it starts, on the error-updated weights
-    scales = q4(w, g)[1] if act_order else torch.zeros(rows, k // g)
+    if act_order:
+        scales, zeros = fit_groups(w, g, bits, symmetric, scale_dtype)
+    else:
+        scales, zeros = torch.zeros(rows, k // g), torch.zeros(rows, k // g)
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(k)
     w, h = w[:, perm], h[perm][:, perm]
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
@@ -104,58 +183,47 @@ def gptq_q4(w: torch.Tensor, h: torch.Tensor, g: int, damp: float = 0.01,
     for j in range(k):
         i = int(perm[j])
         if not act_order and j % g == 0:
-            scales[:, j // g] = q4(w[:, j:j + g], g)[1][:, 0]
-        s = scales[:, i // g]
+            s_, z_ = fit_groups(w[:, j:j + g], g, bits, symmetric, scale_dtype)
+            scales[:, j // g], zeros[:, j // g] = s_[:, 0], z_[:, 0]
+        s, z = scales[:, i // g], zeros[:, i // g]
         col = w[:, j]
-        qi = torch.clamp(torch.round(col / s), -8, 7)
+        qi = torch.clamp(torch.round(col / s) + z, 0, maxq)
         q[:, i] = qi
-        err = (col - qi * s) / hinv[j, j]
+        err = (col - (qi - z) * s) / hinv[j, j]
         if j + 1 < k:
             w[:, j + 1:] -= err[:, None] * hinv[j, j + 1:][None, :]
-    return q, scales
-
-
-def dq4(q: torch.Tensor, s: torch.Tensor, g: int) -> torch.Tensor:
-    rows, k = q.shape
-    return (q.reshape(rows, k // g, g) * s[..., None]).reshape(rows, k)
+    return GroupCodes(q, scales, zeros, g, bits, symmetric)
 
 
 class Int4Linear(nn.Module):
-    def __init__(self, lin: nn.Linear, g: int):
-        super().__init__()
-        self.weight = nn.Parameter(lin.weight.detach().clone())
-        self.bias = None if lin.bias is None else nn.Parameter(lin.bias.detach().clone())
-        self.g, self.sim = g, True
-        self.register_buffer("codes", None)  # fixed codes and scales (GPTQ), else rounded on the fly
-        self.register_buffer("scales", None)
-        q4(self.weight.detach(), g)  # validates the group size now
+    """A Linear layer whose weight is fixed group codes (4-bit, or 8-bit for a sensitive layer); the float weight
+    held is their dequantized value, so the exported float graph and the simulation agree exactly."""
 
-    def fix(self, q: torch.Tensor, s: torch.Tensor) -> None:
-        """Use these codes and scales (e.g. from GPTQ); the float weight becomes their dequantized value."""
-        self.codes, self.scales = q.to(torch.int8), s.float()
+    def __init__(self, lin: nn.Linear, codes: GroupCodes):
+        super().__init__()
+        self.weight = nn.Parameter(codes.dequantize(), requires_grad=False)
+        self.bias = None if lin.bias is None else nn.Parameter(lin.bias.detach().clone())
+        self.sim = True
+        self.use(codes)
+
+    def use(self, codes: GroupCodes) -> None:
+        self.codes, self.g, self.bits = codes, codes.g, codes.bits
         with torch.no_grad():
-            self.weight.copy_(dq4(q.float(), s.float(), self.g))
+            self.weight.copy_(codes.dequantize())
 
     def forward(self, x):
-        if not self.sim:
-            w = self.weight
-        elif self.codes is not None:
-            w = dq4(self.codes.float(), self.scales, self.g)
-        else:
-            w = dq4(*q4(self.weight, self.g), self.g)
-        return F.linear(x, w, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 class Int4Embedding(nn.Module):
-    def __init__(self, emb: nn.Embedding, g: int):
+    def __init__(self, emb: nn.Embedding, codes: GroupCodes):
         super().__init__()
-        self.weight = nn.Parameter(emb.weight.detach().clone())
-        self.padding_idx, self.g, self.sim = emb.padding_idx, g, True
-        q4(self.weight.detach(), g)
+        self.codes, self.g, self.sim = codes, codes.g, True
+        self.weight = nn.Parameter(codes.dequantize(), requires_grad=False)
+        self.padding_idx = emb.padding_idx
 
     def forward(self, ids):
-        w = dq4(*q4(self.weight, self.g), self.g) if self.sim else self.weight
-        return F.embedding(ids, w, self.padding_idx)
+        return F.embedding(ids, self.weight, self.padding_idx)
 
 
 class Int4Model(DynQuantModel):
@@ -165,27 +233,87 @@ class Int4Model(DynQuantModel):
         return export_int4(self, data, path, **kw)
 
 
+def _scale_bytes(cfg: Int4WeightConfig) -> int:
+    return 2 if cfg.scale_dtype == "float16" else 4
+
+
+def _model_output(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    return _model_output(out[0])
+
+
+@torch.no_grad()
+def _output_error(m: nn.Module, split, ref: list[torch.Tensor] | None = None):
+    """The model's outputs on ``split``, and their relative squared error to ``ref``."""
+    outs = [_model_output(m(*x)).float() for x, _ in split.batches(64)]
+    if ref is None:
+        return outs, 0.0
+    num = sum(float((o - r).pow(2).sum()) for o, r in zip(outs, ref))
+    return outs, num / max(sum(float(r.pow(2).sum()) for r in ref), 1e-30)
+
+
+def _upgrade_to_8bit(fp: nn.Module, m: nn.Module, layers: dict[str, GroupCodes], budget: float,
+                     cfg: Int4WeightConfig, ctx: Context) -> tuple[list[str], list[dict]]:
+    """Greedy: measure, one layer at a time, how much the output error on the calibration set falls when that
+    layer gets 8-bit groups, then give 8 bits to the layers with the most error saved per extra byte while the
+    extra bytes fit ``budget``."""
+    sdt = _SCALE_DTYPES[cfg.scale_dtype]
+    sb = _scale_bytes(cfg)
+    split = ctx.data.calib.slice(0, min(cfg.sensitivity_samples, len(ctx.data.calib)))
+    ref, _ = _output_error(fp, split)
+    _, base = _output_error(m, split, ref)
+    rows = []
+    for n, c4 in track(list(layers.items()), "int4: 8-bit sensitivity"):
+        mod = m.get_submodule(n)
+        c8 = rtn(fp.get_submodule(n).weight, c4.g, 8, cfg.symmetric, sdt)
+        mod.use(c8)
+        _, err = _output_error(m, split, ref)
+        mod.use(c4)
+        extra = c8.nbytes(sb) - c4.nbytes(sb)
+        rows.append({"layer": n, "rel_err_all_4bit": base, "rel_err_this_8bit": err,
+                     "extra_bytes": int(extra), "saved_per_kb": (base - err) / extra * 1e3, "_c8": c8})
+    chosen = []
+    for r in sorted(rows, key=lambda r: -r["saved_per_kb"]):
+        if r["saved_per_kb"] > 0 and r["extra_bytes"] <= budget:
+            budget -= r["extra_bytes"]
+            chosen.append(r["layer"])
+            m.get_submodule(r["layer"]).use(r["_c8"])
+    for r in rows:
+        del r["_c8"]
+        r["chosen_bits"] = 8 if r["layer"] in chosen else 4
+    return chosen, rows
+
+
 @register_technique("quantize.int4_weights", Int4WeightConfig,
                     summary="weight-only int4 (group-wise, packed) for Linear + embeddings -> ORT MatMulNBits")
 def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4Model:
-    """Weight-only int4, group-wise symmetric, packed two codes per byte."""
+    """Weight-only int4, group-wise, packed two codes per byte; optionally a few sensitive layers at 8 bits."""
     _check_finite_weights(model)
+    fp = model.eval()
     m = copy.deepcopy(model).eval()
     linears = select_linears(m, cfg.targets, cfg.keep_float)
     if not linears:
         raise ConfigError("no Linear layer matched the targets; nothing to quantize")
+    sdt = _SCALE_DTYPES[cfg.scale_dtype]
     method = cfg.method
-    if method == "gptq" and not ctx.has("calibration_data"):
+    calib = ctx.has("calibration_data")
+    if method == "gptq" and not calib:
         method = "rtn"
         ctx.note("int4: no calibration data, so round-to-nearest instead of GPTQ")
     hess = {}
     if method == "gptq":
         hess = input_covariances(m, ctx.data.calib, [n for n, _ in linears])
+    codes = {}
     for n, lin in track(linears, f"int4 ({method})"):
-        il = Int4Linear(lin, cfg.group_size)
+        _check_groups(lin.in_features, cfg.group_size)
         if n in hess:
-            il.fix(*gptq_q4(lin.weight, hess[n], cfg.group_size, cfg.damp, cfg.act_order))
-        set_module(m, n, il)
+            codes[n] = gptq(lin.weight, hess[n], cfg.group_size, 4, cfg.symmetric, sdt, cfg.damp, cfg.act_order)
+        else:
+            codes[n] = rtn(lin.weight, cfg.group_size, 4, cfg.symmetric, sdt)
+        set_module(m, n, Int4Linear(lin, codes[n]))
     embs = []
     eg = cfg.embedding_group_size or cfg.group_size
     if cfg.embeddings:
@@ -195,23 +323,75 @@ def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4M
                     ctx.note(f"int4: embedding {n} stays float: its width {mod.embedding_dim} is not a multiple of the "
                              f"group size {eg} (set embedding_group_size to a divisor)")
                     continue
-                set_module(m, n, Int4Embedding(mod, eg))
+                set_module(m, n, Int4Embedding(mod, rtn(mod.weight, eg, 4, cfg.symmetric, sdt)))
                 embs.append(n)
-    info = {"scheme": f"weight-only int4 ({method}), symmetric, group {cfg.group_size} along the input dimension, "
-                      "packed",
-            "quantized_layers": [n for n, _ in linears], "int4_embeddings": embs}
-    ctx.note(f"int4 weights: {len(linears)} Linear layers and {len(embs)} embedding tables, group {cfg.group_size}")
+    int8, sens = [], []
+    if cfg.int8_budget > 0:
+        if calib:
+            sb = _scale_bytes(cfg)
+            weight_bytes = sum(c.nbytes(sb) for c in codes.values()) + sum(
+                m.get_submodule(n).codes.nbytes(sb) for n in embs)
+            int8, sens = _upgrade_to_8bit(fp, m, codes, cfg.int8_budget * weight_bytes, cfg, ctx)
+        else:
+            ctx.note("int4: no calibration data, so no layer is chosen for 8 bits (int8_budget unused)")
+    info = {"scheme": f"weight-only int4 ({method}), {'symmetric' if cfg.symmetric else 'asymmetric'}, group "
+                      f"{cfg.group_size} along the input dimension, {cfg.scale_dtype} scales, packed",
+            "quantized_layers": [n for n, _ in linears], "int4_embeddings": embs, "embedding_group_size": eg,
+            "int8_layers": int8}
+    if sens:
+        info["sensitivity"] = sens
+    ctx.note(f"int4 weights: {len(linears)} Linear layers ({len(int8)} of them 8-bit) and {len(embs)} embedding "
+             f"tables, group {cfg.group_size}")
     return Int4Model(m, info, cfg)
 
 
 def _pack(q: np.ndarray) -> np.ndarray:
-    """Codes in [-8, 7] -> uint8, two per byte, low nibble first (q + 8)."""
-    u = (q.astype(np.int16) + 8).astype(np.uint8)
+    """Unsigned 4-bit codes in [0, 15] -> uint8, two per byte along the last axis, low nibble first
+    (an odd count is padded with a zero nibble)."""
+    u = q.astype(np.uint8)
+    if u.shape[-1] % 2:
+        u = np.concatenate([u, np.zeros(u.shape[:-1] + (1,), np.uint8)], -1)
     return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
 
 
-def rewrite_int4(model, g: int, weights: dict, tables: dict, fixed: dict | None = None, eg: int = 0) -> dict:
-    from onnx import TensorProto, helper, numpy_helper
+def _scales_input(G, name: str, s: torch.Tensor, scale_dtype: str, new: list) -> str:
+    """A scale initializer in the file's dtype; float16 goes through a Cast that ORT folds at load."""
+    from onnx import TensorProto, helper
+
+    if scale_dtype == "float32":
+        return G.add_init(name, s.numpy().astype(np.float32))
+    half = G.add_init(name + "_f16", s.numpy().astype(np.float16))
+    new.append(helper.make_node("Cast", [half], [name], name=name + "_cast", to=TensorProto.FLOAT))
+    return name
+
+
+def _nibbles(G, base: str, packed: str, ids: str, new: list) -> str:
+    """Nodes that gather rows of a packed table and split each byte into its two nibbles (low first):
+    [B, T, m] uint8 -> [B, T, m, 2] float."""
+    from onnx import TensorProto, helper
+
+    t = lambda s_: f"{base}_{s_}"  # noqa: E731
+    c16 = G.add_init(t("16"), np.array(16.0, np.float32))
+    ax = G.add_init(t("ax"), np.array([-1], np.int64))
+    new += [
+        helper.make_node("Gather", [packed, ids], [t("gp")], axis=0),
+        helper.make_node("Cast", [t("gp")], [t("gf")], to=TensorProto.FLOAT),
+        helper.make_node("Div", [t("gf"), c16], [t("hd")]),
+        helper.make_node("Floor", [t("hd")], [t("hi")]),
+        helper.make_node("Mul", [t("hi"), c16], [t("hi16")]),
+        helper.make_node("Sub", [t("gf"), t("hi16")], [t("lo")]),
+        helper.make_node("Unsqueeze", [t("lo"), ax], [t("lo1")]),
+        helper.make_node("Unsqueeze", [t("hi"), ax], [t("hi1")]),
+        helper.make_node("Concat", [t("lo1"), t("hi1")], [t("pairs")], axis=-1),
+    ]
+    return t("pairs")
+
+
+def rewrite_int4(model, weights: dict, tables: dict, linear_codes: dict, table_codes: dict,
+                 scale_dtype: str = "float32") -> dict:
+    """Replace the quantized layers' MatMul/Gemm with MatMulNBits and their embedding Gathers with a packed
+    gather + dequantization, using the codes the simulation holds (found by the float weight's bytes)."""
+    from onnx import helper, numpy_helper
 
     from .onnx_passes import Graph, prune_unused, topo_sort
 
@@ -226,16 +406,22 @@ def rewrite_int4(model, g: int, weights: dict, tables: dict, fixed: dict | None 
             if w.ndim != 2 or not _known(weights, w):
                 continue
             k, nn_ = w.shape
-            key = np.ascontiguousarray(w).tobytes()
-            q, s = (fixed or {}).get(key) or q4(torch.from_numpy(w.T.copy()), g)  # [N, K], [N, K/g]
-            packed = _pack(q.numpy()).reshape(nn_, k // g, g // 2)
+            c = linear_codes.get(np.ascontiguousarray(w).tobytes())
+            if c is None:
+                raise ExportError(f"no int4 codes for the weight of {n.name or n.output[0]}; re-run quantize")
+            nb = k // c.g
+            q = c.q.numpy().reshape(nn_, nb, c.g)
+            b = _pack(q) if c.bits == 4 else q.astype(np.uint8)
             base = n.name or n.output[0]
-            bn = G.add_init(base + "_B4", packed)
-            sn = G.add_init(base + "_S4", s.numpy().astype(np.float32).reshape(-1))
+            ins = [n.input[0], G.add_init(base + "_B4", b),
+                   _scales_input(G, base + "_S4", c.s.reshape(-1), scale_dtype, new)]
+            if not c.symmetric:
+                z = c.z.numpy()
+                ins.append(G.add_init(base + "_Z4", (_pack(z) if c.bits == 4 else z.astype(np.uint8)).reshape(-1)))
             bias = gemm and len(n.input) > 2 and n.input[2]
             out = base + "_nb" if bias else n.output[0]
-            new.append(helper.make_node("MatMulNBits", [n.input[0], bn, sn], [out], name=base + "_mnb",
-                                        domain="com.microsoft", K=k, N=nn_, bits=4, block_size=g))
+            new.append(helper.make_node("MatMulNBits", ins, [out], name=base + "_mnb",
+                                        domain="com.microsoft", K=k, N=nn_, bits=c.bits, block_size=c.g))
             if bias:
                 new.append(helper.make_node("Add", [out, n.input[2]], [n.output[0]], name=base + "_bias"))
             G.g.node.remove(n)
@@ -244,34 +430,35 @@ def rewrite_int4(model, g: int, weights: dict, tables: dict, fixed: dict | None 
             e = numpy_helper.to_array(G.inits[n.input[0]])
             if e.ndim != 2 or not _known(tables, e):
                 continue
+            c = table_codes.get(np.ascontiguousarray(e).tobytes())
+            if c is None:
+                raise ExportError(f"no int4 codes for the embedding table of {n.name or n.output[0]}; re-run quantize")
             v, d = e.shape
-            ge = eg or g
-            q, s = q4(torch.from_numpy(e.copy()), ge)
+            ge, ng = c.g, d // c.g
             base = n.name or n.output[0]
-            pn = G.add_init(base + "_E4", _pack(q.numpy()))  # [V, D/2]
-            sn = G.add_init(base + "_E4s", s.numpy().astype(np.float32))  # [V, D/ge]
-            c16, c8 = G.add_init(base + "_16", np.array(16.0, np.float32)), G.add_init(base + "_8", np.array(8.0, np.float32))
-            shp_pairs = G.add_init(base + "_shp1", np.array([0, 0, d // ge, ge], np.int64))
-            shp_out = G.add_init(base + "_shp2", np.array([0, 0, d], np.int64))
-            ax = G.add_init(base + "_ax", np.array([-1], np.int64))
+            ids = n.input[1]
+            pairs = _nibbles(G, base + "_q", G.add_init(base + "_E4", _pack(c.q.numpy())), ids, new)  # [B,T,d/2,2]
             t = lambda s_: f"{base}_{s_}"  # noqa: E731
-            new += [
-                helper.make_node("Gather", [pn, n.input[1]], [t("gp")], axis=0),
-                helper.make_node("Cast", [t("gp")], [t("gf")], to=TensorProto.FLOAT),
-                helper.make_node("Div", [t("gf"), c16], [t("hd")]),
-                helper.make_node("Floor", [t("hd")], [t("hi")]),
-                helper.make_node("Mul", [t("hi"), c16], [t("hi16")]),
-                helper.make_node("Sub", [t("gf"), t("hi16")], [t("lo")]),
-                helper.make_node("Unsqueeze", [t("lo"), ax], [t("lo1")]),
-                helper.make_node("Unsqueeze", [t("hi"), ax], [t("hi1")]),
-                helper.make_node("Concat", [t("lo1"), t("hi1")], [t("pairs")], axis=-1),
-                helper.make_node("Sub", [t("pairs"), c8], [t("codes")]),
-                helper.make_node("Reshape", [t("codes"), shp_pairs], [t("grouped")]),
-                helper.make_node("Gather", [sn, n.input[1]], [t("gs")], axis=0),
-                helper.make_node("Unsqueeze", [t("gs"), ax], [t("gs1")]),
-                helper.make_node("Mul", [t("grouped"), t("gs1")], [t("deq")]),
-                helper.make_node("Reshape", [t("deq"), shp_out], [n.output[0]]),
-            ]
+            ax = G.add_init(t("ax"), np.array([-1], np.int64))
+            sn = _scales_input(G, base + "_E4s", c.s, scale_dtype, new)  # [V, d/ge]
+            new += [helper.make_node("Reshape", [pairs, G.add_init(t("shp1"), np.array([0, 0, ng, ge], np.int64))],
+                                     [t("grouped")]),
+                    helper.make_node("Gather", [sn, ids], [t("gs")], axis=0),
+                    helper.make_node("Unsqueeze", [t("gs"), ax], [t("gs1")])]
+            if c.symmetric:
+                zero = G.add_init(t("z8"), np.array(2.0 ** (c.bits - 1), np.float32))
+            else:  # packed zero points, one nibble per group: [B,T,ceil(ng/2),2] -> [B,T,ng,1]
+                zp = _nibbles(G, base + "_z", G.add_init(base + "_E4z", _pack(c.z.numpy())), ids, new)
+                flat = G.add_init(t("shpz"), np.array([0, 0, -1], np.int64))
+                new += [helper.make_node("Reshape", [zp, flat], [t("zf")]),
+                        helper.make_node("Slice", [t("zf"), G.add_init(t("z0"), np.array([0], np.int64)),
+                                                   G.add_init(t("zn"), np.array([ng], np.int64)), ax], [t("zs")]),
+                        helper.make_node("Unsqueeze", [t("zs"), ax], [t("z1")])]
+                zero = t("z1")
+            new += [helper.make_node("Sub", [t("grouped"), zero], [t("centered")]),
+                    helper.make_node("Mul", [t("centered"), t("gs1")], [t("deq")]),
+                    helper.make_node("Reshape", [t("deq"), G.add_init(t("shp2"), np.array([0, 0, d], np.int64))],
+                                     [n.output[0]])]
             G.g.node.remove(n)
             ga += 1
     G.g.node.extend(new)
@@ -288,9 +475,12 @@ def export_int4(qm: Int4Model, data: DataBundle, path, *, opset: int = 17, check
     from .onnx_passes import optimized_op_types
 
     model, weights, tables = export_float_graph(qm, data, opset, Int4Linear, Int4Embedding)
-    fixed = {np.ascontiguousarray(mod.weight.detach().numpy().T).tobytes(): (mod.codes.float(), mod.scales)
-             for mod in qm.model.modules() if isinstance(mod, Int4Linear) and mod.codes is not None}
-    counts = rewrite_int4(model, qm.cfg.group_size, weights, tables, fixed, qm.cfg.embedding_group_size)
+    mods = list(qm.model.modules())
+    linear_codes = {np.ascontiguousarray(m.weight.detach().numpy().T).tobytes(): m.codes
+                    for m in mods if isinstance(m, Int4Linear)}
+    table_codes = {np.ascontiguousarray(m.weight.detach().numpy()).tobytes(): m.codes
+                   for m in mods if isinstance(m, Int4Embedding)}
+    counts = rewrite_int4(model, weights, tables, linear_codes, table_codes, qm.cfg.scale_dtype)
     if counts["matmulnbits"] == 0:
         raise ExportError("none of the int4 Linear layers was found in the ONNX graph")
     blob = model.SerializeToString()
