@@ -29,6 +29,44 @@ def test_dynamic_on_mlp_shrinks_runs_integer_and_keeps_accuracy(digits_mlp, digi
     np.testing.assert_allclose(ort_run(ort_session(out, optimize=False), x), qm(*x).detach().numpy(), atol=1e-3)
 
 
+class _Correlated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(64, 128), nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_int8_gptq_lowers_the_output_error_and_exports_its_exact_codes(tmp_path):
+    from slimkit.zoo.data import DataBundle, DataSplit
+
+    g = torch.Generator().manual_seed(0)
+    model = _Correlated().eval()
+    # correlated inputs with a few dominant directions, as real activations are
+    x = torch.randn(512, 8, generator=g) @ torch.randn(8, 64, generator=g) + 0.05 * torch.randn(512, 64, generator=g)
+    data = DataBundle("corr", "embedding", DataSplit(x[:256], None), DataSplit(x[256:], None))
+    ref = model(x[256:]).detach()
+    err = {}
+    for on in (False, True):
+        qm = int8_dynamic(model, DynamicQuantConfig(gptq=on, smoothquant_alpha=0, per_token={"types": []}),
+                          Context(data=data))
+        err[on] = float((qm(x[256:]).detach() - ref).pow(2).mean())
+    assert err[True] < 0.7 * err[False], err  # held-out inputs, not the calibration ones
+    lin = qm.model.fc1
+    assert lin.w_scale is not None and torch.equal(torch.round(lin.weight / lin.w_scale[:, None]).abs().max(),
+                                                   torch.tensor(float(lin.qmax)))
+    out = tmp_path / "g.onnx"
+    qm.slimkit_export(data, out)  # parity with the simulation is checked inside
+    codes = [onnx.numpy_helper.to_array(i) for i in onnx.load(out).graph.initializer if i.name.endswith("_Wq")]
+    want = torch.round(lin.weight / lin.w_scale[:, None]).detach().numpy().T
+    assert any(c.shape == want.shape and np.array_equal(c.astype(np.float32), want) for c in codes)
+    np.testing.assert_allclose(ort_run(ort_session(out, optimize=False), (x[256:],)), qm(x[256:]).detach().numpy(),
+                               atol=1e-4)
+    with pytest.raises(ConfigError, match="gptq_damp"):
+        DynamicQuantConfig(gptq_damp=2.0)
+
+
 def test_keep_float_and_unknown_targets(digits_mlp, digits):
     qm = int8_dynamic(digits_mlp, DynamicQuantConfig(keep_float=["net.7"]), Context(data=digits))
     assert "net.7" in qm.info["float_layers"] and "net.1" in qm.info["quantized_layers"]

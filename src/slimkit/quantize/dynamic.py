@@ -26,7 +26,8 @@ from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..zoo.data import DataBundle
-from .graph import set_module
+from .gptq import gptq_codes
+from .graph import input_covariances, set_module
 from .static import INT8_KERNELS, _check_finite_weights, weight_range_for_cpu
 
 
@@ -49,6 +50,10 @@ class DynamicQuantConfig(Config):
     per_token: Targets = dataclasses.field(default_factory=lambda: Targets(
         include=["re:layer\\.\\d+\\.output\\.dense$"], types=["Linear"]))
     keep_float: list = dataclasses.field(default_factory=list)  # Linear layer names (or re:) kept in fp32
+    # GPTQ on the int8 grid: the same scales, codes chosen to cancel each other's output error on the calibration
+    # inputs (free at run time: only the codes change)
+    gptq: bool = True
+    gptq_damp: float = 0.1  # MiniLM: cos min 0.974 at 0.01, 0.989 at 0.1 (docs/BENCHMARKS.md)
     # Linear names (or re:) whose weights keep full 8-bit codes as u8 (u8 x u8 kernels, which do not saturate on AVX2
     # without VNNI, but run slower) while the rest use 7-bit s8 there: fidelity for speed, layer by layer
     full_range: list = dataclasses.field(default_factory=list)
@@ -58,6 +63,7 @@ class DynamicQuantConfig(Config):
     def validate(self) -> None:
         check_choice("weight_range", self.weight_range, ("auto", "full", "reduced", "u8"))
         check_range("smoothquant_alpha", self.smoothquant_alpha, 0, 1)
+        check_range("gptq_damp", self.gptq_damp, 0, 1)
         if self.calibration_samples < 2:
             raise ConfigError(f"calibration_samples={self.calibration_samples}: need at least 2")
         for attr in ("targets", "smooth", "per_token"):
@@ -65,10 +71,12 @@ class DynamicQuantConfig(Config):
                 setattr(self, attr, Targets.from_dict(getattr(self, attr)))
 
 
-def _wq(w: torch.Tensor, qmax: int, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 codes and scales of a [out, in] weight, per output row."""
-    amax = w.abs().amax(1) if per_channel else w.abs().max().expand(w.shape[0])
-    scale = (amax / qmax).clamp(min=1e-12)
+def _wq(w: torch.Tensor, qmax: int, per_channel: bool,
+        scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes and scales of a [out, in] weight, per output row (``scale``: fixed ones, e.g. GPTQ's)."""
+    if scale is None:
+        amax = w.abs().amax(1) if per_channel else w.abs().max().expand(w.shape[0])
+        scale = (amax / qmax).clamp(min=1e-12)
     q = torch.clamp(torch.round(w / scale[:, None]), -qmax, qmax)
     return q, scale
 
@@ -107,14 +115,29 @@ class DynQuantLinear(nn.Module):
         self.qmax, self.per_channel, self.sim = qmax, per_channel, True
         self.per_token = False  # per-row activation scales instead of one per tensor
         self.weight_u8 = False  # full 8-bit codes exported as u8 (u8 x u8 kernels)
+        self.register_buffer("w_scale", None)  # fixed per-row weight scales (GPTQ codes), else from max |w|
 
     def forward(self, x):
         if self.inv_smooth is not None:
             x = x * self.inv_smooth
         if not self.sim:
             return F.linear(x, self.weight, self.bias)
-        q, s = _wq(self.weight, self.qmax, self.per_channel)
+        q, s = _wq(self.weight, self.qmax, self.per_channel, self.w_scale)
         return F.linear(_token_act(x) if self.per_token else _dyn_act(x), q * s[:, None], self.bias)
+
+
+@torch.no_grad()
+def _gptq_int8(lin: DynQuantLinear, h: torch.Tensor, damp: float) -> None:
+    """Replace the layer's weight by GPTQ codes on its own int8 grid (per-row scales from max |w| kept fixed), in
+    the smoothed input space when SmoothQuant scaled its inputs."""
+    if lin.inv_smooth is not None:
+        inv = lin.inv_smooth.double()
+        h = h * inv[:, None] * inv[None, :]
+    _, s = _wq(lin.weight, lin.qmax, lin.per_channel)
+    k = lin.weight.shape[1]
+    q = gptq_codes(lin.weight, h, s[:, None], torch.zeros_like(s)[:, None], -lin.qmax, lin.qmax, k, damp, True)
+    lin.weight.copy_(q * s[:, None])
+    lin.w_scale = s.clone()
 
 
 class _QuantRNN:
@@ -258,6 +281,10 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
     if grus:
         ctx.note(f"GRU weights stored as int8 and dequantized at run time (ONNX Runtime has no int8 GRU kernel: "
                  f"the file shrinks, the recurrence computes in float): {', '.join(grus)}")
+    hess = {}
+    if cfg.gptq and linears:
+        split = data.calib.slice(0, min(cfg.calibration_samples, len(data.calib)))
+        hess = input_covariances(m, split, [n for n, _ in linears])
     for name, lin in linears:
         s = None
         if name in stats:
@@ -267,6 +294,8 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
         set_module(m, name, DynQuantLinear(lin, 127 if name in full_names else qmax, cfg.per_channel, s))
         m.get_submodule(name).weight_u8 = name in full_names
         m.get_submodule(name).per_token = name in token_names
+        if name in hess:
+            _gptq_int8(m.get_submodule(name), hess[name], cfg.gptq_damp)
     embs = []
     if cfg.embeddings:
         for name, mod in list(m.named_modules()):
@@ -321,10 +350,11 @@ def _rnn_rows(G, name: str, qmax: int):
 
 def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool, weights=None, tables=None,
                           weight_u8: bool = False, token_weights=None, lstm: bool = False, u8_weights=None,
-                          gru: bool = False) -> dict:
+                          gru: bool = False, fixed_scales: dict | None = None) -> dict:
     """Rewrite MatMul(x, W const) -> DynamicQuantizeLinear + MatMulInteger + scale
     (fused by ONNX Runtime into DynamicQuantizeMatMul), and Gather(E const, ids)
-    -> int8 rows with a gathered per-row scale."""
+    -> int8 rows with a gathered per-row scale. ``fixed_scales``: per-row weight scales by the weight's bytes
+    (GPTQ codes keep the scales they were chosen on)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from .onnx_passes import Graph, prune_unused, topo_sort
@@ -343,7 +373,8 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
             has_bias = gemm and len(n.input) > 2 and n.input[2]
             t = torch.from_numpy(w.T.copy())
             u8 = weight_u8 or (u8_weights is not None and _known(u8_weights, w))
-            q, s = _wq(t, 127 if u8 else qmax, per_channel)
+            fs = (fixed_scales or {}).get(np.ascontiguousarray(w).tobytes())
+            q, s = _wq(t, 127 if u8 else qmax, per_channel, fs)
             base = n.name or n.output[0]
             if u8:  # u8 x u8 kernels do not saturate on AVX2: full 8-bit codes, zero point 128
                 qn = G.add_init(base + "_Wq", (q.numpy().T + 128).astype(np.uint8).copy())
@@ -479,10 +510,13 @@ def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17
                     if isinstance(m, DynQuantLinear) and m.per_token])
     full = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules()
                    if isinstance(m, DynQuantLinear) and m.weight_u8])
+    fixed = {np.ascontiguousarray(m.weight.detach().numpy().T).tobytes(): m.w_scale for m in qm.model.modules()
+             if isinstance(m, DynQuantLinear) and m.w_scale is not None}
     has_lstm = any(isinstance(m, DynQuantLSTM) for m in qm.model.modules())
     has_gru = any(isinstance(m, DynQuantGRU) for m in qm.model.modules())
     counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), weights, tables, weight_u8,
-                                   token_weights=token, lstm=has_lstm, u8_weights=full, gru=has_gru)
+                                   token_weights=token, lstm=has_lstm, u8_weights=full, gru=has_gru,
+                                   fixed_scales=fixed)
     n_lin = sum(isinstance(m, DynQuantLinear) for m in qm.model.modules())
     if counts["matmuls"] == 0 and counts["lstms"] == 0 and counts["grus"] == 0:
         raise ExportError(f"none of the {n_lin} quantized Linear layers was found in the ONNX graph; "

@@ -30,6 +30,7 @@ from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..zoo.data import DataBundle
 from .dynamic import DynQuantModel, _known, _plain_gemm, select_linears
+from .gptq import gptq_codes
 from .graph import input_covariances, set_module
 from .static import _check_finite_weights
 
@@ -153,46 +154,20 @@ def rtn(w: torch.Tensor, g: int, bits: int = 4, symmetric: bool = True,
     return GroupCodes(encode(w.detach().float(), s, z, g, bits), s, z, g, bits, symmetric)
 
 
-@torch.no_grad()
 def gptq(w: torch.Tensor, h: torch.Tensor, g: int, bits: int = 4, symmetric: bool = True,
          scale_dtype: torch.dtype = torch.float32, damp: float = 0.01, act_order: bool = False) -> GroupCodes:
-    """GPTQ (Frantar et al. 2023) with group codes: quantize one input column at a
-    time and spread its error over the columns not yet quantized, weighted by the inverse
-    Hessian of the layer's output error (H = sum of x x^T over calibration inputs).
-    Group scales come from the MSE search of :func:`fit_groups`."""
-    w = w.detach().float().clone()
+    """GPTQ (:func:`slimkit.quantize.gptq.gptq_codes`) on the group grid of :func:`fit_groups`: with act-order the
+    group scales are fixed up front on the original weights, otherwise chosen per group as it starts."""
+    _check_groups(w.shape[1], g)
     rows, k = w.shape
-    _check_groups(k, g)
-    maxq = 2 ** bits - 1
-    h = h.double().clone()
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * h.diagonal().mean() * torch.eye(k, dtype=h.dtype)
-    # act-order: inputs with the most energy first, while the most columns are left to absorb their error, with
-    # "static groups" (scales fixed up front per contiguous group, so the file keeps the groups MatMulNBits reads);
-    # otherwise natural order, each group's scale chosen when it starts, on the error-updated weights
-    if act_order:
-        scales, zeros = fit_groups(w, g, bits, symmetric, scale_dtype)
+    if act_order:  # inputs that never fire (zero Hessian diagonal) do not widen the grid
+        s, z = fit_groups(w.detach().float().masked_fill(h.diagonal()[None, :] == 0, 0.0), g, bits, symmetric,
+                          scale_dtype)
     else:
-        scales, zeros = torch.zeros(rows, k // g), torch.zeros(rows, k // g)
-    perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(k)
-    w, h = w[:, perm], h[perm][:, perm]
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
-    q = torch.zeros(rows, k)
-    for j in range(k):
-        i = int(perm[j])
-        if not act_order and j % g == 0:
-            s_, z_ = fit_groups(w[:, j:j + g], g, bits, symmetric, scale_dtype)
-            scales[:, j // g], zeros[:, j // g] = s_[:, 0], z_[:, 0]
-        s, z = scales[:, i // g], zeros[:, i // g]
-        col = w[:, j]
-        qi = torch.clamp(torch.round(col / s) + z, 0, maxq)
-        q[:, i] = qi
-        err = (col - (qi - z) * s) / hinv[j, j]
-        if j + 1 < k:
-            w[:, j + 1:] -= err[:, None] * hinv[j, j + 1:][None, :]
-    return GroupCodes(q, scales, zeros, g, bits, symmetric)
+        s, z = torch.zeros(rows, k // g), torch.zeros(rows, k // g)
+    q = gptq_codes(w, h, s, z, 0, 2 ** bits - 1, g, damp, act_order,
+                   refit=lambda block: fit_groups(block, g, bits, symmetric, scale_dtype))
+    return GroupCodes(q, s, z, g, bits, symmetric)
 
 
 class Int4Linear(nn.Module):
