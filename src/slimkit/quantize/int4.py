@@ -234,7 +234,8 @@ def _upgrade_to_8bit(fp: nn.Module, m: nn.Module, layers: dict[str, GroupCodes],
                      cfg: Int4WeightConfig, ctx: Context) -> tuple[list[str], list[dict]]:
     """Greedy: measure, one layer at a time, how much the output error on the calibration set falls when that
     layer gets 8-bit groups, then give 8 bits to the layers with the most error saved per extra byte while the
-    extra bytes fit ``budget``."""
+    extra bytes fit ``budget``. Rows: the share of the all-4-bit output error that layer's 8 bits remove, its extra
+    kilobytes, the bits chosen."""
     sdt = _SCALE_DTYPES[cfg.scale_dtype]
     sb = _scale_bytes(cfg)
     split = ctx.data.calib.slice(0, min(cfg.sensitivity_samples, len(ctx.data.calib)))
@@ -248,16 +249,17 @@ def _upgrade_to_8bit(fp: nn.Module, m: nn.Module, layers: dict[str, GroupCodes],
         _, err = _output_error(m, split, ref)
         mod.use(c4)
         extra = c8.nbytes(sb) - c4.nbytes(sb)
-        rows.append({"layer": n, "rel_err_all_4bit": base, "rel_err_this_8bit": err,
-                     "extra_bytes": int(extra), "saved_per_kb": (base - err) / extra * 1e3, "_c8": c8})
+        rows.append({"layer": n, "error_saved_pct": round(100 * (base - err) / max(base, 1e-30), 2),
+                     "extra_kb": round(extra / 1e3, 1), "_per_byte": (base - err) / extra, "_extra": extra, "_c8": c8})
     chosen = []
-    for r in sorted(rows, key=lambda r: -r["saved_per_kb"]):
-        if r["saved_per_kb"] > 0 and r["extra_bytes"] <= budget:
-            budget -= r["extra_bytes"]
+    for r in sorted(rows, key=lambda r: -r["_per_byte"]):
+        if r["_per_byte"] > 0 and r["_extra"] <= budget:
+            budget -= r["_extra"]
             chosen.append(r["layer"])
             m.get_submodule(r["layer"]).use(r["_c8"])
     for r in rows:
-        del r["_c8"]
+        for k in ("_per_byte", "_extra", "_c8"):
+            del r[k]
         r["chosen_bits"] = 8 if r["layer"] in chosen else 4
     return chosen, rows
 
