@@ -1,6 +1,7 @@
 """The context passed explicitly to every technique (no global session)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from typing import TYPE_CHECKING, Any, Optional
@@ -58,3 +59,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` intra-op threads, then restore the previous setting. CPU kernels split their
+    reductions by thread count, so a fixed count is what makes training repeat bit for bit across processes and
+    machines with the same instruction set."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

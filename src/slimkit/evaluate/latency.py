@@ -3,24 +3,14 @@ interleaved (round-robin, rotating order) in the same process, because
 absolute times on shared machines drift by 10-40%."""
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
 
+from ..core.context import torch_threads  # noqa: F401 (re-exported)
 from ..core.progress import track
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def torch_runner(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
