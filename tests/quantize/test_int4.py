@@ -30,6 +30,13 @@ def test_group_codes_symmetric_asymmetric_and_packing():
     assert p.shape == (8, 32) and p.dtype == np.uint8
     assert ((p & 15) == c.q.numpy()[:, 0::2]).all() and ((p >> 4) == c.q.numpy()[:, 1::2]).all()
     assert _pack(np.array([[1, 2, 3]])).tolist() == [[0x21, 0x03]]  # odd count: padded with a zero nibble
+    # tiny weights keep their values (subnormal float16 scales), huge ones are refused with a way out
+    tiny = torch.randn(4, 32) * 1e-5
+    t = rtn(tiny, 32, symmetric=False, scale_dtype=torch.float16)
+    assert float((t.dequantize() - tiny).abs().max()) < 0.2 * float(tiny.abs().max())
+    with pytest.raises(ConfigError, match="scale_dtype: float32"):
+        rtn(torch.randn(4, 32) * 1e6, 32, scale_dtype=torch.float16)
+    assert rtn(torch.randn(4, 32) * 1e6, 32).s.max() > 1e4  # float32 scales take it
     with pytest.raises(ConfigError, match="not divisible"):
         rtn(torch.randn(4, 48), 32)
     for bad in (dict(group_size=48), dict(int8_budget=-0.1), dict(scale_dtype="bfloat16")):

@@ -35,7 +35,7 @@ from .graph import input_covariances, set_module
 from .static import _check_finite_weights
 
 _SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-_FP16_MIN = 6.2e-5  # smallest normal float16: scales stay exact in the file
+_FP16_TINY, _FP16_MAX = 2.0 ** -24, 65504.0  # smallest (subnormal) and largest float16
 
 
 @dataclasses.dataclass
@@ -103,8 +103,12 @@ def _check_groups(k: int, g: int) -> None:
 
 
 def _round_scale(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Scales as the file will hold them (float16 values are exactly what the kernel reads after the cast)."""
     if dtype == torch.float16:
-        return s.clamp(min=_FP16_MIN, max=65504.0).half().float()
+        if bool((s > _FP16_MAX).any()):
+            raise ConfigError(f"a weight group needs a scale of {float(s.max()):.3g}, beyond float16's range; "
+                              "use scale_dtype: float32")
+        return s.clamp(min=_FP16_TINY).half().float()
     return s.clamp(min=1e-12)
 
 
