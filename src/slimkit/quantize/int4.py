@@ -182,7 +182,6 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(codes.dequantize(), requires_grad=False)
         self.bias = None if lin.bias is None else nn.Parameter(lin.bias.detach().clone())
-        self.sim = True
         self.use(codes)
 
     def use(self, codes: GroupCodes) -> None:
@@ -197,7 +196,7 @@ class Int4Linear(nn.Module):
 class Int4Embedding(nn.Module):
     def __init__(self, emb: nn.Embedding, codes: GroupCodes):
         super().__init__()
-        self.codes, self.g, self.sim = codes, codes.g, True
+        self.codes, self.g = codes, codes.g
         self.weight = nn.Parameter(codes.dequantize(), requires_grad=False)
         self.padding_idx = emb.padding_idx
 
