@@ -74,3 +74,22 @@ def test_macs_count_recurrent_layers_the_flop_counter_cannot_see():
     assert count_macs(gru, (torch.randn(2, 5, 8),)) == 2 * 5 * 3 * 16 * (8 + 16)
     # inside a model: conv front end + 2-layer LSTM + head
     assert count_macs(ConvRNN1D(), (torch.randn(1, 1, 40),)) == 32 * 5 * 20 + 20 * 4 * 64 * (96 + 128) + 64 * 10
+
+
+def test_verdicts_flag_pytorch_timings_of_a_quantization_simulation():
+    from slimkit.evaluate.compare import verdicts
+
+    r = {"latency_ms_p50_b1": 0.6, "torch_latency_ms_p50_b1": 8.0, "size_bytes": 0.26}
+    plain, sim = verdicts(r), verdicts(r, simulated=True)
+    assert plain[1] == "PyTorch batch-1 latency: 8.00x the baseline (WORSE)"
+    assert "fake-quant simulation" in sim[1] and "WORSE" in sim[1]
+    assert sim[0] == plain[0] and sim[2] == plain[2]  # ONNX Runtime and size verdicts unchanged
+
+
+def test_quantized_models_declare_their_pytorch_forward_a_simulation(digits_mlp, digits):
+    from slimkit.core import Context
+    from slimkit.quantize import DynamicQuantConfig, StaticQuantConfig, int8_dynamic, int8_static
+
+    assert int8_dynamic(digits_mlp, DynamicQuantConfig(), Context(data=digits)).slimkit_simulated
+    assert int8_static(digits_mlp, StaticQuantConfig(), Context(data=digits)).slimkit_simulated
+    assert not getattr(digits_mlp, "slimkit_simulated", False)

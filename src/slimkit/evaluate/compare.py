@@ -123,7 +123,8 @@ def compare(candidates: Sequence[Candidate], data: DataBundle, *, workdir: str |
     base = candidates[0].label
     ratios = {c.label: _ratios(results[c.label], results[base]) for c in candidates[1:]}
     return {"baseline": base, "metric": primary_metric(data), "metrics": results, "ratios": ratios,
-            "verdicts": {lbl: verdicts(r) for lbl, r in ratios.items()},
+            "verdicts": {c.label: verdicts(ratios[c.label], getattr(c.model, "slimkit_simulated", False))
+                         for c in candidates[1:]},
             "settings": {"threads": threads, "batch_N": batch, "runs": runs, "data": data.name,
                          "data_description": data.description, "input_shapes": data.input_shapes()},
             "environment": environment(threads)}
@@ -167,8 +168,9 @@ def _ratios(m: dict, base: dict) -> dict:
     return out
 
 
-def verdicts(r: dict, tol: float = 0.10) -> list[str]:
-    """Plain statements about speed and size, including when nothing improved."""
+def verdicts(r: dict, simulated: bool = False, tol: float = 0.10) -> list[str]:
+    """Plain statements about speed and size, including when nothing improved. ``simulated``: the candidate's
+    PyTorch model is a quantization simulation, so its PyTorch timings are flagged as such."""
     names = {"latency_ms_p50_b1": "ONNX Runtime batch-1 latency", "latency_ms_p50_bN": "ONNX Runtime batch-N latency",
              "torch_latency_ms_p50_b1": "PyTorch batch-1 latency", "torch_latency_ms_p50_bN": "PyTorch batch-N latency",
              "size_bytes": "ONNX file size"}
@@ -183,6 +185,8 @@ def verdicts(r: dict, tol: float = 0.10) -> list[str]:
             out.append(f"{nm}: {v:.2f}x the baseline (WORSE)")
         else:
             out.append(f"{nm}: {v:.2f}x the baseline (within the ±10% noise: no real change)")
+        if simulated and k.startswith("torch_"):
+            out[-1] += "; PyTorch runs the fake-quant simulation in float, the deployable model is the ONNX file"
     return out
 
 

@@ -197,6 +197,10 @@ class DynQuantEmbedding(nn.Module):
 
 
 class DynQuantModel(nn.Module):
+    # its PyTorch forward is the fake-quant simulation (float arithmetic): PyTorch timings of it are not a
+    # deployment figure; the ONNX file is
+    slimkit_simulated = True
+
     def __init__(self, model: nn.Module, info: dict, cfg: DynamicQuantConfig):
         super().__init__()
         self.model = model
@@ -285,7 +289,7 @@ def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> Dyn
     if cfg.gptq and linears:
         split = data.calib.slice(0, min(cfg.calibration_samples, len(data.calib)))
         hess = input_covariances(m, split, [n for n, _ in linears])
-    for name, lin in linears:
+    for name, lin in (track(linears, "int8 (GPTQ)") if hess else linears):
         s = None
         if name in stats:
             a = cfg.smoothquant_alpha

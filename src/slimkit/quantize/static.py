@@ -85,6 +85,10 @@ class QuantizedModel(nn.Module):
     """A fake-quant model (PyTorch simulation of int8 execution) that exports
     to an int8 QDQ ONNX file (``slimkit_export``)."""
 
+    # its PyTorch forward is the fake-quant simulation (float arithmetic): PyTorch timings of it are not a
+    # deployment figure; the ONNX file is
+    slimkit_simulated = True
+
     def __init__(self, gm: fx.GraphModule, info: dict):
         super().__init__()
         self.gm = gm
