@@ -125,6 +125,9 @@ def test_8bit_budget_goes_to_the_most_sensitive_layer_and_runs(tmp_path):
     np.testing.assert_allclose(ort_run(ort_session(p1), (x[:64],)), up(x[:64]).detach().numpy(), atol=1e-3)
     assert p1.stat().st_size > p0.stat().st_size  # the budget is spent, and shows in the file
     assert model.a.weight.dtype == torch.float32 and not hasattr(model.a, "codes")  # the user's model is untouched
+    model.train()
+    int4_weights(model, Int4WeightConfig(int8_budget=0.5), Context(data=data))
+    assert model.training  # its mode too
 
 
 class _TokenNet(torch.nn.Module):

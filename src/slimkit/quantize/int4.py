@@ -211,6 +211,10 @@ class Int4Model(DynQuantModel):
         return export_int4(self, data, path, **kw)
 
 
+def _sensitivity_split(cfg: Int4WeightConfig, ctx: Context):
+    return ctx.data.calib.slice(0, min(cfg.sensitivity_samples, len(ctx.data.calib)))
+
+
 def _scale_bytes(cfg: Int4WeightConfig) -> int:
     return 2 if cfg.scale_dtype == "float16" else 4
 
@@ -233,7 +237,8 @@ def _output_error(m: nn.Module, split, ref: list[torch.Tensor] | None = None):
     return outs, num / max(sum(float(r.pow(2).sum()) for r in ref), 1e-30)
 
 
-def _upgrade_to_8bit(fp: nn.Module, m: nn.Module, layers: dict[str, GroupCodes], budget: float,
+def _upgrade_to_8bit(m: nn.Module, float_weights: dict[str, torch.Tensor], ref: list[torch.Tensor],
+                     layers: dict[str, GroupCodes], budget: float,
                      cfg: Int4WeightConfig, ctx: Context) -> tuple[list[str], list[dict]]:
     """Greedy: measure, one layer at a time, how much the output error on the calibration set falls when that
     layer gets 8-bit groups, then give 8 bits to the layers with the most error saved per extra byte while the
@@ -241,13 +246,12 @@ def _upgrade_to_8bit(fp: nn.Module, m: nn.Module, layers: dict[str, GroupCodes],
     kilobytes, the bits chosen."""
     sdt = _SCALE_DTYPES[cfg.scale_dtype]
     sb = _scale_bytes(cfg)
-    split = ctx.data.calib.slice(0, min(cfg.sensitivity_samples, len(ctx.data.calib)))
-    ref, _ = _output_error(fp, split)
+    split = _sensitivity_split(cfg, ctx)
     _, base = _output_error(m, split, ref)
     rows = []
     for n, c4 in track(list(layers.items()), "int4: 8-bit sensitivity"):
         mod = m.get_submodule(n)
-        c8 = rtn(fp.get_submodule(n).weight, c4.g, 8, cfg.symmetric, sdt)
+        c8 = rtn(float_weights[n], c4.g, 8, cfg.symmetric, sdt)
         mod.use(c8)
         _, err = _output_error(m, split, ref)
         mod.use(c4)
@@ -272,8 +276,7 @@ def _upgrade_to_8bit(fp: nn.Module, m: nn.Module, layers: dict[str, GroupCodes],
 def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4Model:
     """Weight-only int4, group-wise, packed two codes per byte; optionally a few sensitive layers at 8 bits."""
     _check_finite_weights(model)
-    fp = model.eval()
-    m = copy.deepcopy(model).eval()
+    m = copy.deepcopy(model).eval()  # the user's model is left as it is (its train/eval mode too)
     linears = select_linears(m, cfg.targets, cfg.keep_float)
     if not linears:
         raise ConfigError("no Linear layer matched the targets; nothing to quantize")
@@ -286,6 +289,10 @@ def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4M
     hess = {}
     if method == "gptq":
         hess = input_covariances(m, ctx.data.calib, [n for n, _ in linears])
+    upgrade = cfg.int8_budget > 0 and calib
+    # the float model's outputs and weights, taken before any layer is quantized (for the 8-bit candidates)
+    ref = _output_error(m, _sensitivity_split(cfg, ctx))[0] if upgrade else []
+    float_weights = {n: lin.weight.detach().clone() for n, lin in linears} if upgrade else {}
     codes = {}
     for n, lin in track(linears, f"int4 ({method})"):
         _check_groups(lin.in_features, cfg.group_size)
@@ -311,7 +318,7 @@ def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4M
             sb = _scale_bytes(cfg)
             weight_bytes = sum(c.nbytes(sb) for c in codes.values()) + sum(
                 m.get_submodule(n).codes.nbytes(sb) for n in embs)
-            int8, sens = _upgrade_to_8bit(fp, m, codes, cfg.int8_budget * weight_bytes, cfg, ctx)
+            int8, sens = _upgrade_to_8bit(m, float_weights, ref, codes, cfg.int8_budget * weight_bytes, cfg, ctx)
         else:
             ctx.note("int4: no calibration data, so no layer is chosen for 8 bits (int8_budget unused)")
     info = {"scheme": f"weight-only int4 ({method}), {'symmetric' if cfg.symmetric else 'asymmetric'}, group "
