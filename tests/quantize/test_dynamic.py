@@ -67,6 +67,48 @@ def test_int8_gptq_lowers_the_output_error_and_exports_its_exact_codes(tmp_path)
         DynamicQuantConfig(gptq_damp=2.0)
 
 
+class _QKV(nn.Module):
+    """Three projections of one LayerNorm output, as a transformer's query, key and value."""
+
+    def __init__(self):
+        super().__init__()
+        self.ln = nn.LayerNorm(32)
+        self.q, self.k, self.v = nn.Linear(32, 16), nn.Linear(32, 16), nn.Linear(32, 16)
+
+    def forward(self, x):
+        h = self.ln(x)
+        return self.q(h) + self.k(h) * self.v(h)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_layers_reading_one_tensor_share_one_smoothing_scale_and_one_quantization(tmp_path, shared):
+    from slimkit.zoo.data import DataBundle, DataSplit
+
+    torch.manual_seed(0)
+    model = _QKV().eval()
+    with torch.no_grad():
+        model.ln.weight[:4] = 20.0  # outlier channels: SmoothQuant has something to move
+    x = torch.randn(256, 32)
+    data = DataBundle("qkv", "embedding", DataSplit(x[:128], None), DataSplit(x[128:], None))
+    cfg = DynamicQuantConfig(smooth={"include": ["q", "k", "v"], "types": ["Linear"]}, per_token={"types": []},
+                             shared_smoothing=shared)
+    qm = int8_dynamic(model, cfg, Context(data=data))
+    inv = [qm.model.get_submodule(n).inv_smooth for n in "qkv"]
+    assert all(torch.equal(inv[0], i) for i in inv) == shared
+    out = tmp_path / "qkv.onnx"
+    qm.slimkit_export(data, out)  # parity with the simulation is checked inside
+    assert qm.info["shared_input_scalings_merged"] == (2 if shared else 0)
+    ln_out = next(n.output[0] for n in onnx.load(out).graph.node if n.op_type == "LayerNormalization")
+    scalings = [n for n in onnx.load(out).graph.node if n.op_type == "Mul" and n.input[0] == ln_out]
+    assert len(scalings) == (1 if shared else 3)
+    ops = optimized_op_types(out.read_bytes())  # ONNX Runtime quantizes the shared input once for all three
+    assert ops.count("DynamicQuantizeLinear") + ops.count("DynamicQuantizeMatMul") == (1 if shared else 3), ops
+    np.testing.assert_allclose(ort_run(ort_session(out, optimize=False), (x[128:],)), qm(x[128:]).detach().numpy(),
+                               atol=1e-4)
+    ref = model(x[128:]).detach()
+    assert float((qm(x[128:]).detach() - ref).pow(2).mean() / ref.pow(2).mean()) < 1e-3
+
+
 def test_keep_float_and_unknown_targets(digits_mlp, digits):
     qm = int8_dynamic(digits_mlp, DynamicQuantConfig(keep_float=["net.7"]), Context(data=digits))
     assert "net.7" in qm.info["float_layers"] and "net.1" in qm.info["quantized_layers"]

@@ -124,6 +124,30 @@ def quantize_biases(model: onnx.ModelProto) -> int:
     return count
 
 
+def merge_duplicate_scalings(model: onnx.ModelProto) -> int:
+    """Mul nodes that scale the same tensor by equal constants become one (SmoothQuant's shared input scales for
+    layers that read one tensor), so ONNX Runtime quantizes that tensor once for all of them. Returns how many
+    were removed."""
+    G = Graph(model)
+    graph_outputs = {o.name for o in G.g.output}
+    seen: dict = {}
+    removed = 0
+    for n in list(G.g.node):
+        c = G.const(n.input[1]) if n.op_type == "Mul" and len(n.input) == 2 else None
+        if c is None or n.output[0] in graph_outputs:
+            continue
+        key = (n.input[0], c.dtype.str, c.shape, c.tobytes())
+        if key in seen:
+            G.rewire(n.output[0], seen[key])
+            G.g.node.remove(n)
+            removed += 1
+        else:
+            seen[key] = n.output[0]
+    if removed:
+        prune_unused(model)
+    return removed
+
+
 def prune_unused(model: onnx.ModelProto) -> None:
     g = model.graph
     changed = True
