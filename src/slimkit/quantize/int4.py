@@ -313,14 +313,12 @@ def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4M
                 set_module(m, n, Int4Embedding(mod, rtn(mod.weight, eg, 4, cfg.symmetric, sdt)))
                 embs.append(n)
     int8, sens = [], []
-    if cfg.int8_budget > 0:
-        if calib:
-            sb = _scale_bytes(cfg)
-            weight_bytes = sum(c.nbytes(sb) for c in codes.values()) + sum(
-                m.get_submodule(n).codes.nbytes(sb) for n in embs)
-            int8, sens = _upgrade_to_8bit(m, float_weights, ref, codes, cfg.int8_budget * weight_bytes, cfg, ctx)
-        else:
-            ctx.note("int4: no calibration data, so no layer is chosen for 8 bits (int8_budget unused)")
+    if upgrade:
+        sb = _scale_bytes(cfg)
+        weight_bytes = sum(c.nbytes(sb) for c in codes.values()) + sum(m.get_submodule(n).codes.nbytes(sb) for n in embs)
+        int8, sens = _upgrade_to_8bit(m, float_weights, ref, codes, cfg.int8_budget * weight_bytes, cfg, ctx)
+    elif cfg.int8_budget > 0:
+        ctx.note("int4: no calibration data, so no layer is chosen for 8 bits (int8_budget unused)")
     info = {"scheme": f"weight-only int4 ({method}), {'symmetric' if cfg.symmetric else 'asymmetric'}, group "
                       f"{cfg.group_size} along the input dimension, {cfg.scale_dtype} scales, packed",
             "quantized_layers": [n for n, _ in linears], "int4_embeddings": embs, "embedding_group_size": eg,
