@@ -59,3 +59,23 @@ def sentences(minilm):
     from slimkit.zoo import zoo_data
 
     return zoo_data("sentences", minilm)
+
+
+@pytest.fixture(scope="session")
+def minilm_ort_fidelity(minilm, sentences):
+    """A function: fidelity (cos mean / min, NN top-1) of an exported MiniLM file, run in ONNX Runtime, to the
+    float model's embeddings of the test sentences (computed once per session)."""
+    import numpy as np
+    import torch
+
+    from slimkit.evaluate.metrics import fidelity
+    from slimkit.export import ort_run, ort_session
+
+    with torch.no_grad():
+        ref = torch.cat([minilm(*x) for x, _ in sentences.test.batches(100)]).numpy()
+
+    def measure(path) -> dict:
+        sess = ort_session(path)
+        return fidelity(np.concatenate([ort_run(sess, x) for x, _ in sentences.test.batches(100)]), ref)
+
+    return measure

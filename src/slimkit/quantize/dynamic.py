@@ -43,7 +43,7 @@ class DynamicQuantConfig(Config):
     rnn: bool = True
     smoothquant_alpha: float = 0.5  # 0 disables the migration
     # layers that read one tensor (query/key/value) share one SmoothQuant scale, so the file scales and quantizes
-    # that tensor once for all of them (MiniLM batch 1: about 3% faster, cos min 0.9886 -> 0.9855; docs/BENCHMARKS.md)
+    # that tensor once for all of them (MiniLM batch 1: about 3% faster, docs/BENCHMARKS.md)
     shared_smoothing: bool = True
     # SmoothQuant where the input comes from a LayerNorm with outlier channels (BERT-style Q/K/V and FFN-in)
     smooth: Targets = dataclasses.field(default_factory=lambda: Targets(
@@ -236,13 +236,15 @@ def _act_absmax(model: nn.Module, names: list[str], data: DataBundle,
     tensor they read (a transformer's query, key and value share one input)."""
     split = data.calib.slice(0, min(n, len(data.calib)))
     stats: dict[str, torch.Tensor] = {}
-    source: dict[str, tuple] = {}
+    # the first batch's input tensor of each layer, held so that its memory cannot be reused by a later layer's
+    # input (grouping by address alone merged layers of different blocks): grouped by identity below
+    first: dict[str, torch.Tensor] = {}
     hooks = []
     for name in names:
         def fn(mod, inp, out, k=name):
             a = inp[0].detach().abs().reshape(-1, inp[0].shape[-1]).amax(0)
             stats[k] = a if k not in stats else torch.maximum(stats[k], a)
-            source.setdefault(k, (inp[0].data_ptr(), tuple(inp[0].shape)))
+            first.setdefault(k, inp[0])
         hooks.append(model.get_submodule(name).register_forward_hook(fn))
     try:
         for x, _ in track(list(split.batches(32)), "calibrate (smoothquant)"):
@@ -250,9 +252,9 @@ def _act_absmax(model: nn.Module, names: list[str], data: DataBundle,
     finally:
         for h in hooks:
             h.remove()
-    groups: dict[tuple, list[str]] = {}
+    groups: dict[int, list[str]] = {}
     for name in names:
-        groups.setdefault(source.get(name, (name,)), []).append(name)
+        groups.setdefault(id(first[name]) if name in first else id(name), []).append(name)
     return stats, list(groups.values())
 
 
@@ -357,15 +359,9 @@ def _plain_gemm(n) -> bool:
     return True
 
 
-def _index(arrays) -> dict:
-    out: dict = {}
-    for a in arrays:
-        out.setdefault((a.shape, float(a.reshape(-1)[:64].sum())), []).append(a)
-    return out
-
-
-def _known(idx: dict, a: np.ndarray) -> bool:
-    return any(np.array_equal(a, b) for b in idx.get((a.shape, float(a.reshape(-1)[:64].sum())), []))
+def value_key(a: np.ndarray) -> bytes:
+    """A tensor's identity by value (the ONNX exporter loses module names): its contiguous bytes."""
+    return np.ascontiguousarray(a).tobytes()
 
 
 def _rnn_rows(G, name: str, qmax: int):
@@ -378,13 +374,13 @@ def _rnn_rows(G, name: str, qmax: int):
     return d, rows, cols, q, sc
 
 
-def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool, weights=None, tables=None,
-                          weight_u8: bool = False, token_weights=None, lstm: bool = False, u8_weights=None,
-                          gru: bool = False, fixed_scales: dict | None = None) -> dict:
+def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool, linears: dict, tables: dict,
+                          weight_u8: bool = False, lstm: bool = False, gru: bool = False) -> dict:
     """Rewrite MatMul(x, W const) -> DynamicQuantizeLinear + MatMulInteger + scale
     (fused by ONNX Runtime into DynamicQuantizeMatMul), and Gather(E const, ids)
-    -> int8 rows with a gathered per-row scale. ``fixed_scales``: per-row weight scales by the weight's bytes
-    (GPTQ codes keep the scales they were chosen on)."""
+    -> int8 rows with a gathered per-row scale. ``linears`` / ``tables``: the quantized layers by their weight's
+    value (:func:`export_float_graph`); each DynQuantLinear says how it runs (per-token activations, u8 weights,
+    fixed GPTQ scales)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from .onnx_passes import Graph, prune_unused, topo_sort
@@ -397,14 +393,14 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
             w = numpy_helper.to_array(G.inits[n.input[1]])  # [K, N] (Gemm with transB: [N, K])
             if gemm and any(a.name == "transB" and a.i == 1 for a in n.attribute):
                 w = w.T.copy()
-            if w.ndim != 2 or (weights is not None and not _known(weights, w)):
+            layer = linears.get(value_key(w)) if w.ndim == 2 else None
+            if layer is None:
                 continue
             final_out = n.output[0]
             has_bias = gemm and len(n.input) > 2 and n.input[2]
             t = torch.from_numpy(w.T.copy())
-            u8 = weight_u8 or (u8_weights is not None and _known(u8_weights, w))
-            fs = (fixed_scales or {}).get(np.ascontiguousarray(w).tobytes())
-            q, s = _wq(t, 127 if u8 else qmax, per_channel, fs)
+            u8 = weight_u8 or layer.weight_u8
+            q, s = _wq(t, 127 if u8 else qmax, per_channel, layer.w_scale)
             base = n.name or n.output[0]
             if u8:  # u8 x u8 kernels do not saturate on AVX2: full 8-bit codes, zero point 128
                 qn = G.add_init(base + "_Wq", (q.numpy().T + 128).astype(np.uint8).copy())
@@ -417,7 +413,7 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
             xq, xs, xz = base + "_xq", base + "_xscale", base + "_xzp"
             mm, mf, sc = base + "_mmi", base + "_mmf", base + "_scale"
             out = base + "_prebias" if has_bias else final_out
-            if token_weights is not None and _known(token_weights, w):
+            if layer.per_token:
                 # per-token symmetric scales: max|x| / 127 per row, codes + 128 as u8, zero point 128
                 c = {k: G.add_init(f"{base}_{k}", np.array(v, np.float32)) for k, v in
                      (("eps", 1e-12 * 127.0), ("q127", 127.0), ("lo", -127.0), ("hi", 127.0), ("off", 128.0))}
@@ -485,7 +481,7 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
             lstms += 1
         elif embeddings and n.op_type == "Gather" and n.input[0] in G.inits:
             e = numpy_helper.to_array(G.inits[n.input[0]])
-            if e.ndim != 2 or e.shape[0] < 256 or (tables is not None and not _known(tables, e)):
+            if e.ndim != 2 or value_key(e) not in tables:
                 continue
             q, s = _wq(torch.from_numpy(e.copy()), 127, True)
             base = n.name or n.output[0]
@@ -509,8 +505,9 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
 
 
 def export_float_graph(qm, data: DataBundle, opset: int, linear_cls, embedding_cls):
-    """Export the model with its simulation switched off (float weights), and index the weights of the
-    layers it quantized, so the ONNX rewrite touches exactly those (found by value: names are lost)."""
+    """Export the model with its simulation switched off (float weights), and map the weights of the layers it
+    quantized (as ONNX stores them: Linear [in, out], tables [rows, width]) to those layers, so the ONNX rewrite
+    touches exactly those (found by value: names are lost)."""
     import onnx
 
     from ..export.onnx import _to_bytes
@@ -523,9 +520,10 @@ def export_float_graph(qm, data: DataBundle, opset: int, linear_cls, embedding_c
         raise ExportError(f"ONNX export failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
     finally:
         qm.set_sim(True)
-    weights = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules() if isinstance(m, linear_cls)])
-    tables = _index([m.weight.detach().numpy() for m in qm.model.modules() if isinstance(m, embedding_cls)])
-    return onnx.load_from_string(blob), weights, tables
+    mods = list(qm.model.modules())
+    linears = {value_key(m.weight.detach().numpy().T): m for m in mods if isinstance(m, linear_cls)}
+    tables = {value_key(m.weight.detach().numpy()): m for m in mods if isinstance(m, embedding_cls)}
+    return onnx.load_from_string(blob), linears, tables
 
 
 def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17, check: bool = True):
@@ -533,21 +531,14 @@ def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17
     from ..export.onnx import Parity, check_parity, ort_run, ort_session, output_error
     from .onnx_passes import merge_duplicate_scalings, optimized_op_types
 
-    model, weights, tables = export_float_graph(qm, data, opset, DynQuantLinear, DynQuantEmbedding)
+    model, linears, tables = export_float_graph(qm, data, opset, DynQuantLinear, DynQuantEmbedding)
     qmax = 63 if qm.info["weight_range"] == "reduced" else 127
     weight_u8 = qm.info["weight_range"] == "u8"
-    token = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules()
-                    if isinstance(m, DynQuantLinear) and m.per_token])
-    full = _index([m.weight.detach().numpy().T.copy() for m in qm.model.modules()
-                   if isinstance(m, DynQuantLinear) and m.weight_u8])
-    fixed = {np.ascontiguousarray(m.weight.detach().numpy().T).tobytes(): m.w_scale for m in qm.model.modules()
-             if isinstance(m, DynQuantLinear) and m.w_scale is not None}
     has_lstm = any(isinstance(m, DynQuantLSTM) for m in qm.model.modules())
     has_gru = any(isinstance(m, DynQuantGRU) for m in qm.model.modules())
     merged = merge_duplicate_scalings(model)  # query/key/value's shared SmoothQuant scale: one Mul, quantized once
-    counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), weights, tables, weight_u8,
-                                   token_weights=token, lstm=has_lstm, u8_weights=full, gru=has_gru,
-                                   fixed_scales=fixed)
+    counts = quantize_onnx_dynamic(model, qmax, qm.cfg.per_channel, bool(tables), linears, tables, weight_u8,
+                                   lstm=has_lstm, gru=has_gru)
     n_lin = sum(isinstance(m, DynQuantLinear) for m in qm.model.modules())
     if counts["matmuls"] == 0 and counts["lstms"] == 0 and counts["grus"] == 0:
         raise ExportError(f"none of the {n_lin} quantized Linear layers was found in the ONNX graph; "

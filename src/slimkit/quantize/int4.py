@@ -29,9 +29,11 @@ from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..zoo.data import DataBundle
-from .dynamic import DynQuantModel, _known, _plain_gemm, select_linears
+from ..zoo.train import predict
+from .dynamic import DynQuantModel, _plain_gemm, select_linears, value_key
 from .gptq import gptq_codes
 from .graph import input_covariances, set_module
+from .scheme import sqnr_db
 from .static import _check_finite_weights
 
 _SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -219,25 +221,13 @@ def _scale_bytes(cfg: Int4WeightConfig) -> int:
     return 2 if cfg.scale_dtype == "float16" else 4
 
 
-def _model_output(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        out = list(out.values())
-    return _model_output(out[0])
-
-
 @torch.no_grad()
-def _output_error(m: nn.Module, split, ref: list[torch.Tensor] | None = None):
-    """The model's outputs on ``split``, and their relative squared error to ``ref``."""
-    outs = [_model_output(m(*x)).float() for x, _ in split.batches(64)]
-    if ref is None:
-        return outs, 0.0
-    num = sum(float((o - r).pow(2).sum()) for o, r in zip(outs, ref))
-    return outs, num / max(sum(float(r.pow(2).sum()) for r in ref), 1e-30)
+def _output_error(m: nn.Module, split, ref: torch.Tensor) -> float:
+    """Relative squared error of the model's outputs on ``split`` to ``ref`` (from the output SQNR)."""
+    return 10 ** (-sqnr_db(ref, predict(m, split)) / 10)
 
 
-def _upgrade_to_8bit(m: nn.Module, float_weights: dict[str, torch.Tensor], ref: list[torch.Tensor],
+def _upgrade_to_8bit(m: nn.Module, float_weights: dict[str, torch.Tensor], ref: torch.Tensor,
                      layers: dict[str, GroupCodes], budget: float,
                      cfg: Int4WeightConfig, ctx: Context) -> tuple[list[str], list[dict]]:
     """Greedy: measure, one layer at a time, how much the output error on the calibration set falls when that
@@ -247,13 +237,13 @@ def _upgrade_to_8bit(m: nn.Module, float_weights: dict[str, torch.Tensor], ref: 
     sdt = _SCALE_DTYPES[cfg.scale_dtype]
     sb = _scale_bytes(cfg)
     split = _sensitivity_split(cfg, ctx)
-    _, base = _output_error(m, split, ref)
+    base = _output_error(m, split, ref)
     rows = []
     for n, c4 in track(list(layers.items()), "int4: 8-bit sensitivity"):
         mod = m.get_submodule(n)
         c8 = rtn(float_weights[n], c4.g, 8, cfg.symmetric, sdt)
         mod.use(c8)
-        _, err = _output_error(m, split, ref)
+        err = _output_error(m, split, ref)
         mod.use(c4)
         extra = c8.nbytes(sb) - c4.nbytes(sb)
         rows.append({"layer": n, "error_saved_pct": round(100 * (base - err) / max(base, 1e-30), 2),
@@ -291,7 +281,8 @@ def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4M
         hess = input_covariances(m, ctx.data.calib, [n for n, _ in linears])
     upgrade = cfg.int8_budget > 0 and calib
     # the float model's outputs and weights, taken before any layer is quantized (for the 8-bit candidates)
-    ref = _output_error(m, _sensitivity_split(cfg, ctx))[0] if upgrade else []
+    with torch.no_grad():
+        ref = predict(m, _sensitivity_split(cfg, ctx)) if upgrade else None
     float_weights = {n: lin.weight.detach().clone() for n, lin in linears} if upgrade else {}
     codes = {}
     for n, lin in track(linears, f"int4 ({method})"):
@@ -372,10 +363,10 @@ def _nibbles(G, base: str, packed: str, ids: str, new: list) -> str:
     return t("pairs")
 
 
-def rewrite_int4(model, weights: dict, tables: dict, linear_codes: dict, table_codes: dict,
-                 scale_dtype: str = "float32") -> dict:
+def rewrite_int4(model, linears: dict, tables: dict, scale_dtype: str = "float32") -> dict:
     """Replace the quantized layers' MatMul/Gemm with MatMulNBits and their embedding Gathers with a packed
-    gather + dequantization, using the codes the simulation holds (found by the float weight's bytes)."""
+    gather + dequantization, using the codes the simulation holds (layers found by their float weight's value,
+    :func:`slimkit.quantize.dynamic.export_float_graph`)."""
     from onnx import helper, numpy_helper
 
     from .onnx_passes import Graph, prune_unused, topo_sort
@@ -388,12 +379,11 @@ def rewrite_int4(model, weights: dict, tables: dict, linear_codes: dict, table_c
             w = numpy_helper.to_array(G.inits[n.input[1]])
             if gemm and any(a.name == "transB" and a.i == 1 for a in n.attribute):
                 w = w.T.copy()
-            if w.ndim != 2 or not _known(weights, w):
+            layer = linears.get(value_key(w)) if w.ndim == 2 else None
+            if layer is None:
                 continue
             k, nn_ = w.shape
-            c = linear_codes.get(np.ascontiguousarray(w).tobytes())
-            if c is None:
-                raise ExportError(f"no int4 codes for the weight of {n.name or n.output[0]}; re-run quantize")
+            c = layer.codes
             nb = k // c.g
             q = c.q.numpy().reshape(nn_, nb, c.g)
             b = _pack(q) if c.bits == 4 else q.astype(np.uint8)
@@ -413,11 +403,10 @@ def rewrite_int4(model, weights: dict, tables: dict, linear_codes: dict, table_c
             mm += 1
         elif n.op_type == "Gather" and n.input[0] in G.inits:
             e = numpy_helper.to_array(G.inits[n.input[0]])
-            if e.ndim != 2 or not _known(tables, e):
+            table = tables.get(value_key(e)) if e.ndim == 2 else None
+            if table is None:
                 continue
-            c = table_codes.get(np.ascontiguousarray(e).tobytes())
-            if c is None:
-                raise ExportError(f"no int4 codes for the embedding table of {n.name or n.output[0]}; re-run quantize")
+            c = table.codes
             v, d = e.shape
             ge, ng = c.g, d // c.g
             base = n.name or n.output[0]
@@ -459,13 +448,8 @@ def export_int4(qm: Int4Model, data: DataBundle, path, *, opset: int = 17, check
     from .dynamic import export_float_graph
     from .onnx_passes import optimized_op_types
 
-    model, weights, tables = export_float_graph(qm, data, opset, Int4Linear, Int4Embedding)
-    mods = list(qm.model.modules())
-    linear_codes = {np.ascontiguousarray(m.weight.detach().numpy().T).tobytes(): m.codes
-                    for m in mods if isinstance(m, Int4Linear)}
-    table_codes = {np.ascontiguousarray(m.weight.detach().numpy()).tobytes(): m.codes
-                   for m in mods if isinstance(m, Int4Embedding)}
-    counts = rewrite_int4(model, weights, tables, linear_codes, table_codes, qm.cfg.scale_dtype)
+    model, linears, tables = export_float_graph(qm, data, opset, Int4Linear, Int4Embedding)
+    counts = rewrite_int4(model, linears, tables, qm.cfg.scale_dtype)
     if counts["matmulnbits"] == 0:
         raise ExportError("none of the int4 Linear layers was found in the ONNX graph")
     blob = model.SerializeToString()
