@@ -2,17 +2,59 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from .core.errors import SlimkitError
+from .core.errors import ConfigError, SlimkitError, first_line
 from .core.progress import info, set_quiet
 from .report.writer import jsonable
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so every ``finally`` (scratch folders, temp files) runs on the way out."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated()
+
+
+class _Group(TyperGroup):
+    """Usage errors (a missing option, a bad value) read like every other error: one ``slimkit: error:`` line and
+    exit code 2; SIGTERM is handled like SIGINT."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+        except click.exceptions.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "slimkit"
+            click.echo(f"slimkit: error: {where}: {first_line(Exception(e.format_message()))} (see {where} --help)",
+                       err=True)
+            rv = 2
+        except click.exceptions.ClickException as e:
+            click.echo(f"slimkit: error: {first_line(Exception(e.format_message()))}", err=True)
+            rv = 2
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("slimkit: interrupted; no artifacts were written", err=True)
+            rv = 130
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="slimkit: make trained PyTorch models small and fast, and prove it with measurements.\n\n"
                        "MODEL is zoo:NAME, pkg.module:factory, FILE.pt2 (torch.export), a local Hugging Face "
                        "folder, or FILE.pt with --trust-pickle. DATA is zoo:NAME, npz:FILE (arrays x, y), "
@@ -24,30 +66,83 @@ THREADS_HELP = "Threads for PyTorch and ONNX Runtime during timing (fixed and re
 BATCH_HELP = "Batch size N for the batch-N latency (default: 360 for classifiers, capped by the test set; 32 for text)."
 
 
-def _fail(e: BaseException) -> None:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+def _fail(msg: str, code: int = 2) -> None:
     typer.echo(f"slimkit: error: {msg}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def _guard(fn):
+    """Every command's errors, handled once: slimkit's own errors and OS errors (a missing file, a full disk) are
+    one line with exit 2; SIGINT/SIGTERM exit 130/143 after the scratch folders are gone; anything else is a bug
+    in slimkit, reported in one line (exit 1; SLIMKIT_DEBUG=1 shows the traceback)."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         try:
             return fn(*a, **kw)
-        except (SlimkitError, FileNotFoundError, PermissionError) as e:
-            _fail(e)
+        except SlimkitError as e:
+            _fail(first_line(e, 400))
+        except OSError as e:
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            _fail(f"{where}{e.strerror or first_line(e)}")
+        except Terminated:
+            typer.echo("slimkit: terminated (SIGTERM); temporary files removed, no artifacts were written", err=True)
+            raise typer.Exit(143)
         except KeyboardInterrupt:
-            typer.echo("slimkit: interrupted; no artifacts were written", err=True)
+            typer.echo("slimkit: interrupted; temporary files removed, no artifacts were written", err=True)
             raise typer.Exit(130)
+        except typer.Exit:
+            raise
+        except Exception as e:  # noqa: BLE001 - the last line of defence against a traceback
+            if os.environ.get("SLIMKIT_DEBUG"):
+                raise
+            _fail(f"internal error ({type(e).__name__}: {first_line(e)}); this is a slimkit bug: rerun with "
+                  "SLIMKIT_DEBUG=1 for the traceback and report it", code=1)
 
     return wrapper
 
 
+def _spec_paths(*specs: Optional[str]) -> list[Path]:
+    """The files and folders that MODEL / DATA / recipe specs read (so no output ever replaces them)."""
+    out = []
+    for spec in specs:
+        if not spec:
+            continue
+        spec = str(spec)
+        kind, sep, rest = spec.partition(":")
+        if sep and kind in ("npz", "folder", "idx", "hf-sentences"):
+            out.append(Path(rest.partition("?")[0]))
+        elif Path(spec).exists():
+            out.append(Path(spec))
+    return out
+
+
+def _start(*out_parents) -> None:
+    """At the start of every command that works: sweep scratch folders of slimkit runs that were killed."""
+    from .core.io import sweep_stale
+
+    sweep_stale(None, *out_parents)
+
+
+def _options(threads: int = 1, batch: Optional[int] = None, runs: int = 30) -> None:
+    from .pipeline.runner import check_options
+
+    check_options(threads=threads, batch=batch, runs=runs)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"slimkit {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines.")) -> None:
+def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
+         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
     set_quiet(quiet)
 
 
@@ -152,17 +247,18 @@ def profile(model: str = typer.Argument(..., help="MODEL spec (see slimkit --hel
     from .evaluate.compare import Candidate
     from .load import resolve
 
+    _options(threads, batch, runs)
+    _start()
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
     _measure([Candidate(lm.name, lm.model, lm.onnx_path)], bundle, threads, batch, runs, as_json)
 
 
 def _measure(cands, bundle, threads: int, batch: Optional[int], runs: int, as_json: bool) -> None:
     """Shared by profile and bench: measure side by side in a scratch folder, print JSON or a table."""
-    import tempfile
-
+    from .core.io import scratch
     from .evaluate.compare import compare
 
-    with tempfile.TemporaryDirectory() as d:
+    with scratch() as d:
         res = compare(cands, bundle, workdir=d, threads=threads, batch=batch, runs=runs)
     if as_json:
         typer.echo(json.dumps(jsonable(res), indent=2))
@@ -193,6 +289,10 @@ def bench(models: List[str] = typer.Argument(..., help="Two or more MODEL specs 
     from .evaluate.compare import Candidate
     from .load import load_data, load_model
 
+    if len(models) < 2:
+        raise ConfigError("bench compares two or more models (the first is the baseline); use slimkit profile for one")
+    _options(threads, batch, runs)
+    _start()
     loaded = [load_model(m, trust_pickle=trust_pickle) for m in models]
     # without --data, the first model that has its own data set decides (load_data explains when none has)
     bundle = load_data(data, model=next((lm for lm in loaded if lm.default_data), None))
@@ -209,7 +309,9 @@ def bench(models: List[str] = typer.Argument(..., help="Two or more MODEL specs 
 def export(model: str = typer.Argument(..., help="MODEL spec."),
            out: Path = typer.Option(..., "--out", "-o", help="Destination .onnx file (written atomically)."),
            data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Used for example inputs and the parity check."),
-           opset: int = typer.Option(17, "--opset", help="ONNX opset (>= 17)."),
+           opset: int = typer.Option(17, "--opset", min=17, max=21, help="ONNX opset (17-21)."),
+           force: bool = typer.Option(False, "--force", help="Replace an existing file that slimkit did not write "
+                                                             "(an input is never replaced)."),
            trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model .pt file.")) -> None:
     """Export to ONNX (dynamic batch) and check parity against PyTorch in ONNX Runtime; a failed check writes nothing.
 
@@ -222,9 +324,12 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
       slimkit export zoo:mnist1d-cnn --out mnist1d.onnx
       slimkit export model.pt2 --data npz:data.npz --out model.onnx
     """
+    from .core.io import check_output_file
     from .export.onnx import export_onnx
     from .load import resolve
 
+    out = check_output_file(out, inputs=_spec_paths(model, data), force=force)  # before any work
+    _start(out.parent)
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
     if lm.model is None:
         raise SlimkitError("export needs a PyTorch model, not an ONNX file")
@@ -237,8 +342,9 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
 @_guard
 def compress(model: str = typer.Argument(..., help="MODEL spec."),
              recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML file, or a built-in recipe name (slimkit list)."),
-             out: Path = typer.Option(..., "--out", "-o", help="Output folder: model.onnx, report.json, report.md, "
-                                                               "report.html, recipe.yaml."),
+             out: str = typer.Option(..., "--out", "-o", help="Output folder: model.onnx, report.json, report.md, "
+                                                              "report.html, recipe.yaml. A new or empty folder, or an "
+                                                              "earlier slimkit output (replaced whole)."),
              data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
              threads: int = typer.Option(1, "--threads", help=THREADS_HELP),
              batch: Optional[int] = typer.Option(None, "--batch", help=BATCH_HELP),
@@ -261,17 +367,25 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
       slimkit compress zoo:minilm --recipe recipes/int8-dynamic.yaml --out out/minilm
       slimkit compress zoo:digits-cnn --recipe distill-student --out out/s --checkpoint-dir ckpt/
     """
+    from .core.io import check_output_dir
     from .load import resolve
     from .pipeline.recipe import Recipe
+    from .pipeline.runner import check_checkpoint_dir
     from .pipeline.runner import compress as run
 
-    rec = Recipe.load(recipe)  # fail on a bad recipe before loading anything heavy
+    # everything that can be checked is checked before anything heavy is loaded or trained
+    rec = Recipe.load(recipe)
+    inputs = _spec_paths(model, data, recipe)
+    out_dir = check_output_dir(out, inputs=inputs)
+    check_checkpoint_dir(checkpoint_dir)
+    _options(threads, batch, runs)
+    _start(out_dir.parent)
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
     if lm.model is None:
         raise SlimkitError("compress needs a PyTorch model, not an ONNX file")
-    res = run(lm.model, rec, bundle, out=out, model_spec=model, threads=threads, batch=batch, runs=runs, seed=seed,
-              checkpoint_dir=checkpoint_dir)
-    _summary(res.report, out)
+    res = run(lm.model, rec, bundle, out=out_dir, model_spec=model, threads=threads, batch=batch, runs=runs, seed=seed,
+              checkpoint_dir=checkpoint_dir, inputs=inputs, command=_command_line())
+    _summary(res.report, out_dir)
 
 
 def _summary(report: dict, out: Path) -> None:
@@ -293,7 +407,8 @@ def _summary(report: dict, out: Path) -> None:
 
 @app.command()
 @_guard
-def demo(out: Path = typer.Option(Path("slimkit-demo"), "--out", "-o", help="Output folder."),
+def demo(out: str = typer.Option("slimkit-demo", "--out", "-o", help="Output folder (new, empty, or an earlier "
+                                                                      "slimkit output, replaced whole)."),
          recipe: str = typer.Option("demo", "--recipe", "-r", help="Recipe to run (default: the built-in demo recipe)."),
          threads: int = typer.Option(1, "--threads", help=THREADS_HELP)) -> None:
     """The main job on the built-in default: zoo:digits-cnn (trained on first use) through the demo recipe,
@@ -307,21 +422,29 @@ def demo(out: Path = typer.Option(Path("slimkit-demo"), "--out", "-o", help="Out
       slimkit demo
       slimkit demo --out /tmp/demo --threads 2
     """
+    from .core.io import check_output_dir
     from .load import resolve
     from .pipeline.recipe import Recipe
     from .pipeline.runner import compress as run
 
     rec = Recipe.load(recipe)
+    inputs = _spec_paths(recipe)
+    out_dir = check_output_dir(out, inputs=inputs)
+    _options(threads)
+    _start(out_dir.parent)
     lm, bundle = resolve("zoo:digits-cnn", None)
     info(f"slimkit demo: zoo:digits-cnn on {bundle.description}; recipe {rec.name}: {rec.description}")
-    res = run(lm.model, rec, bundle, out=out, model_spec="zoo:digits-cnn", threads=threads)
-    _summary(res.report, out)
+    res = run(lm.model, rec, bundle, out=out_dir, model_spec="zoo:digits-cnn", threads=threads, inputs=inputs,
+              command=_command_line())
+    _summary(res.report, out_dir)
 
 
 @app.command()
 @_guard
-def report(path: Path = typer.Argument(..., help="A report.json, or the folder holding it.")) -> None:
-    """Re-render report.md, report.html and the plots from a report.json.
+def report(path: Path = typer.Argument(..., help="A report.json, or the folder holding it."),
+           force: bool = typer.Option(False, "--force", help="Replace STEM.md/.html files that slimkit did not write.")) -> None:
+    """Re-render the Markdown and HTML report (and its plots) from a report.json. The JSON itself is only read:
+    IN.json gives IN.md, IN.html and IN.png beside it.
 
     Useful after editing a report.json by hand, or to refresh the HTML of an
     older run with this version's plots.
@@ -332,21 +455,33 @@ def report(path: Path = typer.Argument(..., help="A report.json, or the folder h
       slimkit report out/report.json
     """
     from .core.errors import LoadError
-    from .report.writer import write_reports
+    from .core.io import check_output_file
+    from .report.writer import check_report, report_outputs, write_reports
 
     p = path / "report.json" if path.is_dir() else path
+    if not p.is_file():
+        raise LoadError(f"no report at {p}; give a report.json or the folder that slimkit compress wrote")
     try:
-        rep = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LoadError(f"cannot read {p}: {e}") from None
-    write_reports(rep, p.parent)
-    typer.echo(f"wrote {p.parent}/report.md and report.html")
+        rep = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LoadError(f"{p} is not a text file; give the report.json that slimkit compress wrote") from None
+    except json.JSONDecodeError as e:
+        raise LoadError(f"{p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except OSError as e:
+        raise LoadError(f"cannot read {p}: {e.strerror}") from None
+    check_report(rep, str(p))
+    rep.pop("generator", None)
+    for dest in report_outputs(p.parent, p.stem):  # before writing anything
+        check_output_file(dest, inputs=[p], force=force, flag="report output")
+    written = write_reports(rep, p.parent, stem=p.stem, with_json=False)
+    typer.echo("wrote " + ", ".join(str(w) for w in written))
 
 
 @app.command()
 @_guard
 def unpack(src: Path = typer.Argument(..., help="An ONNX file whose 4-bit weights slimkit packed (INT4)."),
-           dst: Path = typer.Argument(..., help="Where to write the int8 version.")) -> None:
+           dst: Path = typer.Argument(..., help="Where to write the int8 version."),
+           force: bool = typer.Option(False, "--force", help="Replace an existing DST that slimkit did not write.")) -> None:
     """Turn packed 4-bit weights back into int8 initializers, for full-speed inference.
 
     Mixed-precision files keep their 4-bit layers packed two codes per byte;
@@ -360,9 +495,13 @@ def unpack(src: Path = typer.Argument(..., help="An ONNX file whose 4-bit weight
     import onnx
 
     from .core.errors import LoadError
-    from .core.io import atomic_path
+    from .core.io import check_output_file
+    from .export.onnx import write_onnx
     from .quantize.onnx_passes import unpack_low_bit_weights
 
+    check_output_file(dst, inputs=[src], force=force, flag="DST")
+    if not src.is_file():
+        raise LoadError(f"ONNX file not found: {src}")
     try:
         m = onnx.load(str(src))
     except FileNotFoundError:
@@ -372,9 +511,14 @@ def unpack(src: Path = typer.Argument(..., help="An ONNX file whose 4-bit weight
     n = unpack_low_bit_weights(m)
     if n == 0:
         raise LoadError(f"{src} has no packed 4-bit weights to unpack; nothing written")
-    with atomic_path(dst) as tmp:
-        onnx.save(m, str(tmp))
+    write_onnx(dst, m)
     typer.echo(f"unpacked {n} weight tensor(s): wrote {dst} ({dst.stat().st_size:,} bytes, from {src.stat().st_size:,})")
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "slimkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0] else ""
 
 
 def run() -> None:  # console-script entry point

@@ -11,15 +11,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 
-from .core.errors import LoadError
+from .core.errors import DataError, LoadError, ModelError, UnsafeFileError, first_line
+from .core.safeload import load_exported_program, no_unpickling
 from .zoo import data as D
 from .zoo.registry import ZOO, ZOO_DATA, get_zoo, load_zoo_model, zoo_data
 
@@ -72,28 +71,27 @@ def load_model(spec: Union[str, nn.Module], *, data: Optional[D.DataBundle] = No
     if p.suffix == ".onnx":
         if not p.is_file():
             raise LoadError(f"ONNX file not found: {p}")
+        check_onnx_file(p)
         return LoadedModel(spec, None, onnx_path=p)
     if p.suffix == ".pt2":
         if not p.is_file():
             raise LoadError(f"model file not found: {p}")
-        try:
-            ep = torch.export.load(str(p))
-        except Exception as e:  # noqa: BLE001
-            raise LoadError(f"{p} is not a readable torch.export file ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                            "re-save it with torch.export.save") from None
+        ep = load_exported_program(p, trust_pickle=trust_pickle)
         return LoadedModel(spec, ExportedModule(ep.module()))
     if p.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         if not p.is_file():
             raise LoadError(f"model file not found: {p}")
+        if p.stat().st_size == 0:
+            raise LoadError(f"{p} is empty; save the model again")
         if not trust_pickle:
             try:
-                obj = torch.load(p, map_location="cpu", weights_only=True)
-            except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError) as e:
-                msg = str(e).splitlines()[0][:100]
+                with no_unpickling():
+                    obj = torch.load(p, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
                 if "Weights only load failed" in str(e) or "weights_only" in str(e):
-                    raise LoadError(f"{p} is a full pickle that could run code when loaded; if you trust it, pass "
-                                    "--trust-pickle (or save a torch.export .pt2 instead)") from None
-                raise LoadError(f"{p} is not a readable PyTorch file ({msg})") from None
+                    raise UnsafeFileError(f"{p} is a full pickle that could run code when loaded; if you trust it, "
+                                          "pass --trust-pickle (or save a torch.export .pt2 instead)") from None
+                raise LoadError(f"{p} is not a readable PyTorch file ({first_line(e, 100)})") from None
             if isinstance(obj, nn.Module):  # pragma: no cover - weights_only never returns modules
                 return LoadedModel(spec, obj)
             raise LoadError(f"{p} holds a state dict, not a model; load it with a factory: pkg.module:factory "
@@ -101,7 +99,7 @@ def load_model(spec: Union[str, nn.Module], *, data: Optional[D.DataBundle] = No
         try:
             obj = torch.load(p, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001
-            raise LoadError(f"{p} could not be unpickled ({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
+            raise LoadError(f"{p} could not be unpickled ({type(e).__name__}: {first_line(e, 100)})") from None
         if not isinstance(obj, nn.Module):
             raise LoadError(f"{p} unpickled to {type(obj).__name__}, not an nn.Module")
         return LoadedModel(spec, obj.eval())
@@ -113,9 +111,18 @@ def load_model(spec: Union[str, nn.Module], *, data: Optional[D.DataBundle] = No
         mod_name, _, attr = spec.partition(":")
         try:
             fn = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise LoadError(f"cannot import model factory {spec!r}: {e}") from None
-        model = fn() if callable(fn) and not isinstance(fn, nn.Module) else fn
+        except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or the module's own code raising
+            raise LoadError(f"cannot import model factory {spec!r}: {type(e).__name__}: {first_line(e)}") from None
+        if isinstance(fn, nn.Module):
+            model = fn
+        elif callable(fn):
+            try:
+                model = fn()
+            except Exception as e:  # noqa: BLE001 - the user's factory raised
+                raise ModelError(f"model factory {spec} raised {type(e).__name__}: {first_line(e)}"
+                                 f"{_user_frame(e)}") from None
+        else:
+            model = fn
         if not isinstance(model, nn.Module):
             raise LoadError(f"{spec} returned {type(model).__name__}, not an nn.Module")
         return LoadedModel(spec, model.eval())
@@ -146,6 +153,8 @@ def load_data(spec: Optional[str], *, model: Optional[LoadedModel] = None) -> D.
         return D.from_npz(rest)
     if kind == "folder":
         path, _, q = rest.partition("?size=")
+        if q and not (q.isdigit() and 1 <= int(q) <= 4096):
+            raise LoadError(f"folder:{path}?size={q}: size must be a whole number of pixels from 1 to 4096")
         return D.from_folder(path, int(q) if q else None)
     if kind == "idx":
         return D.from_idx(rest)
@@ -154,24 +163,79 @@ def load_data(spec: Optional[str], *, model: Optional[LoadedModel] = None) -> D.
     raise LoadError(f"bad DATA spec {spec!r}; use zoo:NAME, npz:FILE, folder:DIR, idx:DIR or pkg.module:function")
 
 
-def check_compatible(model: nn.Module, data: D.DataBundle) -> None:
-    """Run the model on two samples; turn a shape/dtype failure into one clear line."""
-    from .core.errors import DataError
+def _user_frame(e: BaseException) -> str:
+    """' (at FILE:LINE)' for the innermost traceback frame outside torch, slimkit and the standard library."""
+    import traceback
 
+    skip = ("/torch/", "/slimkit/", "/transformers/", "/typer/", "/click/", "/lib/python3")
+    frames = traceback.extract_tb(e.__traceback__)
+    for fr in reversed(frames):
+        if not any(k in fr.filename.replace(os.sep, "/") for k in skip):
+            return f" (at {fr.filename}:{fr.lineno})"
+    return ""
+
+
+#: messages by which torch reports inputs of the wrong shape or type (the data's fault, not the model's)
+_MISMATCH = ("shape", "size mismatch", "mat1", "mat2", "expected input", "expected scalar type", "dtype",
+             "channels", "dimension", "must match", "Expected", "input.size", "number of dims", "to have",
+             "index out of range", "out of bounds", "not implemented for", "Input type")
+
+
+def check_weights(model: nn.Module) -> None:
+    """Name a NaN or Inf parameter or buffer before any work (not as a parity failure after training)."""
+    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in items:
+            if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
+                bad = int((~torch.isfinite(t.detach())).sum())
+                raise ModelError(f"the model's {kind} {name!r} holds {bad} NaN/Inf value(s); fix or retrain the "
+                                 "model before compressing it")
+
+
+def check_compatible(model: nn.Module, data: D.DataBundle) -> None:
+    """Check the weights, then run the model on two samples: a shape/dtype mismatch is the data's error, anything
+    else the model raises is the model's own error (named with the line of its code)."""
+    from .core.context import eval_mode
+
+    check_weights(model)
     ex = data.example_inputs(2)
+    shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in ex)
     try:
-        with torch.no_grad():
-            out = model.eval()(*ex)
-    except Exception as e:  # noqa: BLE001 - any failure here is an input mismatch
-        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in ex)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise DataError(f"the model rejects inputs of shape {shapes} from {data.name!r} ({first}); "
-                        "pass --data that matches the model's input") from None
+        with torch.no_grad(), eval_mode(model):
+            out = model(*ex)
+    except Exception as e:  # noqa: BLE001 - classified below
+        first = first_line(e, 160)
+        if isinstance(e, (RuntimeError, ValueError, IndexError, TypeError)) and any(k in str(e) for k in _MISMATCH):
+            raise DataError(f"the model rejects inputs of shape {shapes} from {data.name!r} ({first}); "
+                            "pass --data that matches the model's input") from None
+        raise ModelError(f"the model's forward raised {type(e).__name__} on inputs of shape {shapes} from "
+                         f"{data.name!r}: {first}{_user_frame(e)}") from None
     if not isinstance(out, torch.Tensor):
         raise DataError(f"the model returns {type(out).__name__}; slimkit needs a model that returns one tensor "
                         "(wrap it to return logits or embeddings)")
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        raise ModelError(f"the model's output on {data.name!r} holds NaN/Inf; check its weights and inputs")
     if data.task == "classification" and data.num_classes and out.ndim == 2 and out.shape[1] < data.num_classes:
         raise DataError(f"the model outputs {out.shape[1]} classes but {data.name!r} has {data.num_classes}")
+
+
+def check_onnx_file(p: Path) -> None:
+    """An ONNX file that ONNX Runtime can load, or one clear line saying why not."""
+    if p.stat().st_size == 0:
+        raise LoadError(f"{p} is empty; export the model again")
+    try:
+        import onnx
+
+        onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf decode errors come in many types
+        raise LoadError(f"{p} is not a valid ONNX file ({type(e).__name__}: {first_line(e, 100)}); export it "
+                        "again") from None
+    try:
+        from .export.onnx import ort_session
+
+        ort_session(p, optimize=False)
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime's own exception types
+        raise LoadError(f"ONNX Runtime cannot load {p} ({first_line(e, 160)}); export it again with a "
+                        "supported opset and standard operators") from None
 
 
 def resolve(model_spec, data_spec=None, *, trust_pickle=False, seed=0) -> tuple[LoadedModel, D.DataBundle]:

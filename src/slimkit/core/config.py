@@ -20,6 +20,7 @@ class Config:
     VERSION: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
+        check_types(self)
         self.validate()
 
     def validate(self) -> None:  # pragma: no cover - default accepts everything
@@ -64,6 +65,64 @@ class Config:
             return cls(**kwargs)
         except TypeError as e:
             raise ConfigError(f"{cls.__name__}: {e}") from None
+
+
+_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", list: "a list",
+          dict: "a mapping", tuple: "a list"}
+
+
+def _describe(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out = " or ".join(_describe(a) for a in args)
+        return out + (" (or null)" if len(args) < len(typing.get_args(hint)) else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    base = origin or hint
+    return _NAMES.get(base, getattr(base, "__name__", str(base)))
+
+
+def _matches(value: Any, hint) -> bool:
+    """Whether ``value`` fits the type hint (ints pass for floats; bools never pass for numbers)."""
+    if hint is Any or hint is typing.Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    base = origin or hint
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if isinstance(base, type):
+        return isinstance(value, base)
+    return True  # a hint this checker does not model: the config's own validate() decides
+
+
+def check_types(cfg: "Config") -> None:
+    """Check every field against its type hint, naming the field and the expected type (one place for every
+    config, so a recipe's ``epochs: "ten"`` is refused before anything runs)."""
+    try:
+        hints = typing.get_type_hints(type(cfg))
+    except Exception:  # noqa: BLE001 - unresolvable forward references: leave it to validate()
+        return
+    for f in dataclasses.fields(cfg):
+        hint = hints.get(f.name)
+        if hint is None:
+            continue
+        v = getattr(cfg, f.name)
+        if not _matches(v, hint):
+            raise ConfigError(f"{type(cfg).__name__}.{f.name}: expected {_describe(hint)}, got {v!r}")
+        if (hint is float or (typing.get_origin(hint) is typing.Union and float in typing.get_args(hint))) \
+                and isinstance(v, float) and v != v:
+            raise ConfigError(f"{type(cfg).__name__}.{f.name}: expected a number, got NaN")
 
 
 def check_range(name: str, value: float, lo: float, hi: float, *, lo_open=False, hi_open=False) -> None:

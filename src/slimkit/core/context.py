@@ -72,3 +72,16 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run the block with ``model`` in eval mode, then give every submodule back the train/eval mode it had (the
+    user's model leaves slimkit as it came in, also when the block fails)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode

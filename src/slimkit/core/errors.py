@@ -1,4 +1,5 @@
 """Errors that reach the user as one line: what went wrong and how to fix it."""
+from __future__ import annotations
 
 
 class SlimkitError(Exception):
@@ -13,9 +14,29 @@ class LoadError(SlimkitError):
     """A model or data set could not be loaded."""
 
 
+class UnsafeFileError(LoadError):
+    """Loading the file would unpickle (run code from) it; refused without ``--trust-pickle``."""
+
+
 class DataError(SlimkitError, ValueError):
     """Data has the wrong shape, is empty, or holds NaN/Inf."""
 
 
+class ModelError(SlimkitError):
+    """The user's model is broken (NaN/Inf weights) or its own code raised."""
+
+
 class ExportError(SlimkitError):
     """ONNX export failed or its parity check did not pass."""
+
+
+class OutputError(SlimkitError):
+    """An output location is unusable (would overwrite an input or a user's file, read-only, full)."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, or its type name: never raises on empty messages."""
+    for line in str(e).strip().splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(e).__name__

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..core.context import Context, seed_everything
 from ..core.errors import ConfigError, LoadError
 from ..core.io import atomic_path
-from ..core.progress import track
+from ..core.progress import info, track
 from ..zoo.train import augment_batch
 from .losses import embedding_loss, kd_logit_loss, kd_loss
 
@@ -162,6 +162,10 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
         torch.set_rng_state(st["rng"])
         start, best, bad = st["epoch"], st["best"], st["bad"]
         best_state = st.get("best_state")
+        stage = ctx.extras.get("stage")
+        what = f"stage {stage}" if stage else "training"
+        info(f"slimkit: resuming {what} from epoch {start} of {ft.epochs} (checkpoint {ckpt})"
+             + ("; it is complete, nothing left to train" if start >= ft.epochs else ""))
     model.train()
     step = start * -(-n // ft.batch_size)
     stopped = False

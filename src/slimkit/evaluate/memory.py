@@ -6,19 +6,20 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..core.io import scratch
+
 
 def peak_memory_onnx(onnx_path: str | os.PathLike, inputs: Sequence[torch.Tensor], threads: int = 1) -> dict:
     """Run the ONNX model on ``inputs`` in a fresh Python process; return
     ``peak_mem_bytes`` (whole process) and ``peak_mem_delta_bytes`` (above the
     process after importing numpy and onnxruntime)."""
-    with tempfile.TemporaryDirectory() as d:
+    with scratch() as d:
         npz = Path(d) / "inputs.npz"
         np.savez(npz, *[t.detach().cpu().numpy() for t in inputs])
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))

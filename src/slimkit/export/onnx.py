@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..core.context import eval_mode
 from ..core.errors import ExportError
-from ..core.io import atomic_path
+from ..core.io import ONNX_STAMP_KEY, atomic_write_bytes
 from ..zoo.data import DataBundle
 
 DEFAULT_OPSET = 17
@@ -82,7 +83,12 @@ def export_onnx(model: nn.Module, data: DataBundle, out: str | os.PathLike, *, o
     """
     if opset < 17:
         raise ExportError(f"opset {opset} is too old; slimkit exports opset >= 17")
-    model = model.eval()
+    with eval_mode(model), eval_mode(reference or model):
+        return _export_checked(model, data, out, opset=opset, check=check, parity_samples=parity_samples, atol=atol,
+                               min_cosine=min_cosine, reference=reference)
+
+
+def _export_checked(model, data, out, *, opset, check, parity_samples, atol, min_cosine, reference):
     example = data.example_inputs(2)
     try:
         blob = _to_bytes(model, example, data.input_names, data.dynamic_axes, opset)
@@ -95,9 +101,42 @@ def export_onnx(model: nn.Module, data: DataBundle, out: str | os.PathLike, *, o
         if not parity.ok:
             raise ExportError(f"ONNX parity check failed: max abs err {parity.max_abs_err:.3g} (allowed {parity.atol:.3g}), "
                               f"cosine {parity.cosine:.6f} (needs >= {parity.min_cosine}); nothing was written")
-    with atomic_path(out) as tmp:
-        Path(tmp).write_bytes(blob)
+    write_onnx(out, blob)
     return parity
+
+
+def stamp(blob: bytes) -> bytes:
+    """The serialized model with slimkit's ``generated_by`` metadata entry (protobuf merges a field appended to a
+    message, so the graph is not re-serialized). A later run may replace a stamped file; an unstamped one it refuses."""
+    import onnx
+
+    from .. import __version__
+
+    extra = onnx.ModelProto()
+    extra.metadata_props.add(key=ONNX_STAMP_KEY, value=f"slimkit {__version__}")
+    return blob + extra.SerializeToString()
+
+
+def write_onnx(path: str | os.PathLike, model) -> None:
+    """The one way slimkit writes an ONNX file: stamped, atomically (a ModelProto or its serialized bytes)."""
+    blob = model if isinstance(model, (bytes, bytearray)) else model.SerializeToString()
+    if not isinstance(model, (bytes, bytearray)):
+        for p in list(model.metadata_props):
+            if p.key == ONNX_STAMP_KEY:  # an unpacked or rewritten slimkit file: one stamp, not two
+                blob = _without_stamp(model)
+                break
+    atomic_write_bytes(path, stamp(bytes(blob)))
+
+
+def _without_stamp(model) -> bytes:
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [p for p in m.metadata_props if p.key != ONNX_STAMP_KEY]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    return m.SerializeToString()
 
 
 def output_error(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
@@ -113,7 +152,8 @@ def check_parity(model: nn.Module, onnx_model, data: DataBundle, *, samples: int
                  min_cosine: float = 0.9999) -> Parity:
     sess = ort_session(onnx_model, threads=2)
     split = data.test.slice(0, min(samples, len(data.test)))
-    ref = model.eval()(*split.inputs).float().numpy()
+    with eval_mode(model):
+        ref = model(*split.inputs).float().numpy()
     got = ort_run(sess, split.inputs).astype(np.float32)
     if ref.shape != got.shape:
         raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}")

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import yaml
 
 from ..core.config import Config, check_choice, check_range
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, first_line
 from ..core.registry import get_technique
 
 RECIPE_VERSION = 1
@@ -130,6 +130,10 @@ class Recipe:
         stages = d.get("stages") or []
         if not isinstance(stages, list):
             raise ConfigError("recipe 'stages' must be a list")
+        for key in ("seed", "version"):
+            v = d.get(key, 0)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"recipe.{key}: expected a whole number, got {v!r}")
         return cls(name=str(d.get("name", "recipe")), stages=[Stage.from_dict(s, i) for i, s in enumerate(stages)],
                    description=str(d.get("description", "")), seed=int(d.get("seed", 0)),
                    version=int(d.get("version", RECIPE_VERSION)))
@@ -146,7 +150,9 @@ class Recipe:
         try:
             d = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"recipe is not valid YAML: {str(e).splitlines()[0]}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ConfigError(f"recipe is not valid YAML{where}: {getattr(e, 'problem', None) or first_line(e)}") from None
         return cls.from_dict(d or {})
 
     @classmethod
@@ -160,7 +166,11 @@ class Recipe:
             else:
                 known = ", ".join(sorted(x.stem for x in (Path(__file__).parent.parent / "recipes").glob("*.yaml")))
                 raise ConfigError(f"recipe {path_or_name!r} not found (no such file; built-in: {known})")
-        return cls.from_yaml(p.read_text())
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read recipe {p} ({first_line(e, 80)}); give a YAML text file") from None
+        return cls.from_yaml(text)
 
     def needs(self) -> dict[str, set[str]]:
         """What each technique needs from the context, by ``stage/type``."""

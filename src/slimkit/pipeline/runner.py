@@ -7,18 +7,19 @@ import copy
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.context import Context, seed_everything
+from ..core.context import Context, eval_mode, seed_everything
 from ..core.errors import ConfigError, SlimkitError
 from ..core.progress import info
+from ..core.io import (GENERATED_TAG, atomic_write_text, check_output_dir, publish_dir, scratch_dir, sweep_stale,
+                       write_output_marker)
 from ..core.registry import get_technique
 from ..evaluate.compare import Candidate, compare
 from ..evaluate.energy import SOURCE as ENERGY_SOURCE
@@ -27,9 +28,6 @@ from ..evaluate.metrics import task_metrics
 from ..export.onnx import export_onnx
 from ..zoo.data import DataBundle
 from .recipe import Recipe
-
-ARTIFACTS = ("model.onnx", "report.json", "report.md", "recipe.yaml")
-
 
 @dataclasses.dataclass
 class Result:
@@ -77,21 +75,60 @@ def export_artifact(model: nn.Module, data: DataBundle, path: Path):
     return export_onnx(model, data, path)
 
 
+def _check_args(model, recipe, data) -> Recipe:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"compress: model must be a torch.nn.Module, not {type(model).__name__} (load a MODEL spec "
+                          "with slimkit.load.load_model)")
+    if not isinstance(data, DataBundle):
+        raise ConfigError(f"compress: data must be a DataBundle, not {type(data).__name__} (load a DATA spec with "
+                          "slimkit.load.load_data)")
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, (str, os.PathLike)):
+        return Recipe.load(recipe)
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    raise ConfigError(f"compress: recipe must be a Recipe, a built-in recipe name, a YAML path or a dict, not "
+                      f"{type(recipe).__name__}")
+
+
+def check_checkpoint_dir(path) -> Optional[Path]:
+    if path is None:
+        return None
+    p = Path(path)
+    if str(path).strip() == "":
+        raise ConfigError("--checkpoint-dir is empty; give a folder name")
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--checkpoint-dir {p} is a file; give a folder (it is created)")
+    check_output_dir(p / "x", flag="--checkpoint-dir")  # writable location (its contents are ours to resume from)
+    return p
+
+
 def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *, out: Optional[str | os.PathLike] = None,
              model_spec: str = "", threads: int = 1, batch: Optional[int] = None, runs: int = 30,
              seed: Optional[int] = None, measure: bool = True,
-             checkpoint_dir: Optional[str | os.PathLike] = None) -> Result:
+             checkpoint_dir: Optional[str | os.PathLike] = None, inputs: Sequence = (),
+             command: str = "") -> Result:
     """Run ``recipe`` on a copy of ``model`` with ``data``; write DIR/model.onnx,
     report.json, report.md, report.html and recipe.yaml when ``out`` is given
-    (all or nothing: files are assembled in a temporary folder first)."""
+    (all or nothing: files are assembled in a scratch folder and the folder is moved in whole, replacing an
+    earlier slimkit output there; see :mod:`slimkit.core.io` for the output policy). ``inputs``: paths this run
+    reads (never replaced). The caller's model keeps its train/eval mode, also when this fails."""
+    recipe = _check_args(model, recipe, data)
+    out_dir = check_output_dir(out, inputs=inputs) if out is not None else None
+    check_checkpoint_dir(checkpoint_dir)
+    check_options(threads=threads, batch=batch, runs=runs)
+    with eval_mode(model):
+        return _compress(model, recipe, data, out_dir, model_spec=model_spec, threads=threads, batch=batch,
+                         runs=runs, seed=seed, measure=measure, checkpoint_dir=checkpoint_dir, command=command)
+
+
+def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs, seed, measure, checkpoint_dir,
+              command) -> Result:
     from ..report.writer import write_reports
 
-    if isinstance(recipe, str):
-        recipe = Recipe.load(recipe)
-    elif isinstance(recipe, dict):
-        recipe = Recipe.from_dict(recipe)
     seed = recipe.seed if seed is None else seed
-    baseline = model.eval()
+    baseline = model
     teacher = copy.deepcopy(baseline).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -100,9 +137,8 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
     from ..load import check_compatible
 
     check_compatible(model, data)
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} exists and is not a folder")
+    if out_dir is not None:
+        sweep_stale(out_dir.parent)
 
     seed_everything(seed)
     with torch.no_grad():
@@ -113,6 +149,7 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
         t0 = time.perf_counter()
         notes_before = len(ctx.notes)
         ckpt = Path(checkpoint_dir) / f"{recipe.name}-{stage.name}" if checkpoint_dir else None
+        ctx.extras["stage"] = stage.name
         for i, step in enumerate(stage.techniques):
             tech = get_technique(step.type)
             # techniques that train (distill.*) resume from their own checkpoint
@@ -137,11 +174,13 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
     report: dict = {"model": model_spec or type(model).__name__, "data": data.name, "task": data.task,
                     "recipe": recipe.to_dict(), "stages": stages, "notes": list(ctx.notes),
                     "energy_source": ENERGY_SOURCE}
+    if command:
+        report["command"] = command
     if isinstance(qinfo, dict) and qinfo.get("sensitivity"):
         report["sensitivity"] = qinfo["sensitivity"]
     if ctx.extras.get("tables"):  # technique-specific tables (channels kept, skipped layers, ...)
         report["tables"] = ctx.extras["tables"]
-    tmp = Path(tempfile.mkdtemp(prefix=".slimkit-", dir=str(out_dir.parent) if out_dir else None))
+    tmp = scratch_dir(out_dir.parent if out_dir else None)
     try:
         export_artifact(work, data, tmp / "model.onnx")
         export_onnx(baseline, data, tmp / "baseline.onnx")
@@ -163,7 +202,7 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
             report["ratios"]["size_bytes_compressed"] = c["file_bytes"] / b["file_bytes"]
             report["compressed"]["size_ratio_compressed_vs_fp32_onnx"] = c["file_bytes"] / report["baseline"]["size_bytes"]
         shutil.rmtree(tmp / "work", ignore_errors=True)
-        (tmp / "recipe.yaml").write_text(recipe.to_yaml())
+        atomic_write_text(tmp / "recipe.yaml", f"# {GENERATED_TAG}: the resolved recipe\n" + recipe.to_yaml())
         report["artifacts"] = {"model.onnx": "the compressed model, ONNX", "baseline.onnx": "the original model, ONNX",
                                "report.json": "all metrics", "report.md": "summary tables",
                                "report.html": "summary with plots", "recipe.yaml": "the resolved recipe",
@@ -172,9 +211,20 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
         if measure:
             write_reports(report, tmp)
         if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, out_dir / f.name)
+            write_output_marker(tmp, {"model": report["model"], "recipe": recipe.name, "command": command,
+                                      "files": sorted(f.name for f in tmp.iterdir())})
+            publish_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Result(work, report, out_dir)
+
+
+def check_options(*, threads: int = 1, batch: Optional[int] = None, runs: int = 30) -> None:
+    """The measurement options, checked before any work (the CLI and the API share these bounds)."""
+    limit = max(64, 4 * (os.cpu_count() or 1))
+    for name, v, lo, hi in (("threads", threads, 1, limit), ("runs", runs, 20, 100_000),
+                            ("batch", batch, 1, 1_000_000)):
+        if v is None and name == "batch":
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ConfigError(f"--{name} {v!r} is outside {lo}..{hi}")

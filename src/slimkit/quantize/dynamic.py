@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..core.config import Config, check_choice, check_range
 from ..core.context import Context
 from ..core.errors import ConfigError, DataError, ExportError
-from ..core.io import atomic_path
+from ..export.onnx import write_onnx
 from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
@@ -567,6 +567,5 @@ def export_dynamic(qm: DynQuantModel, data: DataBundle, path, *, opset: int = 17
         if not parity.ok:
             raise ExportError(f"int8 ONNX Runtime output disagrees with PyTorch (cosine {parity.cosine:.4f}); "
                               "nothing was written")
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(blob)
+    write_onnx(path, blob)
     return parity

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..core.config import Config, check_choice
 from ..core.context import Context
 from ..core.errors import ConfigError, ExportError
-from ..core.io import atomic_path
+from ..export.onnx import write_onnx
 from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
@@ -461,6 +461,5 @@ def export_int4(qm: Int4Model, data: DataBundle, path, *, opset: int = 17, check
         qm.info["parity_int4_kernels"] = parity.to_dict()
         if not parity.ok:
             raise ExportError(f"int4 ONNX disagrees with its PyTorch simulation (cosine {parity.cosine:.5f}); nothing written")
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(blob)
+    write_onnx(path, blob)
     return parity

@@ -184,11 +184,12 @@ def topo_sort(model: onnx.ModelProto) -> None:
 def optimized_op_types(model_bytes: bytes) -> list[str]:
     """The op types ONNX Runtime actually runs after its graph optimisations."""
     import os
-    import tempfile
 
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory() as d:
+    from ..core.io import scratch
+
+    with scratch() as d:
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED

@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..core.config import Config, check_choice, check_range
 from ..core.context import Context
 from ..core.errors import ConfigError, DataError, ExportError
-from ..core.io import atomic_path
+from ..export.onnx import write_onnx
 from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
@@ -412,8 +412,7 @@ def export_qdq(qm: QuantizedModel, data: DataBundle, path, *, opset: int = 17, c
         if not parity.ok or (parity.agree_top1 is not None and parity.agree_top1 < 0.95):
             raise ExportError(f"int8 ONNX Runtime output disagrees with PyTorch (cosine {parity.cosine:.4f}, top-1 "
                               f"agreement {parity.agree_top1}); nothing was written")
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(blob)
+    write_onnx(path, blob)
     return parity
 
 

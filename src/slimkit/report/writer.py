@@ -10,6 +10,9 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from ..core.errors import LoadError
+from ..core.io import GENERATED_TAG, atomic_write_bytes, atomic_write_text
+
 ROWS = [  # key, label, formatter
     ("accuracy", "accuracy (ONNX Runtime)", "pct"),
     ("fidelity_cos_mean", "fidelity: cosine mean", "f4"),
@@ -167,7 +170,7 @@ def plot_png(report: dict) -> Optional[bytes]:
          lambda v: f"{v:.4f}")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": f"{GENERATED_TAG} {_version()}"})
     plt.close(fig)
     return buf.getvalue()
 
@@ -181,7 +184,8 @@ def to_html(report: dict, png: Optional[bytes]) -> str:
     img = f'<img alt="plots" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else ""
     stages = "".join(f"<li><b>{esc(s['name'])}</b>: {esc(', '.join(s['techniques']) or '-')} "
                      f"({s['seconds']:.1f} s)</li>" for s in report.get("stages", []))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>slimkit report</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><meta name="generator" content="{GENERATED_TAG}">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>slimkit report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}td:first-child{{text-align:left}}
 img{{max-width:100%}}</style></head><body>
@@ -208,11 +212,52 @@ def jsonable(o):
     return o
 
 
-def write_reports(report: dict, folder: str | Path) -> None:
+REQUIRED = {"baseline": dict, "compressed": dict, "recipe": dict}
+
+
+def check_report(rep: Any, source: str) -> dict:
+    """A report.json as ``compress`` writes it, or one LoadError line naming what is missing (before any write)."""
+    if not isinstance(rep, dict):
+        raise LoadError(f"{source} is not a slimkit report (it holds a JSON {type(rep).__name__}, not an object)")
+    for key, kind in REQUIRED.items():
+        if not isinstance(rep.get(key), kind):
+            raise LoadError(f"{source} is not a slimkit report: '{key}' is missing or not an object; give the "
+                            "report.json that slimkit compress wrote")
+    for side in ("baseline", "compressed"):
+        if not isinstance(rep[side].get("size_bytes"), (int, float)):
+            raise LoadError(f"{source} is not a complete slimkit report: {side}.size_bytes is missing")
+    if not isinstance(rep.get("stages", []), list) or not isinstance(rep.get("verdicts", []), list):
+        raise LoadError(f"{source} is not a slimkit report: 'stages' and 'verdicts' must be lists")
+    return rep
+
+
+def report_outputs(folder: str | Path, stem: str = "report") -> list[Path]:
     folder = Path(folder)
-    (folder / "report.json").write_text(json.dumps(jsonable(report), indent=2))
-    (folder / "report.md").write_text(to_markdown(report))
+    return [folder / f"{stem}.md", folder / f"{stem}.html", folder / f"{stem}.png"]
+
+
+def write_reports(report: dict, folder: str | Path, *, stem: str = "report", with_json: bool = True) -> list[Path]:
+    """Write STEM.json (unless ``with_json`` is false: re-rendering never rewrites its input), STEM.md, STEM.html
+    and STEM.png, each atomically. Returns the paths written."""
+    folder = Path(folder)
+    md, page, png_path = report_outputs(folder, stem)
+    written = []
+    if with_json:
+        body = {"generator": f"{GENERATED_TAG} {_version()}", **jsonable(report)}
+        atomic_write_text(folder / f"{stem}.json", json.dumps(body, indent=2))
+        written.append(folder / f"{stem}.json")
+    atomic_write_text(md, f"<!-- {GENERATED_TAG} {_version()} -->\n" + to_markdown(report))
+    written.append(md)
     png = plot_png(report)
     if png:
-        (folder / "report.png").write_bytes(png)
-    (folder / "report.html").write_text(to_html(report, png))
+        atomic_write_bytes(png_path, png)
+        written.append(png_path)
+    atomic_write_text(page, to_html(report, png))
+    written.append(page)
+    return written
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

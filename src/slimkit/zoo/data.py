@@ -14,7 +14,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from ..core.errors import DataError, LoadError
+from ..core.errors import DataError, LoadError, SlimkitError, first_line
 
 
 @dataclasses.dataclass
@@ -26,6 +26,15 @@ class DataSplit:
         if isinstance(self.inputs, torch.Tensor):
             self.inputs = (self.inputs,)
         self.inputs = tuple(self.inputs)
+        if not self.inputs:
+            raise DataError("a data split needs at least one input array")
+        for t in self.inputs:
+            if not isinstance(t, torch.Tensor):
+                raise DataError(f"data inputs must be tensors or numeric arrays, not {type(t).__name__}")
+            if t.ndim == 0:
+                raise DataError("data inputs are 0-d (a single number); give arrays with a sample axis first")
+        if self.targets is not None:
+            self.targets = labels(self.targets, "labels")
         n = {int(t.shape[0]) for t in self.inputs}
         if self.targets is not None:
             n.add(int(self.targets.shape[0]))
@@ -137,7 +146,13 @@ def sentences(tokenizer_dir: str | os.PathLike, max_length: int = 64) -> DataBun
 
     from .sentences import SENTENCES
 
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    from ..core.safeload import no_unpickling
+
+    try:
+        with no_unpickling():
+            tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types
+        raise LoadError(f"cannot load the tokenizer in {tokenizer_dir}: {first_line(e)}") from None
     enc = tok(list(SENTENCES), padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
     ids, mask = enc["input_ids"].long(), enc["attention_mask"].long()
     split = DataSplit((ids, mask))
@@ -152,17 +167,60 @@ def sentences(tokenizer_dir: str | os.PathLike, max_length: int = 64) -> DataBun
 
 # --------------------------------------------------------------------------- user files
 
+def inputs_tensor(a, what: str) -> torch.Tensor:
+    """A numeric array as a tensor (float64 -> float32, uint8 images -> [0, 1]), or one DataError line."""
+    if isinstance(a, torch.Tensor):
+        t = a
+    else:
+        arr = np.asarray(a)
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"{what} has dtype {arr.dtype} ({'text' if arr.dtype.kind in 'US' else 'objects'}); "
+                            "slimkit needs numeric arrays (float or integer)")
+        t = torch.as_tensor(arr)
+    if t.ndim == 0:
+        raise DataError(f"{what} is 0-d (a single number); save an array with the samples along the first axis")
+    if t.shape[0] == 0:
+        raise DataError(f"{what} is empty (0 samples)")
+    if t.dtype == torch.float64:
+        t = t.float()
+    elif t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    return t
+
+
+def labels(a, what: str) -> torch.Tensor:
+    """Class labels as int64: whole, finite, non-negative numbers, or one DataError line."""
+    if isinstance(a, torch.Tensor):
+        t = a
+    else:
+        arr = np.asarray(a)
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"{what} have dtype {arr.dtype}; class labels must be whole numbers 0..C-1")
+        t = torch.as_tensor(arr)
+    if t.ndim != 1:
+        raise DataError(f"{what} have shape {tuple(t.shape)}; class labels are one whole number per sample")
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()):
+            raise DataError(f"{what} contain NaN or Inf ({int((~torch.isfinite(t)).sum())} of {len(t)}); class "
+                            "labels must be whole numbers 0..C-1")
+        if not bool((t == t.round()).all()):
+            raise DataError(f"{what} are not whole numbers; class labels must be 0..C-1")
+    if t.dtype == torch.bool:
+        t = t.long()
+    if len(t) and int(t.min()) < 0:
+        raise DataError(f"{what} contain negative values (min {int(t.min())}); class labels must be 0..C-1")
+    return t.long()
+
+
 def _split_xy(x: np.ndarray, y: Optional[np.ndarray], name: str, test_fraction=0.2) -> DataBundle:
-    x = torch.as_tensor(np.asarray(x))
-    if x.dtype == torch.float64 or x.dtype == torch.uint8:
-        x = x.float() / (255.0 if x.dtype == torch.uint8 else 1.0)
+    x = inputs_tensor(x, f"{name}: x")
     n = x.shape[0]
     if n < 2:
         raise DataError(f"{name}: needs at least 2 samples, found {n}")
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(n, generator=g)
     k = max(1, int(round(n * test_fraction)))
-    yt = None if y is None else torch.as_tensor(np.asarray(y)).long()
+    yt = None if y is None else labels(y, f"{name}: y")
     tr, te = perm[k:], perm[:k]
     split = DataSplit(x, yt)
     task = "classification" if yt is not None else "embedding"
@@ -181,16 +239,20 @@ def from_npz(path: str) -> DataBundle:
         raise LoadError(f"cannot read {p} as npz ({type(e).__name__}); write it with numpy.savez(x=..., y=...)") from None
     if "x" not in keys:
         raise LoadError(f"{p} has no array 'x' (found: {', '.join(sorted(keys)) or 'none'}); save inputs as x and labels as y")
+    try:
+        arrays = {k: z[k] for k in keys}
+    except Exception as e:  # noqa: BLE001 - object arrays (need pickle) or a corrupt member
+        raise DataError(f"cannot read the arrays in {p} ({first_line(e, 100)}); save plain numeric arrays with "
+                        "numpy.savez (no object arrays)") from None
     if "x_test" in keys:
-        def fl(a):
-            t = torch.as_tensor(a)
-            return t.float() if t.is_floating_point() else t
-        y = torch.as_tensor(z["y"]).long() if "y" in keys else None
-        yt = torch.as_tensor(z["y_test"]).long() if "y_test" in keys else None
+        y = labels(arrays["y"], f"{p.name}: y") if "y" in keys else None
+        yt = labels(arrays["y_test"], f"{p.name}: y_test") if "y_test" in keys else None
+        ncls = max(int(y.max()) if y is not None and len(y) else -1, int(yt.max()) if yt is not None else -1) + 1
         return DataBundle(p.stem, "classification" if y is not None else "embedding",
-                          DataSplit(fl(z["x"]), y), DataSplit(fl(z["x_test"]), yt),
-                          num_classes=int(y.max()) + 1 if y is not None else None)
-    return _split_xy(z["x"], z["y"] if "y" in keys else None, p.stem)
+                          DataSplit(inputs_tensor(arrays["x"], f"{p.name}: x"), y),
+                          DataSplit(inputs_tensor(arrays["x_test"], f"{p.name}: x_test"), yt),
+                          num_classes=ncls if y is not None else None)
+    return _split_xy(arrays["x"], arrays["y"] if "y" in keys else None, p.stem)
 
 
 _IMG_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -211,12 +273,16 @@ def from_folder(path: str, size: Optional[int] = None) -> DataBundle:
         for ci, c in enumerate(classes):
             for f in sorted((d / c).iterdir()) if (d / c).is_dir() else []:
                 if f.suffix.lower() in _IMG_EXT:
-                    with Image.open(f) as im:
-                        im = im.convert("RGB")
-                        if size:
-                            im = im.resize((size, size))
-                        xs.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
-                        ys.append(ci)
+                    try:
+                        with Image.open(f) as im:
+                            im = im.convert("RGB")
+                            if size:
+                                im = im.resize((size, size))
+                            xs.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+                    except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated data
+                        raise DataError(f"cannot read image {f} ({first_line(e, 80)}); remove or replace the "
+                                        "file") from None
+                    ys.append(ci)
         if not xs:
             raise LoadError(f"no images found under {d}; expected {d}/<class>/<image>.png")
         if len({x.shape for x in xs}) > 1:
@@ -234,11 +300,16 @@ def from_folder(path: str, size: Optional[int] = None) -> DataBundle:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise LoadError(f"{path} is not an idx file (bad magic)")
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise LoadError(f"cannot read {path} ({first_line(e, 80)})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise LoadError(f"{path} is not an unsigned-byte idx file (bad magic)")
     ndim = data[3]
+    if ndim == 0 or len(data) < 4 + 4 * ndim:
+        raise LoadError(f"{path} is truncated: its header ends before the {ndim} dimension sizes")
     dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
@@ -270,7 +341,12 @@ def from_callable(spec: str) -> DataBundle:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
         raise LoadError(f"cannot import data function {spec!r}: {e}") from None
-    out = fn()
+    try:
+        out = fn()
+    except SlimkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's function raised
+        raise DataError(f"data function {spec} raised {type(e).__name__}: {first_line(e)}") from None
     if isinstance(out, DataBundle):
         return out
     if isinstance(out, dict) and "x" in out:

@@ -3,6 +3,7 @@ pooling + L2 normalisation (what ``SentenceTransformer.encode`` computes for
 all-MiniLM-L6-v2). Loaded strictly offline."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.errors import LoadError
+from ..core.errors import LoadError, UnsafeFileError, first_line
+from ..core.safeload import no_unpickling
 
 
 class SentenceEmbedder(nn.Module):
@@ -42,13 +44,25 @@ def load_hf_folder(path: str | os.PathLike) -> SentenceEmbedder:
     if not (p / "config.json").is_file():
         raise LoadError(f"{p} is not a Hugging Face model folder (no config.json)")
     try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LoadError(f"{p}/config.json is not valid JSON ({first_line(e, 80)})") from None
+    if isinstance(cfg, dict) and cfg.get("auto_map"):
+        raise UnsafeFileError(f"{p} needs its own Python code (config.json auto_map; trust_remote_code); slimkit "
+                              "never runs code from a model folder: build the model yourself and pass "
+                              "pkg.module:factory")
+    safetensors = any(p.glob("*.safetensors"))
+    try:
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        enc = AutoModel.from_pretrained(str(p), attn_implementation="eager")
+        # safetensors when the folder has them; a .bin is read by torch's weights-only loader (forced by the guard)
+        with no_unpickling():
+            enc = AutoModel.from_pretrained(str(p), attn_implementation="eager", trust_remote_code=False,
+                                            use_safetensors=True if safetensors else None)
     except Exception as e:  # noqa: BLE001 - transformers raises many types
-        raise LoadError(f"cannot load Hugging Face model from {p}: {str(e).splitlines()[0]}") from None
+        raise LoadError(f"cannot load Hugging Face model from {p}: {first_line(e)}") from None
     enc.eval()
     return SentenceEmbedder(enc, str(p)).eval()
