@@ -23,7 +23,7 @@ from typing import Any
 import torch.nn as nn
 
 from .core.config import Config
-from .core.context import Context
+from .core.context import Context, preserve_mode
 from .core.errors import ConfigError
 from .core.registry import Technique, get_technique, list_techniques
 
@@ -61,7 +61,8 @@ def _run(family: str, model: nn.Module, config: Any, data=None, *, teacher: nn.M
     missing = [n for n in tech.needs if not ctx.has(n)]
     if missing:
         raise ConfigError(f"{tech.name} needs {', '.join(missing)}: pass data (and a teacher where asked)")
-    return tech.apply(model, cfg, ctx)
+    with preserve_mode(model):  # the user's model is never modified, its train/eval mode included
+        return tech.apply(model, cfg, ctx)
 
 
 class _Family(types.ModuleType):

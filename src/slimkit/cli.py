@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
+from typer import _click as click  # typer >= 0.24 vendors click: its exceptions live here
 from typer.core import TyperGroup
 
 from .core.errors import ConfigError, SlimkitError, first_line
@@ -143,7 +143,8 @@ def _version(value: bool) -> None:
 def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:
-    set_quiet(quiet)
+    if quiet:
+        set_quiet(True)
 
 
 @app.command("list")

@@ -118,6 +118,10 @@ def check_types(cfg: "Config") -> None:
         if hint is None:
             continue
         v = getattr(cfg, f.name)
+        conv = getattr(hint, "from_dict", None) if isinstance(hint, type) else None
+        if conv is not None and not isinstance(v, hint) and isinstance(v, (dict, list, str)):
+            v = conv(v)  # e.g. targets: {types: [Linear]} -> Targets (what from_dict does for YAML)
+            setattr(cfg, f.name, v)
         if not _matches(v, hint):
             raise ConfigError(f"{type(cfg).__name__}.{f.name}: expected {_describe(hint)}, got {v!r}")
         if (hint is float or (typing.get_origin(hint) is typing.Union and float in typing.get_args(hint))) \

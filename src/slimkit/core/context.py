@@ -78,8 +78,15 @@ def torch_threads(n: int):
 def eval_mode(model: torch.nn.Module):
     """Run the block with ``model`` in eval mode, then give every submodule back the train/eval mode it had (the
     user's model leaves slimkit as it came in, also when the block fails)."""
+    with preserve_mode(model):
+        model.eval()
+        yield model
+
+
+@contextlib.contextmanager
+def preserve_mode(model: torch.nn.Module):
+    """Give every submodule of ``model`` back its train/eval mode when the block ends, however it ends."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
         yield model
     finally:

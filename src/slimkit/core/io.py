@@ -217,6 +217,9 @@ def publish_dir(src: Path, dest: Path) -> None:
     new one is renamed in, then the old one is deleted: ``dest`` always holds one complete run."""
     src, dest = Path(src), Path(dest)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(src, 0o777 & ~mask)  # a scratch folder is private (0700); the result gets the usual permissions
         dest.parent.mkdir(parents=True, exist_ok=True)
         old = None
         if dest.exists():
@@ -286,9 +289,10 @@ def sweep_stale(*folders: Optional[str | os.PathLike]) -> list[Path]:
         except OSError:
             continue
         for e in entries:
-            parts = e.name.split("-")  # ['', 'slimkit', 'tmp', pid, start, rand]
+            rest = e.name[len(SCRATCH_PREFIX if e.name.startswith(SCRATCH_PREFIX) else _OLD_PREFIX):]
+            parts = rest.split("-")  # [pid, start time, random part]
             try:
-                pid, start = int(parts[3]), int(parts[4])
+                pid, start = int(parts[0]), int(parts[1])
             except (IndexError, ValueError):
                 continue
             alive = _proc_start(pid)

@@ -7,6 +7,7 @@ interleaved with the others at batch 1 and batch N in both runtimes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..core.context import eval_mode
 from ..core.io import ZSTD_LEVEL
 from ..core.progress import info
 from ..export.onnx import export_onnx, ort_run, ort_session
@@ -71,7 +73,17 @@ def _zstd_size(path: Path) -> int:
 def compare(candidates: Sequence[Candidate], data: DataBundle, *, workdir: str | os.PathLike, threads: int = 1,
             batch: Optional[int] = None, runs: int = 30, check_parity: bool = True, measure_memory: bool = True,
             timing: bool = True) -> dict:
-    """Measure every candidate; the first one is the baseline for ratios."""
+    """Measure every candidate; the first one is the baseline for ratios. The candidates' models keep their
+    train/eval mode (they run in eval mode here)."""
+    with contextlib.ExitStack() as stack:
+        for c in candidates:
+            if c.model is not None:
+                stack.enter_context(eval_mode(c.model))
+        return _compare(candidates, data, workdir=workdir, threads=threads, batch=batch, runs=runs,
+                        check_parity=check_parity, measure_memory=measure_memory, timing=timing)
+
+
+def _compare(candidates, data, *, workdir, threads, batch, runs, check_parity, measure_memory, timing) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     batch = batch or default_batch(data)

@@ -167,16 +167,19 @@ def sentences(tokenizer_dir: str | os.PathLike, max_length: int = 64) -> DataBun
 
 # --------------------------------------------------------------------------- user files
 
+def _numeric(a, what: str, need: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "biuf":
+        kind = "text" if arr.dtype.kind in "US" else "objects"
+        raise DataError(f"{what}: dtype {arr.dtype} ({kind}); {need}")
+    return torch.as_tensor(arr)
+
+
 def inputs_tensor(a, what: str) -> torch.Tensor:
     """A numeric array as a tensor (float64 -> float32, uint8 images -> [0, 1]), or one DataError line."""
-    if isinstance(a, torch.Tensor):
-        t = a
-    else:
-        arr = np.asarray(a)
-        if arr.dtype.kind not in "biuf":
-            raise DataError(f"{what} has dtype {arr.dtype} ({'text' if arr.dtype.kind in 'US' else 'objects'}); "
-                            "slimkit needs numeric arrays (float or integer)")
-        t = torch.as_tensor(arr)
+    t = _numeric(a, what, "slimkit needs numeric arrays (float or integer)")
     if t.ndim == 0:
         raise DataError(f"{what} is 0-d (a single number); save an array with the samples along the first axis")
     if t.shape[0] == 0:
@@ -190,13 +193,7 @@ def inputs_tensor(a, what: str) -> torch.Tensor:
 
 def labels(a, what: str) -> torch.Tensor:
     """Class labels as int64: whole, finite, non-negative numbers, or one DataError line."""
-    if isinstance(a, torch.Tensor):
-        t = a
-    else:
-        arr = np.asarray(a)
-        if arr.dtype.kind not in "biuf":
-            raise DataError(f"{what} have dtype {arr.dtype}; class labels must be whole numbers 0..C-1")
-        t = torch.as_tensor(arr)
+    t = _numeric(a, what, "class labels must be whole numbers 0..C-1")
     if t.ndim != 1:
         raise DataError(f"{what} have shape {tuple(t.shape)}; class labels are one whole number per sample")
     if t.is_floating_point():
@@ -245,12 +242,12 @@ def from_npz(path: str) -> DataBundle:
         raise DataError(f"cannot read the arrays in {p} ({first_line(e, 100)}); save plain numeric arrays with "
                         "numpy.savez (no object arrays)") from None
     if "x_test" in keys:
+        x, xt = inputs_tensor(arrays["x"], f"{p.name}: x"), inputs_tensor(arrays["x_test"], f"{p.name}: x_test")
         y = labels(arrays["y"], f"{p.name}: y") if "y" in keys else None
         yt = labels(arrays["y_test"], f"{p.name}: y_test") if "y_test" in keys else None
-        ncls = max(int(y.max()) if y is not None and len(y) else -1, int(yt.max()) if yt is not None else -1) + 1
+        ncls = max(int(y.max()) if y is not None and len(y) else -1, int(yt.max()) if yt is not None and len(yt) else -1) + 1
         return DataBundle(p.stem, "classification" if y is not None else "embedding",
-                          DataSplit(inputs_tensor(arrays["x"], f"{p.name}: x"), y),
-                          DataSplit(inputs_tensor(arrays["x_test"], f"{p.name}: x_test"), yt),
+                          DataSplit(x, y), DataSplit(xt, yt),
                           num_classes=ncls if y is not None else None)
     return _split_xy(arrays["x"], arrays["y"] if "y" in keys else None, p.stem)
 
