@@ -1,21 +1,31 @@
-"""slimkit: make trained PyTorch models small and fast, and prove it with measurements."""
+"""slimkit: make trained PyTorch models small and fast, and prove it with measurements.
+
+Names are imported on first use (PEP 562), so ``import slimkit`` and ``slimkit --help`` do not pay for torch."""
 __version__ = "0.1.0"
 
-from .core import Config, Context, Targets, get_technique, list_techniques, register_technique  # noqa: E402
-from .evaluate import Candidate, compare, profile  # noqa: E402
-from .export import export_onnx  # noqa: E402
-from .load import load_data, load_model  # noqa: E402
+import importlib as _importlib
 
-__all__ = ["__version__", "Config", "Context", "Targets", "get_technique", "list_techniques", "register_technique",
-           "Candidate", "compare", "profile", "export_onnx", "load_data", "load_model"]
-
+_EXPORTS = {
+    "Config": ".core", "Context": ".core", "Targets": ".core", "get_technique": ".core", "list_techniques": ".core",
+    "register_technique": ".core", "Candidate": ".evaluate", "compare": ".evaluate", "profile": ".evaluate",
+    "export_onnx": ".export", "load_data": ".load", "load_model": ".load", "resolve": ".load",
+    "compress": ".pipeline", "Recipe": ".pipeline",
+}
 _FAMILIES = ("quantize", "prune", "factorize", "distill")
+
+__all__ = ["__version__", *_EXPORTS, *_FAMILIES]
 
 
 def __getattr__(name: str):
-    """``slimkit.prune(model, config, data)`` etc. without importing the family first."""
+    """``slimkit.prune(model, config, data)`` etc. without importing the family (or torch) first."""
     if name in _FAMILIES:
-        import importlib
-
-        return importlib.import_module(f".{name}", __name__)
+        return _importlib.import_module(f".{name}", __name__)
+    if name in _EXPORTS:
+        value = getattr(_importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -34,6 +34,7 @@ class _Group(TyperGroup):
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)
+        args = _global_flags(list(sys.argv[1:] if args is None else args))
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                               **extra)
@@ -45,12 +46,29 @@ class _Group(TyperGroup):
         except click.exceptions.ClickException as e:
             click.echo(f"slimkit: error: {first_line(Exception(e.format_message()))}", err=True)
             rv = 2
-        except (click.exceptions.Abort, KeyboardInterrupt):
+        except (typer.Abort, KeyboardInterrupt):
             click.echo("slimkit: interrupted; no artifacts were written", err=True)
             rv = 130
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _global_flags(args: list[str]) -> list[str]:
+    """-q/--quiet and -v/--verbose work before or after the subcommand (up to a '--')."""
+    out, rest = [], []
+    if "--" in args:
+        i = args.index("--")
+        args, rest = args[:i], args[i:]
+    for a in args:
+        if a in ("-q", "--quiet"):
+            set_quiet(True)
+        elif a in ("-v", "--verbose"):
+            os.environ["SLIMKIT_DEBUG"] = "1"  # tracebacks for internal errors, status lines on
+            set_quiet(False)
+        else:
+            out.append(a)
+    return out + rest
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -140,11 +158,26 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
+def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines (also after the "
+                                                                  "subcommand)."),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Status lines, and the traceback of an internal "
+                                                                     "error (also after the subcommand)."),
          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:
     if quiet:
         set_quiet(True)
+
+
+def _recipe_descriptions() -> dict[str, str]:
+    import yaml
+
+    out = {}
+    for p in sorted((Path(__file__).parent / "recipes").glob("*.yaml")):
+        try:
+            out[p.stem] = str((yaml.safe_load(p.read_text()) or {}).get("description", ""))
+        except (OSError, yaml.YAMLError):
+            out[p.stem] = ""
+    return out
 
 
 @app.command("list")
@@ -153,7 +186,8 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
     """List registered techniques, zoo models, data sets and built-in recipes.
 
     Techniques are what recipes name in their `type:` keys; zoo models and data
-    sets are used as zoo:NAME; recipes by name or as recipes/NAME.yaml.
+    sets are used as zoo:NAME; recipes by name or as recipes/NAME.yaml. Names
+    are never shortened, at any terminal width or when piped.
 
     \b
     Examples:
@@ -163,7 +197,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
     from .core.registry import list_techniques
     from .zoo.registry import ZOO, ZOO_DATA_SUMMARY
 
-    recipes = sorted(p.stem for p in (Path(__file__).parent / "recipes").glob("*.yaml"))
+    recipes = _recipe_descriptions()
     techs = list_techniques()
     if as_json:
         typer.echo(json.dumps({"techniques": {t.name: {"summary": t.summary, "needs": list(t.needs)} for t in techs},
@@ -173,29 +207,66 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
-    t = Table(title="techniques", title_justify="left")
-    for col in ("type", "needs", "summary"):
-        t.add_column(col)
-    for tech in techs:
-        t.add_row(tech.name, ", ".join(tech.needs) or "-", tech.summary)
-    if not techs:
-        t.add_row("(none yet)", "", "")
-    con.print(t)
-    z = Table(title="zoo models (zoo:NAME)", title_justify="left")
-    z.add_column("name")
-    z.add_column("data")
-    z.add_column("summary")
-    for k, v in ZOO.items():
-        z.add_row(k, v.data or "(yours)", v.summary)
-    con.print(z)
-    d = Table(title="data sets (zoo:NAME)", title_justify="left")
-    d.add_column("name")
-    d.add_column("summary")
-    for k, v in ZOO_DATA_SUMMARY.items():
-        d.add_row(k, v)
-    con.print(d)
-    con.print("recipes: " + ", ".join(recipes))
+    con = Console(width=None if sys.stdout.isatty() else 140)
+
+    def tbl(title, cols, rows):
+        t = Table(title=title, title_justify="left", expand=False)
+        first = max([len(str(r[0])) for r in rows] + [len(cols[0])])
+        t.add_column(cols[0], no_wrap=True, min_width=first)  # the names users copy are never cut
+        for c in cols[1:]:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*map(str, r))
+        con.print(t)
+
+    tbl("techniques (type: in a recipe)", ["type", "needs", "summary"],
+        [(t.name, ", ".join(t.needs) or "-", t.summary) for t in techs] or [("(none yet)", "", "")])
+    tbl("zoo models (zoo:NAME)", ["name", "data", "summary"], [(k, v.data or "(yours)", v.summary) for k, v in ZOO.items()])
+    tbl("data sets (zoo:NAME)", ["name", "summary"], list(ZOO_DATA_SUMMARY.items()))
+    tbl("recipes (--recipe NAME)", ["name", "description"], list(recipes.items()))
+
+
+recipe_app = typer.Typer(help="Work with recipes without running them.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+
+def _resolved(rec) -> dict:
+    """What a recipe will do: its stages with every technique's resolved config and needs."""
+    return {**rec.to_dict(), "needs": {k: sorted(v) for k, v in rec.needs().items()}}
+
+
+@recipe_app.command("check")
+@_guard
+def recipe_check(path: str = typer.Argument(..., help="A recipe YAML file, or a built-in recipe name."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the resolved recipe as JSON.")) -> None:
+    """Validate a recipe and print its resolved stages (every default filled in) without running anything.
+
+    \b
+    Examples:
+      slimkit recipe check my-recipe.yaml
+      slimkit recipe check prune-structured-50 --json
+    """
+    from .pipeline.recipe import Recipe
+
+    rec = Recipe.load(path)
+    _print_recipe(rec, as_json)
+
+
+def _print_recipe(rec, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(_resolved(rec), indent=2))
+        return
+    typer.echo(f"recipe {rec.name}: valid; {len(rec.stages)} stage(s), seed {rec.seed}")
+    for s in rec.stages:
+        typer.echo(f"- stage {s.name}:")
+        for t in s.techniques:
+            cfg = {k: v for k, v in t.config.to_dict().items() if k != "version"}
+            typer.echo(f"    {t.type}: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
+        if s.finetune is not None:
+            ft = {k: v for k, v in s.finetune.to_dict().items() if k != "version"}
+            typer.echo("    finetune: " + ", ".join(f"{k}={v}" for k, v in ft.items()))
+    needs = sorted({n for v in rec.needs().values() for n in v})
+    typer.echo("needs: " + (", ".join(n.replace("_", " ") for n in needs) or "nothing but the model"))
 
 
 def _print_table(result: dict) -> None:
@@ -269,7 +340,8 @@ def _measure(cands, bundle, threads: int, batch: Optional[int], runs: int, as_js
 
 @app.command()
 @_guard
-def bench(models: List[str] = typer.Argument(..., help="Two or more MODEL specs or .onnx files; the first is the baseline."),
+def bench(models: List[str] = typer.Argument(..., help="Two or more MODEL specs or .onnx files, each optionally "
+                                                       "NAME=SPEC to label it; the first is the baseline."),
           data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
           threads: int = typer.Option(1, "--threads", help=THREADS_HELP),
           batch: Optional[int] = typer.Option(None, "--batch", help=BATCH_HELP),
@@ -285,7 +357,7 @@ def bench(models: List[str] = typer.Argument(..., help="Two or more MODEL specs 
     \b
     Examples:
       slimkit bench zoo:digits-cnn out/model.onnx --data zoo:digits
-      slimkit bench fp32.onnx int8.onnx peer_int8.onnx --data zoo:minilm --batch 1
+      slimkit bench fp32=a/baseline.onnx int8=a/model.onnx peer=peer.onnx --data zoo:minilm --batch 1
     """
     from .evaluate.compare import Candidate
     from .load import load_data, load_model
@@ -294,15 +366,37 @@ def bench(models: List[str] = typer.Argument(..., help="Two or more MODEL specs 
         raise ConfigError("bench compares two or more models (the first is the baseline); use slimkit profile for one")
     _options(threads, batch, runs)
     _start()
-    loaded = [load_model(m, trust_pickle=trust_pickle) for m in models]
+    named = [_label(m) for m in models]
+    loaded = [load_model(spec, trust_pickle=trust_pickle) for _, spec in named]
     # without --data, the first model that has its own data set decides (load_data explains when none has)
     bundle = load_data(data, model=next((lm for lm in loaded if lm.default_data), None))
     labels, cands = set(), []
-    for i, lm in enumerate(loaded):
-        lbl = lm.name if lm.name not in labels else f"{lm.name}#{i}"
+    for i, ((name, _), lm) in enumerate(zip(named, loaded)):
+        lbl = name or _readable(lm, loaded)
+        if lbl in labels:
+            if name:
+                raise ConfigError(f"bench label {name!r} is used twice; give each model its own NAME=")
+            lbl = f"{lbl} ({i + 1})"
         labels.add(lbl)
         cands.append(Candidate(lbl, lm.model, lm.onnx_path))
     _measure(cands, bundle, threads, batch, runs, as_json)
+
+
+def _label(spec: str) -> tuple[str, str]:
+    """'name=spec' -> (name, spec); a plain spec -> ('', spec)."""
+    name, sep, rest = spec.partition("=")
+    if sep and name and rest and not any(ch in name for ch in ":/\\") and not Path(spec).exists():
+        return name, rest
+    return "", spec
+
+
+def _readable(lm, loaded) -> str:
+    """A label people can read: the file name, with its folder when two files share a name (out/model.onnx)."""
+    same = [x for x in loaded if x.name == lm.name]
+    if len(same) > 1 and (lm.onnx_path or Path(lm.spec).exists()):
+        p = Path(lm.spec)
+        return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+    return lm.name
 
 
 @app.command()
@@ -313,6 +407,7 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
            opset: int = typer.Option(17, "--opset", min=17, max=21, help="ONNX opset (17-21)."),
            force: bool = typer.Option(False, "--force", help="Replace an existing file that slimkit did not write "
                                                              "(an input is never replaced)."),
+           as_json: bool = typer.Option(False, "--json", help="Print the result (file, size, parity) as JSON."),
            trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model .pt file.")) -> None:
     """Export to ONNX (dynamic batch) and check parity against PyTorch in ONNX Runtime; a failed check writes nothing.
 
@@ -335,6 +430,10 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
     if lm.model is None:
         raise SlimkitError("export needs a PyTorch model, not an ONNX file")
     p = export_onnx(lm.model, bundle, out, opset=opset)
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), "size_bytes": out.stat().st_size, "opset": opset,
+                               "parity": jsonable(p.to_dict())}, indent=2))
+        return
     typer.echo(f"wrote {out} ({out.stat().st_size:,} bytes); parity on {p.samples} samples: max abs err "
                f"{p.max_abs_err:.3g}, min cosine {p.cosine:.6f}")
 
@@ -354,7 +453,11 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
              trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model .pt file."),
              checkpoint_dir: Optional[Path] = typer.Option(
                  None, "--checkpoint-dir", help="Write a checkpoint after every training epoch here; run the same "
-                                                "command again to resume an interrupted run.")) -> None:
+                                                "command again to resume an interrupted run."),
+             dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe, the output folder and the "
+                                                                   "options, print the resolved stages, run nothing."),
+             as_json: bool = typer.Option(False, "--json", help="Print report.json's content instead of the summary."),
+             open_page: bool = typer.Option(False, "--open", help="Open report.html in the browser when done.")) -> None:
     """Run a recipe (ordered stages of techniques with optional recovery), then measure baseline and result side by
     side, export the result to ONNX with a parity check, and write the report. All artifacts or none.
 
@@ -380,13 +483,34 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
     out_dir = check_output_dir(out, inputs=inputs)
     check_checkpoint_dir(checkpoint_dir)
     _options(threads, batch, runs)
+    if dry_run:
+        _print_recipe(rec, as_json)
+        if not as_json:
+            typer.echo(f"output: {out_dir} ({'replaced whole' if out_dir.exists() else 'created'}); nothing was run")
+        return
     _start(out_dir.parent)
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
     if lm.model is None:
         raise SlimkitError("compress needs a PyTorch model, not an ONNX file")
     res = run(lm.model, rec, bundle, out=out_dir, model_spec=model, threads=threads, batch=batch, runs=runs, seed=seed,
               checkpoint_dir=checkpoint_dir, inputs=inputs, command=_command_line())
-    _summary(res.report, out_dir)
+    _done(res.report, out_dir, as_json, open_page)
+
+
+def _done(report: dict, out_dir: Path, as_json: bool, open_page: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(jsonable(report), indent=2))
+    else:
+        _summary(report, out_dir)
+    if open_page:
+        _open(out_dir / "report.html")
+
+
+def _open(page: Path) -> None:
+    import webbrowser
+
+    if not webbrowser.open(page.resolve().as_uri()):
+        info(f"slimkit: no browser to open; the page is {page}")
 
 
 def _summary(report: dict, out: Path) -> None:
@@ -411,7 +535,9 @@ def _summary(report: dict, out: Path) -> None:
 def demo(out: str = typer.Option("slimkit-demo", "--out", "-o", help="Output folder (new, empty, or an earlier "
                                                                       "slimkit output, replaced whole)."),
          recipe: str = typer.Option("demo", "--recipe", "-r", help="Recipe to run (default: the built-in demo recipe)."),
-         threads: int = typer.Option(1, "--threads", help=THREADS_HELP)) -> None:
+         threads: int = typer.Option(1, "--threads", help=THREADS_HELP),
+         as_json: bool = typer.Option(False, "--json", help="Print report.json's content instead of the summary."),
+         open_page: bool = typer.Option(False, "--open", help="Open report.html in the browser when done.")) -> None:
     """The main job on the built-in default: zoo:digits-cnn (trained on first use) through the demo recipe,
     measured side by side with the original, exported to ONNX and reported.
 
@@ -437,13 +563,15 @@ def demo(out: str = typer.Option("slimkit-demo", "--out", "-o", help="Output fol
     info(f"slimkit demo: zoo:digits-cnn on {bundle.description}; recipe {rec.name}: {rec.description}")
     res = run(lm.model, rec, bundle, out=out_dir, model_spec="zoo:digits-cnn", threads=threads, inputs=inputs,
               command=_command_line())
-    _summary(res.report, out_dir)
+    _done(res.report, out_dir, as_json, open_page)
 
 
 @app.command()
 @_guard
 def report(path: Path = typer.Argument(..., help="A report.json, or the folder holding it."),
-           force: bool = typer.Option(False, "--force", help="Replace STEM.md/.html files that slimkit did not write.")) -> None:
+           force: bool = typer.Option(False, "--force", help="Replace STEM.md/.html files that slimkit did not write."),
+           as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+           open_page: bool = typer.Option(False, "--open", help="Open the HTML page in the browser.")) -> None:
     """Re-render the Markdown and HTML report (and its plots) from a report.json. The JSON itself is only read:
     IN.json gives IN.md, IN.html and IN.png beside it.
 
@@ -475,7 +603,54 @@ def report(path: Path = typer.Argument(..., help="A report.json, or the folder h
     for dest in report_outputs(p.parent, p.stem):  # before writing anything
         check_output_file(dest, inputs=[p], force=force, flag="report output")
     written = write_reports(rep, p.parent, stem=p.stem, with_json=False)
-    typer.echo("wrote " + ", ".join(str(w) for w in written))
+    if as_json:
+        typer.echo(json.dumps({"source": str(p), "written": [str(w) for w in written]}, indent=2))
+    else:
+        typer.echo("wrote " + ", ".join(str(w) for w in written))
+    if open_page:
+        _open(written[-1])
+
+
+@app.command("compare")
+@_guard
+def compare_cmd(dirs: List[Path] = typer.Argument(..., help="Two or more slimkit compress output folders (or their "
+                                                           "report.json files)."),
+                out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the comparison page here "
+                                                                              "(HTML)."),
+                as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
+                force: bool = typer.Option(False, "--force", help="Replace an --out file slimkit did not write."),
+                open_page: bool = typer.Option(False, "--open", help="Open the page in the browser.")) -> None:
+    """Compare several runs on one page: a sortable leaderboard (metric, size, latency per runtime, MACs, energy),
+    size-vs-metric and latency-vs-metric scatters with the Pareto front marked, and the recipes side by side.
+
+    Latency is compared as each run's same-process ratio against its own
+    original (robust to machine load); sizes are exact bytes.
+
+    \b
+    Examples:
+      slimkit compare out/int8 out/pruned out/lowrank --out compare.html
+      slimkit compare out/* --json | jq '.rows[] | {name, accuracy, size_ratio}'
+    """
+    from .core.io import atomic_write_text, check_output_file
+    from .report.leaderboard import load_runs, summary, to_html
+
+    if len(dirs) < 2:
+        raise ConfigError("compare needs two or more output folders; slimkit report re-renders one")
+    runs = load_runs(dirs)
+    if out is None and not as_json:
+        raise ConfigError("say where the page goes (--out page.html) or ask for --json")
+    if out is not None:
+        out = check_output_file(out, inputs=[Path(r["path"]) / "report.json" for r in runs], force=force)
+        atomic_write_text(out, to_html(runs))
+    if as_json:
+        typer.echo(json.dumps(jsonable(summary(runs)), indent=2))
+    elif out is not None:
+        s = summary(runs)
+        typer.echo(f"wrote {out}: {len(runs)} runs; Pareto front (size vs {s['metric']}): "
+                   + ", ".join(s["pareto_size"]) + "; (latency b1 vs " + s["metric"] + "): "
+                   + ", ".join(s["pareto_latency_b1"]))
+    if open_page and out is not None:
+        _open(out)
 
 
 @app.command()

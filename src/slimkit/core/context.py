@@ -25,8 +25,9 @@ class Context:
     data: Optional["DataBundle"] = None
     teacher: Optional[torch.nn.Module] = None
     seed: int = 0
-    quiet: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: one row per training epoch of every recovery (stage, epoch, loss, val): the report's training curves
+    history: list[dict] = dataclasses.field(default_factory=list)
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property

@@ -40,3 +40,11 @@ def first_line(e: BaseException, limit: int = 200) -> str:
         if line.strip():
             return line.strip()[:limit]
     return type(e).__name__
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean X?)' for a near miss among ``known``, else ''."""
+    import difflib
+
+    hit = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {hit[0]!r}?)" if hit else ""

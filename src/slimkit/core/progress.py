@@ -17,20 +17,32 @@ def is_quiet() -> bool:
     return _QUIET[0]
 
 
-def track(it: Iterable[T], description: str, total: Optional[int] = None) -> Iterator[T]:
+def _status(status: Optional[dict]) -> str:
+    if not status:
+        return ""
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in status.items())
+
+
+def track(it: Iterable[T], description: str, total: Optional[int] = None,
+          status: Optional[dict] = None) -> Iterator[T]:
+    """A progress bar with elapsed time and ETA. ``status``: a dict the caller updates while iterating (e.g. the
+    running loss and metric of a fine-tune); it is shown after the bar."""
     if is_quiet():
         yield from it
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     console = Console(file=sys.stderr)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                   console=console, transient=console.is_terminal) as prog:
-        task = prog.add_task(description, total=total if total is not None else (len(it) if hasattr(it, "__len__") else None))
+        task = prog.add_task(description, status="",
+                             total=total if total is not None else (len(it) if hasattr(it, "__len__") else None))
         for item in it:
             yield item
-            prog.advance(task)
+            prog.update(task, advance=1, status=_status(status))
 
 
 def info(msg: str) -> None:

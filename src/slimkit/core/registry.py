@@ -6,7 +6,7 @@ import dataclasses
 from typing import Callable, Iterable
 
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 #: What a technique may need from the context before it can run.
 NEEDS = ("calibration_data", "train_data", "eval_data", "teacher", "example_inputs")
@@ -49,7 +49,7 @@ def get_technique(name: str) -> Technique:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
-        raise ConfigError(f"unknown technique type {name!r}; known: {known}") from None
+        raise ConfigError(f"unknown technique type {name!r}{did_you_mean(name, _REGISTRY)}; known: {known}") from None
 
 
 def list_techniques() -> list[Technique]:

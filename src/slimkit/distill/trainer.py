@@ -169,8 +169,10 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
     model.train()
     step = start * -(-n // ft.batch_size)
     stopped = False
-    for epoch in track(range(start, ft.epochs), f"fine-tune ({ft.method})"):
+    status: dict = {}
+    for epoch in track(range(start, ft.epochs), f"fine-tune ({ft.method})", status=status):
         perm = torch.randperm(n, generator=g)
+        loss_sum, loss_n = 0.0, 0
         for i in range(0, n, ft.batch_size):
             idx = perm[i:i + ft.batch_size]
             x = tuple(t[idx] for t in train.inputs)
@@ -211,8 +213,11 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
             opt.step()
             sched.step()
             step += 1
+            loss_sum += float(loss.detach()) * len(idx)
+            loss_n += len(idx)
             if on_step is not None:
                 on_step(step, steps)
+        score = None
         if val is not None:
             score = _val_score(model, val, teacher, embedding)
             if score > best + 1e-9:
@@ -221,6 +226,9 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
             else:
                 bad += 1
             stopped = bad >= ft.patience
+        status.update(loss=loss_sum / max(1, loss_n), **({} if score is None else {"val": score}))
+        ctx.history.append({"stage": ctx.extras.get("stage") or "", "epoch": epoch + 1,
+                            "loss": loss_sum / max(1, loss_n), "val": score})
         if ckpt is not None:
             st = {"fingerprint": fp, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                   "sched": sched.state_dict(), "gen": g.get_state(), "rng": torch.get_rng_state(), "best": best,

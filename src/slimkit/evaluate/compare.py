@@ -24,7 +24,7 @@ from ..export.onnx import export_onnx, ort_run, ort_session
 from ..zoo.data import DataBundle
 from . import energy as E
 from .environment import environment
-from .latency import ort_runner, summarize, time_interleaved, torch_runner, torch_threads
+from .latency import quantiles, ort_runner, summarize, time_interleaved, torch_runner, torch_threads
 from .macs import count_macs, count_nonzero_params, count_params
 from .memory import peak_memory_onnx
 from .metrics import primary_metric, task_metrics
@@ -55,13 +55,35 @@ def onnx_weight_stats(path: Path) -> dict:
 
     m = onnx.load(str(path), load_external_data=False)
     total = int8 = nbytes = 0
+    layers: dict[str, int] = {}
     for init in m.graph.initializer:
         a = numpy_helper.to_array(init)
         total += a.size
+        stored = len(init.raw_data) or a.nbytes  # packed 4-bit weights: the bytes on disk, not the unpacked array
         nbytes += a.nbytes
+        layer = _layer_of(init.name)
+        layers[layer] = layers.get(layer, 0) + stored
         if a.dtype in (np.int8, np.uint8) or init.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
             int8 += a.size
-    return {"onnx_params": total, "weight_bytes": nbytes, "int8_fraction": (int8 / total) if total else 0.0}
+    return {"onnx_params": total, "weight_bytes": nbytes, "int8_fraction": (int8 / total) if total else 0.0,
+            "layer_bytes": dict(sorted(layers.items(), key=lambda kv: -kv[1]))}
+
+
+def _layer_of(name: str) -> str:
+    """The layer an initializer belongs to: 'features.0.weight_quantized' -> 'features.0'."""
+    if name.startswith("onnx::") or "::" in name:
+        return "(unnamed constants)"  # folded by the exporter (e.g. BatchNorm into Conv)
+    base = name
+    for suffix in (".weight", ".bias", "_weight", "_bias", ".running_mean", ".running_var"):
+        if suffix in base:
+            base = base[: base.index(suffix)]
+            break
+    else:
+        base = base.rsplit(".", 1)[0] if "." in base else base
+    # slimkit's quantized wrappers: gm.<layer>.layer.* is the same layer as <layer>.*
+    if base.startswith("gm."):
+        base = base[3:]
+    return base[: -len(".layer")] if base.endswith(".layer") else base
 
 
 def _zstd_size(path: Path) -> int:
@@ -113,6 +135,7 @@ def _compare(candidates, data, *, workdir, threads, batch, runs, check_parity, m
             m["params"] = ws["onnx_params"]
             m["macs"] = None
         m["weight_bytes"] = ws["weight_bytes"]
+        m["layer_bytes"] = ws["layer_bytes"]
         m["int8_fraction"] = round(ws["int8_fraction"], 4)
         # task metric: ORT (what ships) is the primary value, PyTorch alongside
         ort_out = np.concatenate([ort_run(sess, x) for x, _ in data.test.batches(256)])
@@ -164,6 +187,7 @@ def _time_all(candidates, sessions, results, ex1, exN, threads, runs):
             pre = "" if rt == "ort" else "torch_"
             results[label][f"{pre}latency_ms_p50_{bname}"] = s["p50"]
             results[label][f"{pre}latency_ms_p90_{bname}"] = s["p90"]
+            results[label][f"{pre}latency_ms_quantiles_{bname}"] = quantiles(ms)
             if bname == "bN":
                 results[label][f"{pre}throughput_sps"] = n / (s["p50"] / 1e3)
 
@@ -191,6 +215,9 @@ def verdicts(r: dict, simulated: bool = False, tol: float = 0.10) -> list[str]:
         if k not in r:
             continue
         v = r[k]
+        if k == "size_bytes":  # sizes are exact: no noise band
+            out.append(f"{nm}: {v:.2f}x the baseline ({'smaller' if v < 1 else 'larger' if v > 1 else 'the same'})")
+            continue
         if v < 1 - tol:
             out.append(f"{nm}: {v:.2f}x the baseline (better)")
         elif v > 1 + tol:

@@ -49,3 +49,9 @@ def time_interleaved(runners: dict[Hashable, Callable[[], None]], *, runs: int =
 def summarize(ms: np.ndarray) -> dict:
     return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean()),
             "runs": int(len(ms))}
+
+
+def quantiles(ms: np.ndarray) -> dict:
+    """The timed distribution, kept for the report's latency plots (min, p5, p25, p50, p75, p95, max in ms)."""
+    qs = np.percentile(ms, [0, 5, 25, 50, 75, 95, 100])
+    return dict(zip(("min", "p5", "p25", "p50", "p75", "p95", "max"), (round(float(q), 5) for q in qs)))

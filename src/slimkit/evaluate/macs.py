@@ -28,6 +28,18 @@ def count_macs(model: nn.Module, example: Sequence[torch.Tensor]) -> int:
     torch's FlopCounterMode counts 2 FLOPs per multiply-accumulate of matmul,
     convolution and attention ops; elementwise ops are not counted.
     """
+    total, _ = _count(model, example)
+    return total
+
+
+def macs_by_layer(model: nn.Module, example: Sequence[torch.Tensor]) -> dict[str, int]:
+    """MACs per leaf layer (module name -> MACs) for one forward pass of ``example``; layers with none are left out."""
+    _, per = _count(model, example)
+    return per
+
+
+@torch.enable_grad()
+def _count(model: nn.Module, example: Sequence[torch.Tensor]) -> tuple[int, dict[str, int]]:
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
@@ -47,7 +59,13 @@ def count_macs(model: nn.Module, example: Sequence[torch.Tensor]) -> int:
     # torch's counter does not see inside the fused RNN kernels: add their gate matmuls (unless it ever does)
     root = type(model).__name__
     extra = sum(m for name, m in rnn.items() if not sum(counted.get(f"{root}.{name}" if name else root, {}).values()))
-    return int(fc.get_total_flops() // 2 + extra)
+    per = {}
+    for name, mod in model.named_modules():
+        if name and not any(True for _ in mod.children()):
+            macs = sum(counted.get(f"{root}.{name}", {}).values()) // 2 or rnn.get(name, 0)
+            if macs:
+                per[name] = int(macs)
+    return int(fc.get_total_flops() // 2 + extra), per
 
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import yaml
 
 from ..core.config import Config, check_choice, check_range
-from ..core.errors import ConfigError, first_line
+from ..core.errors import ConfigError, did_you_mean, first_line
 from ..core.registry import get_technique
 
 RECIPE_VERSION = 1
@@ -164,8 +164,9 @@ class Recipe:
             if builtin.is_file():
                 p = builtin
             else:
-                known = ", ".join(sorted(x.stem for x in (Path(__file__).parent.parent / "recipes").glob("*.yaml")))
-                raise ConfigError(f"recipe {path_or_name!r} not found (no such file; built-in: {known})")
+                names = sorted(x.stem for x in (Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+                raise ConfigError(f"recipe {path_or_name!r} not found{did_you_mean(path_or_name, names)} (no such "
+                                  f"file; built-in: {', '.join(names)})")
         try:
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:

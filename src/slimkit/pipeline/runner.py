@@ -23,7 +23,7 @@ from ..core.io import (GENERATED_TAG, atomic_write_text, check_output_dir, publi
 from ..core.registry import get_technique
 from ..evaluate.compare import Candidate, compare
 from ..evaluate.energy import SOURCE as ENERGY_SOURCE
-from ..evaluate.macs import count_macs, count_nonzero_params, count_params
+from ..evaluate.macs import count_macs, count_nonzero_params, count_params, macs_by_layer
 from ..evaluate.metrics import task_metrics
 from ..export.onnx import export_onnx
 from ..zoo.data import DataBundle
@@ -174,8 +174,18 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
     report: dict = {"model": model_spec or type(model).__name__, "data": data.name, "task": data.task,
                     "recipe": recipe.to_dict(), "stages": stages, "notes": list(ctx.notes),
                     "energy_source": ENERGY_SOURCE}
+    import datetime
+
+    report["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     if command:
         report["command"] = command
+    if ctx.history:
+        report["history"] = list(ctx.history)
+    try:  # per-layer MACs before/after: the report's pruning / factorization plots
+        report["layer_macs"] = {"baseline": macs_by_layer(baseline, data.example_inputs(1)),
+                                "compressed": macs_by_layer(work, data.example_inputs(1))}
+    except Exception as e:  # noqa: BLE001 - a layer breakdown is a nicety; the totals are measured anyway
+        ctx.note(f"per-layer MACs not available ({type(e).__name__})")
     if isinstance(qinfo, dict) and qinfo.get("sensitivity"):
         report["sensitivity"] = qinfo["sensitivity"]
     if ctx.extras.get("tables"):  # technique-specific tables (channels kept, skipped layers, ...)

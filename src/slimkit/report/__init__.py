@@ -1,4 +1,4 @@
-"""JSON, Markdown and HTML reports with plots."""
-from .writer import plot_png, to_html, to_markdown, write_reports
+"""JSON, Markdown and HTML reports (the HTML with interactive, offline plots)."""
+from .writer import check_report, md_tables, to_html, to_markdown, write_reports
 
-__all__ = ["plot_png", "to_html", "to_markdown", "write_reports"]
+__all__ = ["check_report", "md_tables", "to_html", "to_markdown", "write_reports"]

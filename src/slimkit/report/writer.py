@@ -2,16 +2,13 @@
 number), report.md (tables) and report.html (tables and plots)."""
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Optional
 
 from ..core.errors import LoadError
-from ..core.io import GENERATED_TAG, atomic_write_bytes, atomic_write_text
+from ..core.io import GENERATED_TAG, atomic_write_text
 
 ROWS = [  # key, label, formatter
     ("accuracy", "accuracy (ONNX Runtime)", "pct"),
@@ -74,13 +71,16 @@ def metric_rows(report: dict, columns: list[tuple[str, dict]]) -> list[list[str]
         if not any(key in m for _, m in columns):
             continue
         row = [label] + [fmt(m.get(key), kind) for _, m in columns]
+        vs = columns[-1][1].get("size_ratio_compressed_vs_fp32_onnx")
         if len(columns) == 2:
-            row.append(_ratio_for(report, key) if key not in ("accuracy",) else
-                       f"{100 * (columns[1][1].get(key, 0) - columns[0][1].get(key, 0)):+.2f} pt")
+            if key == "accuracy":
+                row.append(f"{100 * (columns[1][1].get(key, 0) - columns[0][1].get(key, 0)):+.2f} pt")
+            elif key == "size_bytes_compressed" and vs:  # one ratio: the container against what shipped before
+                row[0] = "compressed container (ratio: vs the baseline ONNX file)"
+                row.append(fmt_ratio(vs))
+            else:
+                row.append(_ratio_for(report, key))
         rows.append(row)
-    vs = columns[-1][1].get("size_ratio_compressed_vs_fp32_onnx")
-    if len(columns) == 2 and vs:
-        rows.append(["compressed container vs the fp32 ONNX file", "", "", fmt_ratio(vs)])
     return rows
 
 
@@ -94,8 +94,11 @@ def to_markdown(report: dict) -> str:
     cols = [("baseline", report["baseline"]), ("compressed", report["compressed"])]
     env = report.get("environment", {})
     st = report.get("settings", {})
-    lines = [f"# slimkit report: {report.get('model')} on {report.get('data')}", "",
-             f"Recipe **{report['recipe'].get('name')}** ({len(report['recipe'].get('stages', []))} stage(s)). "
+    lines = [f"# slimkit report: {report.get('model')} · {report['recipe'].get('name')} on {report.get('data')}", ""]
+    if report.get("created") or report.get("command"):
+        lines += [" · ".join(x for x in (report.get("created", ""), f"`{report['command']}`" if report.get("command")
+                                         else "") if x), ""]
+    lines += [f"Recipe **{report['recipe'].get('name')}** ({len(report['recipe'].get('stages', []))} stage(s)). "
              f"Measured side by side in one run: {st.get('threads')} thread(s), batch N = {st.get('batch_N')}, "
              f"{st.get('runs')} timed runs at batch 1 after warm-up; CPU {env.get('cpu')}.", "",
              "## Baseline vs compressed", "",
@@ -117,8 +120,7 @@ def to_markdown(report: dict) -> str:
     for s in report.get("stages", []):
         for n in s.get("notes", []):
             lines.append(f"- {s['name']}: {n}")
-    tables = [("Per-layer sensitivity", report.get("sensitivity"))] + list((report.get("tables") or {}).items())
-    for title, rows in tables:
+    for title, rows in md_tables(report):
         if rows:
             lines += ["", f"## {title}", ""]
             hdr = list(rows[0].keys())
@@ -133,71 +135,17 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_png(report: dict) -> Optional[bytes]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return None
-    b, c = report["baseline"], report["compressed"]
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
-    colors = ["#8a8a8a", "#2a7ab0"]
-
-    def bars(ax, title, vals, fmt_s):
-        ax.bar(["baseline", "compressed"], vals, color=colors)
-        for i, v in enumerate(vals):
-            if v is not None:
-                ax.text(i, v, fmt_s(v), ha="center", va="bottom", fontsize=9)
-        ax.set_title(title, fontsize=10)
-        ax.spines[["top", "right"]].set_visible(False)
-
-    bars(axes[0], "ONNX size (KB)", [b["size_bytes"] / 1024, c["size_bytes"] / 1024], lambda v: f"{v:,.0f}")
-    key = report.get("metric", "accuracy")
-    bars(axes[1], key, [b.get(key, 0), c.get(key, 0)], lambda v: f"{v:.4f}")
-    lo = min(b.get(key, 0), c.get(key, 0))
-    axes[1].set_ylim(max(0, lo - 0.05), 1.0 + 0.01)
-    ax = axes[2]
-    labels = ["ORT b1", "ORT bN", "torch b1", "torch bN"]
-    keys = ["latency_ms_p50_b1", "latency_ms_p50_bN", "torch_latency_ms_p50_b1", "torch_latency_ms_p50_bN"]
-    rat = [(c.get(k) or float("nan")) / (b.get(k) or float("nan")) for k in keys]
-    ax.bar(labels, rat, color=["#2a7ab0" if r < 1 else "#c0504d" for r in rat])
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_title("latency ratio (compressed / baseline)", fontsize=10)
-    ax.spines[["top", "right"]].set_visible(False)
-    bars(axes[3], "energy estimate (mJ / inference)", [b.get("energy_mj_est") or 0, c.get("energy_mj_est") or 0],
-         lambda v: f"{v:.4f}")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": f"{GENERATED_TAG} {_version()}"})
-    plt.close(fig)
-    return buf.getvalue()
+def md_tables(report: dict) -> list[tuple[str, list[dict]]]:
+    """The technique tables, as report.md and report.html both show them."""
+    tables = [("Per-layer sensitivity", report.get("sensitivity"))] + list((report.get("tables") or {}).items())
+    return [(t, rows) for t, rows in tables if rows]
 
 
-def to_html(report: dict, png: Optional[bytes]) -> str:
+def to_html(report: dict) -> str:
+    from .html import page
+
     cols = [("baseline", report["baseline"]), ("compressed", report["compressed"])]
-    rows = metric_rows(report, cols)
-    esc = html.escape
-    trs = "\n".join("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in r) + "</tr>" for r in rows)
-    verdicts = "".join(f"<li>{esc(v)}</li>" for v in report.get("verdicts", []))
-    img = f'<img alt="plots" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else ""
-    stages = "".join(f"<li><b>{esc(s['name'])}</b>: {esc(', '.join(s['techniques']) or '-')} "
-                     f"({s['seconds']:.1f} s)</li>" for s in report.get("stages", []))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><meta name="generator" content="{GENERATED_TAG}">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>slimkit report</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}td:first-child{{text-align:left}}
-img{{max-width:100%}}</style></head><body>
-<h1>slimkit: {esc(str(report.get('model')))} on {esc(str(report.get('data')))}</h1>
-<p>Recipe <b>{esc(report['recipe'].get('name', ''))}</b>; measured side by side in one run.</p>
-{img}
-<h2>Baseline vs compressed</h2>
-<table><tr><th>metric</th><th>baseline</th><th>compressed</th><th>ratio / change</th></tr>{trs}</table>
-<h2>Speed and size, honestly</h2><ul>{verdicts}</ul>
-<h2>Stages</h2><ul>{stages or '<li>none</li>'}</ul>
-<p>Energy is an estimate: {esc(str(report.get('energy_source')))}.</p>
-</body></html>"""
+    return page(report, metric_rows=metric_rows(report, cols), md_tables=md_tables(report))
 
 
 def jsonable(o):
@@ -233,14 +181,14 @@ def check_report(rep: Any, source: str) -> dict:
 
 def report_outputs(folder: str | Path, stem: str = "report") -> list[Path]:
     folder = Path(folder)
-    return [folder / f"{stem}.md", folder / f"{stem}.html", folder / f"{stem}.png"]
+    return [folder / f"{stem}.md", folder / f"{stem}.html"]
 
 
 def write_reports(report: dict, folder: str | Path, *, stem: str = "report", with_json: bool = True) -> list[Path]:
-    """Write STEM.json (unless ``with_json`` is false: re-rendering never rewrites its input), STEM.md, STEM.html
-    and STEM.png, each atomically. Returns the paths written."""
+    """Write STEM.json (unless ``with_json`` is false: re-rendering never rewrites its input), STEM.md and
+    STEM.html, each atomically. Returns the paths written."""
     folder = Path(folder)
-    md, page, png_path = report_outputs(folder, stem)
+    md, page = report_outputs(folder, stem)
     written = []
     if with_json:
         body = {"generator": f"{GENERATED_TAG} {_version()}", **jsonable(report)}
@@ -248,11 +196,7 @@ def write_reports(report: dict, folder: str | Path, *, stem: str = "report", wit
         written.append(folder / f"{stem}.json")
     atomic_write_text(md, f"<!-- {GENERATED_TAG} {_version()} -->\n" + to_markdown(report))
     written.append(md)
-    png = plot_png(report)
-    if png:
-        atomic_write_bytes(png_path, png)
-        written.append(png_path)
-    atomic_write_text(page, to_html(report, png))
+    atomic_write_text(page, to_html(report))
     written.append(page)
     return written
 

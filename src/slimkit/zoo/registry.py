@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..core.context import torch_threads
-from ..core.errors import LoadError
+from ..core.errors import LoadError, did_you_mean
 from ..core.io import atomic_path, cache_dir
 from ..core.progress import info
 from . import data as D
@@ -84,7 +84,7 @@ def get_zoo(name: str) -> ZooModel:
     try:
         return ZOO[name]
     except KeyError:
-        raise LoadError(f"unknown zoo model {name!r}; known: {', '.join(ZOO)}") from None
+        raise LoadError(f"unknown zoo model {name!r}{did_you_mean(name, ZOO)}; known: {', '.join(ZOO)}") from None
 
 
 def zoo_data(name: str, model: Optional[nn.Module] = None) -> D.DataBundle:
