@@ -138,7 +138,7 @@ def test_bench_cli_against_itself(tmp_path):
     res = run("bench", "zoo:digits-cnn", "zoo:digits-cnn", "--json", "--runs", "20", "--batch", "32")
     assert res.exit_code == 0, res.output
     d = json.loads(res.output[res.output.index("{"):])
-    r = d["ratios"]["digits-cnn#1"]
+    r = d["ratios"]["digits-cnn (2)"]
     assert r["size_bytes"] == 1.0 and 0.5 < r["latency_ms_p50_bN"] < 2.0
 
 

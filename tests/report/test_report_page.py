@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,75 +14,34 @@ from typer.testing import CliRunner
 from slimkit.cli import app
 
 ARTIFACTS = Path(os.environ.get("SLIMKIT_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
-WIDTHS = (1400, 420)
-
-
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if os.environ.get("SLIMKIT_NO_BROWSER"):
-            pytest.skip("SLIMKIT_NO_BROWSER is set")
-        pytest.fail("no Chromium on PATH: run scripts/system-deps.sh (or set SLIMKIT_NO_BROWSER=1 to skip)")
-    return exe
 
 
 @pytest.fixture(scope="module")
 def browser():
     pw = pytest.importorskip("playwright.sync_api")
-    exe = _chromium()
+    from slimkit.report.browser import chromium, launch
+
+    if chromium() is None:
+        if os.environ.get("SLIMKIT_NO_BROWSER"):
+            pytest.skip("SLIMKIT_NO_BROWSER is set")
+        pytest.fail("no Chromium on PATH: run scripts/system-deps.sh (or set SLIMKIT_NO_BROWSER=1 to skip)")
     with pw.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        b = launch(p)
         yield b
         b.close()
 
 
 def render(browser, page_path: Path, name: str) -> list[dict]:
-    """Open the page at each width; return what was observed (console errors, requests, layout, plots)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    seen = []
-    for w in WIDTHS:
-        pg = browser.new_page(viewport={"width": w, "height": 900})
-        errors, requests = [], []
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:", "blob:"))
-              else None)
-        pg.goto(page_path.resolve().as_uri())
-        pg.wait_for_load_state("load")
-        pg.wait_for_timeout(300)
-        info = pg.evaluate("""() => ({
-            overflow: document.documentElement.scrollWidth - window.innerWidth,
-            sections: Array.from(document.querySelectorAll('section')).map(s => s.id),
-            h3: Array.from(document.querySelectorAll('h3')).map(h => h.textContent),
-            plots: Array.from(document.querySelectorAll('[data-figure]')).map(d => {
-                const svg = d.querySelector('svg.main-svg'); const r = d.getBoundingClientRect();
-                return {name: d.dataset.figure, drawn: !!svg && d.querySelectorAll('.trace, .point, path').length > 0,
-                        width: r.width, height: r.height, right: r.right};}),
-            viewport: !!document.querySelector('meta[name=viewport]'),
-            title: document.title})""")
-        pg.screenshot(path=str(ARTIFACTS / f"{name}-{w}.png"), full_page=True)
-        pg.close()
-        seen.append(dict(info, width=w, errors=errors, requests=requests))
-    return seen
+    from slimkit.report.browser import render as _render
+
+    return _render(browser, page_path, ARTIFACTS, name)
 
 
 def check_page(seen: list[dict], md_text: str) -> None:
-    md_tables = re.findall(r"^## (.+)$", md_text, flags=re.M)
-    for s in seen:
-        assert s["errors"] == [], s["errors"]
-        assert s["requests"] == [], f"the page made network requests: {s['requests']}"
-        assert s["viewport"]
-        assert s["overflow"] <= 1, f"the page is wider than the {s['width']} px window by {s['overflow']} px"
-        assert {"summary", "metrics", "verdicts", "stages", "settings"} <= set(s["sections"]), s["sections"]
-        assert s["plots"], "no plots on the page"
-        for p in s["plots"]:
-            assert p["drawn"] and p["width"] > 200 and p["height"] > 200, p
-            assert p["right"] <= s["width"] + 1, f"plot {p['name']} sticks out at {s['width']} px"
-        # every technique table of report.md is on the page
-        for title in md_tables:
-            if title.startswith(("Structured", "Low-rank", "Depthwise", "Per-layer")):
-                assert title in s["h3"], (title, s["h3"])
-    assert seen[0]["plots"] and len({p["name"] for p in seen[0]["plots"]}) == len(seen[0]["plots"])
+    from slimkit.report.browser import problems
+
+    assert problems(seen, md_text) == []
+    assert len({p["name"] for p in seen[0]["plots"]}) == len(seen[0]["plots"])
 
 
 @pytest.fixture(scope="module")
