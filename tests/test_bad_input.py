@@ -246,6 +246,14 @@ def test_good_pt2_loads_and_trust_pickle_is_explicit(tmp_path):
     lm = load_model(str(good))
     x = torch.randn(3, 1, 16, 16)
     assert lm.model(x).shape == (3, 10)
+    # --trust-pickle is the one door: with it, torch's own loader runs (and so does the payload)
+    marker = tmp_path / "TRUSTED_RAN"
+    evil = craft_pt2(good, tmp_path / "evil.pt2", "sample_inputs", marker)
+    try:
+        load_model(str(evil), trust_pickle=True)
+    except Exception:  # noqa: BLE001 - the crafted sample inputs need not make a usable model
+        pass
+    assert marker.exists()
 
 
 def test_full_pickle_pt_refused_without_flag(tmp_path):

@@ -141,18 +141,20 @@ def is_slimkit_folder(path: Path) -> bool:
     return (Path(path) / OUTPUT_MARKER).is_file()
 
 
-def _check_location(path: Path, flag: str) -> None:
-    """The nearest existing ancestor must be a writable folder (missing parents are created at write time)."""
+def _check_location(path: Path, flag: str, shown: Optional[Path] = None) -> None:
+    """The nearest existing ancestor of ``path`` (a file to write) must be a writable folder; missing parents are
+    created at write time. ``shown``: the path named in the error (default ``path``)."""
+    shown = path if shown is None else shown
     anc = path.parent if path.parent != Path("") else Path(".")
     while not anc.exists():
         if anc.parent == anc:
             break
         anc = anc.parent
     if not anc.is_dir():
-        raise OutputError(f"{flag} {path}: {anc} is a file, not a folder; choose another location")
+        raise OutputError(f"{flag} {shown}: {anc} is a file, not a folder; choose another location")
     if not os.access(anc, os.W_OK | os.X_OK):
         why = "is read-only" if _read_only_fs(anc) else "is not writable (permission denied)"
-        raise OutputError(f"{flag} {path}: {anc} {why}; choose another location")
+        raise OutputError(f"{flag} {shown}: {anc} {why}; choose another location")
 
 
 def _read_only_fs(p: Path) -> bool:
@@ -202,7 +204,7 @@ def check_output_dir(path: str | os.PathLike, *, inputs: Iterable = (), flag: st
     if p.is_dir() and any(p.iterdir()) and not is_slimkit_folder(p):
         raise OutputError(f"{flag} {p} is a non-empty folder that is not a slimkit output; choose a new or empty "
                           "folder (slimkit never deletes files it did not write)")
-    _check_location(p / "x", flag)
+    _check_location(p / "x", flag, shown=p)
     return p
 
 

@@ -100,7 +100,7 @@ def check_checkpoint_dir(path) -> Optional[Path]:
         raise ConfigError("--checkpoint-dir is empty; give a folder name")
     if p.exists() and not p.is_dir():
         raise ConfigError(f"--checkpoint-dir {p} is a file; give a folder (it is created)")
-    check_output_dir(p / "x", flag="--checkpoint-dir")  # writable location (its contents are ours to resume from)
+    check_output_dir(p / "x", flag="--checkpoint-dir")  # a writable location (its files are ours to resume from)
     return p
 
 

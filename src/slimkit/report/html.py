@@ -242,6 +242,13 @@ def fig_table(title: str, rows: list[dict]) -> Optional[dict]:
                        "hovertemplate": n + "<br>" + x + " %{x}: " + y + " %{y:.4g}<extra></extra>"}
                       for n in dict.fromkeys(names)]
             return {"data": traces, "layout": _layout(title, xaxis={"title": x}, yaxis={"title": y})}
+    if "ranks" in cols and len(rows) >= 1:  # low-rank: the rank chosen per layer (inner ranks joined by 'x')
+        inner = [[int(x) for x in re.findall(r"\d+", str(r.get("ranks", "")))] or [0] for r in rows]
+        traces = [{"type": "bar", "name": f"rank {i + 1}" if max(map(len, inner)) > 1 else "rank", "x": names,
+                   "y": [rk[i] if i < len(rk) else None for rk in inner],
+                   "hovertemplate": "%{x}: rank %{y}<extra></extra>"} for i in range(max(map(len, inner)))]
+        return {"data": traces, "layout": _layout(f"{title}: ranks per layer", barmode="group",
+                                                   yaxis={"title": "rank"})}
     for col in cols[1:]:
         vals = [str(r.get(col, "")) for r in rows]
         if all(_KEPT.match(v) for v in vals):
