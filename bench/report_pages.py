@@ -38,7 +38,7 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from slimkit.report.browser import launch, problems, render
+    from slimkit.report.browser import COMPARE_SECTIONS, launch, md_table_titles, problems, render
 
     rows = []
     with sync_playwright() as pw:
@@ -49,17 +49,17 @@ def main() -> None:
                 continue
             seen = render(b, out / r / "report.html", out / "shots", r)
             md = (out / r / "report.md").read_text()
-            n_md = sum(1 for line in md.splitlines() if line.startswith("## ")) - 3
+            n_md = len(md_table_titles(md))
             bad = problems(seen, md)
             plots = ", ".join(p["name"] for p in seen[0]["plots"])
             rows.append(f"| {r} | {'ok' if not bad else '; '.join(bad)[:120]} | {dt:.0f} | {plots} | "
-                        f"{max(0, n_md)} | {seen[0]['overflow']} / {seen[1]['overflow']} |")
+                        f"{n_md} | {seen[0]['overflow']} / {seen[1]['overflow']} |")
         ok = [r for r, rc, _, _ in runs if rc == 0]
         if len(ok) >= 2:
             subprocess.run([sys.executable, "-m", "slimkit.cli", "-q", "compare", *[str(out / r) for r in ok],
                             "--out", str(out / "compare.html"), "--force"], check=True)
             seen = render(b, out / "compare.html", out / "shots", "compare")
-            print(f"compare page over {len(ok)} runs: problems {problems(seen) or 'none'} (sections "
+            print(f"compare page over {len(ok)} runs: problems {problems(seen, sections=COMPARE_SECTIONS) or 'none'} (sections "
                   f"{seen[0]['sections']}), plots {[p['name'] for p in seen[0]['plots']]}")
         b.close()
     print(f"\n### {args.model}: every built-in recipe's report.html in headless Chromium (1400 px and 420 px)\n")

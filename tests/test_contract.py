@@ -8,7 +8,7 @@ import torch
 
 from slimkit.core import Context, list_techniques
 from slimkit.export import ort_run, ort_session
-from slimkit.pipeline.runner import export_artifact
+from slimkit.export.onnx import export_artifact
 
 TECHS = [t for t in list_techniques() if not t.name.startswith("test.")]
 # accuracy floors without recovery; depthwise-separable conversion is a lossy re-parametrisation that relies on

@@ -301,6 +301,13 @@ def profile(model: str = typer.Argument(..., help="MODEL spec (see slimkit --hel
             threads: int = typer.Option(1, "--threads", help=THREADS_HELP),
             batch: Optional[int] = typer.Option(None, "--batch", help=BATCH_HELP),
             runs: int = typer.Option(30, "--runs", min=20, help="Timed runs at batch 1 (>= 20, after warm-up)."),
+            runtime: str = typer.Option("ort", "--runtime", help="Runtimes to measure side by side: ort, litert, "
+                                                                 "litert-builtin, tflm (comma-separated)."),
+            int8: bool = typer.Option(False, "--int8", help="Also measure a fully-int8 artifact in each runtime "
+                                                           "(PT2E, calibrated on the data's calibration split)."),
+            board: Optional[str] = typer.Option(None, "--board", help="For tflm: a board to check the fit against "
+                                                                      "(cortex-m4, cortex-m7, esp32-s3, or "
+                                                                      "ram=256KB,flash=1MB)."),
             trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model .pt file "
                                                                            "(runs code from the file: only for files you trust).")) -> None:
     """Profile one model: task metric, params, MACs, ONNX size, latency (PyTorch and ONNX Runtime, batch 1 and N),
@@ -320,9 +327,48 @@ def profile(model: str = typer.Argument(..., help="MODEL spec (see slimkit --hel
     from .load import resolve
 
     _options(threads, batch, runs)
+    if runtime != "ort" or int8 or board:
+        return _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, as_json, trust_pickle)
     _start()
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
     _measure([Candidate(lm.name, lm.model, lm.onnx_path)], bundle, threads, batch, runs, as_json)
+
+
+def _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, as_json, trust_pickle) -> None:
+    from .core.io import scratch
+    from .evaluate.runtimes import measure_runtimes
+    from .load import resolve
+    from .runtimes import parse_runtimes
+    from .runtimes.tflm import board as parse_board
+
+    rts = parse_runtimes(runtime)  # installed? (before any work)
+    b = parse_board(board) if board else None
+    _start()
+    lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
+    if lm.model is None:
+        raise SlimkitError("--runtime needs a PyTorch model (each runtime's artifact is exported from it)")
+    with scratch() as d:
+        res = measure_runtimes(lm.model, bundle, rts, workdir=d, threads=threads, batch=batch, runs=runs, int8=int8,
+                               board=b)
+    if as_json:
+        typer.echo(json.dumps(jsonable(res), indent=2))
+        return
+    from .report.writer import fmt
+
+    key = res["metric"]
+    kind = "pct" if key == "accuracy" else "f4"
+    base = res["baseline"]
+    typer.echo(f"{lm.name} on {bundle.name}: {threads} thread(s), batch N = {res['settings']['batch_N']}; ratios vs "
+               f"{base}")
+    typer.echo(f"{'artifact':<22} {key:>10} {'size':>10} {'b1 ms':>9} {'b1 x':>7} {'bN ms':>9} {'bN x':>7} {'arena':>9}")
+    for lbl, m in res["rows"].items():
+        r = m.get("vs_" + base.replace(" ", "_"), {})
+        typer.echo(f"{lbl:<22} {fmt(m.get(key), kind):>10} {fmt(m['size_bytes'], 'bytes'):>10} "
+                   f"{m.get('latency_ms_p50_b1', float('nan')):>9.3f} {r.get('latency_ms_p50_b1', float('nan')):>6.2f}x "
+                   f"{m.get('latency_ms_p50_bN', float('nan')):>9.3f} {r.get('latency_ms_p50_bN', float('nan')):>6.2f}x "
+                   f"{fmt(m.get('arena_bytes'), 'bytes') if m.get('arena_bytes') else '':>9}")
+        if m.get("board"):
+            typer.echo(f"  {m['board']['verdict']}")
 
 
 def _measure(cands, bundle, threads: int, batch: Optional[int], runs: int, as_json: bool) -> None:

@@ -105,6 +105,18 @@ def _export_checked(model, data, out, *, opset, check, parity_samples, atol, min
     return parity
 
 
+def export_artifact(model: nn.Module, data: DataBundle, path: str | os.PathLike):
+    """Export whatever a technique produced: models that need a special ONNX form (int8 QDQ, integer MatMul,
+    MatMulNBits) carry ``slimkit_export``; masks are made permanent by ``slimkit_finalize`` first."""
+    finalize = getattr(model, "slimkit_finalize", None)
+    if callable(finalize):
+        model = finalize()
+    fn = getattr(model, "slimkit_export", None)
+    if callable(fn):
+        return fn(data, path)
+    return export_onnx(model, data, path)
+
+
 def stamp(blob: bytes) -> bytes:
     """The serialized model with slimkit's ``generated_by`` metadata entry (protobuf merges a field appended to a
     message, so the graph is not re-serialized). A later run may replace a stamped file; an unstamped one it refuses."""

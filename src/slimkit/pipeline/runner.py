@@ -25,7 +25,7 @@ from ..evaluate.compare import Candidate, compare
 from ..evaluate.energy import SOURCE as ENERGY_SOURCE
 from ..evaluate.macs import count_macs, count_nonzero_params, count_params, macs_by_layer
 from ..evaluate.metrics import task_metrics
-from ..export.onnx import export_onnx
+from ..export.onnx import export_artifact, export_onnx
 from ..zoo.data import DataBundle
 from .recipe import Recipe
 
@@ -62,17 +62,6 @@ def quick_metrics(model: nn.Module, data: DataBundle, ref: Optional[np.ndarray])
     m.update(params=count_params(model), params_nonzero=count_nonzero_params(model),
              macs=count_macs(model, data.example_inputs(1)))
     return m
-
-
-def export_artifact(model: nn.Module, data: DataBundle, path: Path):
-    """Models that need a special ONNX form (e.g. int8 QDQ) carry ``slimkit_export``."""
-    finalize = getattr(model, "slimkit_finalize", None)
-    if callable(finalize):
-        model = finalize()
-    fn = getattr(model, "slimkit_export", None)
-    if callable(fn):
-        return fn(data, path)
-    return export_onnx(model, data, path)
 
 
 def _check_args(model, recipe, data) -> Recipe:
@@ -181,9 +170,14 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
         report["command"] = command
     if ctx.history:
         report["history"] = list(ctx.history)
-    try:  # per-layer MACs before/after: the report's pruning / factorization plots
+    try:  # per-layer MACs before/after: the report's pruning / factorization plots (quantization keeps the MACs,
+        # and torch's counter cannot see through the fake-quant wrappers)
+        if getattr(work, "slimkit_simulated", False):
+            raise NotImplementedError("a quantized simulation")
         report["layer_macs"] = {"baseline": macs_by_layer(baseline, data.example_inputs(1)),
                                 "compressed": macs_by_layer(work, data.example_inputs(1))}
+    except NotImplementedError:
+        pass
     except Exception as e:  # noqa: BLE001 - a layer breakdown is a nicety; the totals are measured anyway
         ctx.note(f"per-layer MACs not available ({type(e).__name__})")
     if isinstance(qinfo, dict) and qinfo.get("sensitivity"):

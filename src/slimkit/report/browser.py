@@ -62,12 +62,20 @@ def render(browser, page_path: Path, shots: Optional[Path] = None, name: str = "
     return seen
 
 
-def problems(seen: list[dict], md_text: str = "") -> list[str]:
-    """What is wrong with the rendered page (empty: nothing). ``md_text``: the run's report.md, whose technique
-    tables must all be on the page."""
-    out = []
+REPORT_SECTIONS = frozenset({"summary", "metrics", "verdicts", "stages", "settings"})
+COMPARE_SECTIONS = frozenset({"leaderboard", "scatter", "recipes"})
+
+
+def md_table_titles(md_text: str) -> list[str]:
     fixed = {"Baseline vs compressed", "What got faster or smaller (and what did not)", "Stages", "Notes"}
-    md_tables = [t for t in re.findall(r"^## (.+)$", md_text, flags=re.M) if t not in fixed]
+    return [t for t in re.findall(r"^## (.+)$", md_text, flags=re.M) if t not in fixed]
+
+
+def problems(seen: list[dict], md_text: str = "", sections=REPORT_SECTIONS) -> list[str]:
+    """What is wrong with the rendered page (empty: nothing). ``md_text``: the run's report.md, whose technique
+    tables must all be on the page; ``sections``: the section ids the page must have."""
+    out = []
+    md_tables = md_table_titles(md_text)
     for s in seen:
         w = s["width"]
         out += [f"{w}px: console error: {e}" for e in s["errors"]]
@@ -76,7 +84,7 @@ def problems(seen: list[dict], md_text: str = "") -> list[str]:
             out.append(f"{w}px: no viewport tag")
         if s["overflow"] > 1:
             out.append(f"{w}px: page wider than the window by {s['overflow']} px")
-        missing = {"summary", "metrics", "verdicts", "stages", "settings"} - set(s["sections"])
+        missing = set(sections) - set(s["sections"])
         if missing:
             out.append(f"{w}px: sections missing: {sorted(missing)}")
         if not s["plots"]:

@@ -92,7 +92,7 @@ def _scatter(rs: list[dict], x: str, key: str, front: list[str], title: str, xti
     fr = sorted([r for r in pts if r["name"] in front], key=lambda r: r[x])
     others = [r for r in pts if r["name"] not in front]
     scale = 100 if key == "accuracy" else 1
-    tr = [{"type": "scatter", "mode": "markers+text", "name": "other runs", "x": [r[x] for r in others],
+    tr = [{"type": "scatter", "mode": "markers", "name": "other runs (hover for names)", "x": [r[x] for r in others],
            "y": [r[key] * scale for r in others], "text": [r["name"] for r in others], "textposition": "top center",
            "marker": {"size": 10, "color": "#98a2b3"}, "hovertemplate": "%{text}<br>%{x:.4g}, %{y:.3f}<extra></extra>"},
           {"type": "scatter", "mode": "lines+markers+text", "name": "Pareto front", "x": [r[x] for r in fr],

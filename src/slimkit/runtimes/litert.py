@@ -1,0 +1,169 @@
+"""LiteRT (the TensorFlow Lite runtime of Android): ``litert-torch`` converts the PyTorch module to ``.tflite``
+(no TensorFlow needed), ``ai-edge-litert`` runs it (XNNPACK delegate, or the reference kernels for
+``litert-builtin``).
+
+int8 here is the stock path: torch.export -> PT2E ``prepare_pt2e`` with litert-torch's ``PT2EQuantizer``
+(symmetric per-channel weights, per-tensor activations) calibrated on the data's calibration split ->
+``convert_pt2e`` -> a fully-int8 ``.tflite`` with int8 input and output. The artifact is exported for batch 1 (the
+phone case); batch N runs by resizing the input tensor. The model must be a plain float module: slimkit's own
+quantized wrappers go to ONNX (carrying slimkit's calibration into the PT2E flow is future work).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.context import eval_mode
+from ..core.errors import ExportError, first_line
+from ..core.io import atomic_write_bytes, scratch
+from .base import Artifact, Runtime, Session, register_runtime
+
+PIP = "pip install 'slimkit[litert]' (litert-torch and ai-edge-litert)"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """litert-torch prints progress and absl logs on stdout/stderr; keep the command line's own output clean."""
+    import logging
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(1), os.dup(2)
+    old = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+        os.close(devnull)
+        logging.disable(old)
+
+
+def _plain(model: torch.nn.Module) -> None:
+    if callable(getattr(model, "slimkit_export", None)):
+        raise ExportError("this model is slimkit's quantized simulation, which exports to ONNX only; for LiteRT, "
+                          "export the float model with --int8 (the PT2E int8 path)")
+
+
+def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifact:
+    """A ``.tflite`` for exactly ``batch`` samples (the converter bakes the batch into reshapes; export one per
+    batch size you run)."""
+    with _quiet():
+        import litert_torch
+
+    _plain(model)
+    finalize = getattr(model, "slimkit_finalize", None)
+    if callable(finalize):
+        model = finalize()
+    example = data.example_inputs(batch)
+    try:
+        with eval_mode(model), torch.no_grad(), _quiet():
+            if precision == "int8":
+                from litert_torch.quantize import pt2e_quantizer, quant_config
+                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+                q = pt2e_quantizer.PT2EQuantizer().set_global(
+                    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+                prepared = prepare_pt2e(torch.export.export(model, example).module(), q)
+                calib = data.calib
+                for i in range(0, min(len(calib), 256) - batch + 1, batch):
+                    prepared(*calib.slice(i, i + batch).inputs)
+                converted = convert_pt2e(prepared, fold_quantize=False)
+                edge = litert_torch.convert(converted, example, quant_config=quant_config.QuantConfig(pt2e_quantizer=q))
+            else:
+                edge = litert_torch.convert(model, example)
+            with scratch() as d:
+                tmp = Path(d) / "m.tflite"
+                edge.export(str(tmp))
+                blob = tmp.read_bytes()
+    except Exception as e:  # noqa: BLE001 - the converter raises many types; name the failure in one line
+        raise ExportError(f"LiteRT conversion failed ({type(e).__name__}: {first_line(e, 160)}); an operator the "
+                          "converter does not support is the usual cause") from None
+    atomic_write_bytes(path, blob)
+    return Artifact(Path(path), "litert", precision, batch)
+
+
+class LiteRTSession(Session):
+    def __init__(self, art: Artifact, threads: int = 1, delegate: bool = True):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        kw = {} if delegate else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+        with _quiet():
+            self.it = Interpreter(model_path=str(art.path), num_threads=threads, **kw)
+            self.it.allocate_tensors()
+        self.inp = self.it.get_input_details()
+        self.out = self.it.get_output_details()[0]
+        self.batch = int(self.inp[0]["shape"][0])
+
+    def _feed(self, inputs):
+        n = int(inputs[0].shape[0])
+        if n != self.batch:
+            raise ExportError(f"this .tflite was exported for batch {self.batch}, not {n}; export one for batch {n}")
+        for d, t in zip(self.inp, inputs):
+            a = t.detach().cpu().numpy()
+            if d["dtype"] in (np.int8, np.uint8):
+                scale, zp = d["quantization"]
+                info = np.iinfo(d["dtype"])
+                a = np.clip(np.round(a / scale) + zp, info.min, info.max).astype(d["dtype"])
+            else:
+                a = a.astype(d["dtype"])
+            self.it.set_tensor(d["index"], a)
+
+    def _fetch(self) -> np.ndarray:
+        y = self.it.get_tensor(self.out["index"])
+        if self.out["dtype"] in (np.int8, np.uint8):
+            scale, zp = self.out["quantization"]
+            y = (y.astype(np.float32) - zp) * scale
+        return y.astype(np.float32)
+
+    def run(self, inputs):
+        if int(inputs[0].shape[0]) != self.batch and self.batch == 1:  # score a split one sample at a time
+            return np.concatenate([self.run(tuple(t[i:i + 1] for t in inputs)) for i in range(int(inputs[0].shape[0]))])
+        self._feed(inputs)
+        self.it.invoke()
+        return self._fetch()
+
+    def runner(self, inputs):
+        self._feed(inputs)
+        return self.it.invoke
+
+
+def ops(art: Artifact) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    with _quiet():
+        it = Interpreter(model_path=str(art.path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return sorted({o["op_name"] for o in it._get_ops_details()})
+
+
+def tensor_types(art: Artifact) -> dict[str, str]:
+    """Tensor name -> dtype for the weights and activations of the artifact (int8 checks)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    with _quiet():
+        it = Interpreter(model_path=str(art.path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return {d["name"]: np.dtype(d["dtype"]).name for d in it.get_tensor_details()}
+
+
+def version() -> str:
+    from importlib.metadata import version as v
+
+    return f"ai-edge-litert {v('ai-edge-litert')}, litert-torch {v('litert-torch')}"
+
+
+register_runtime(Runtime("litert", ".tflite", "LiteRT (TensorFlow Lite), XNNPACK delegate", "ai_edge_litert", PIP,
+                         export, lambda a, threads=1: LiteRTSession(a, threads, True), ops, version))
+register_runtime(Runtime("litert-builtin", ".tflite", "LiteRT, reference (builtin) kernels", "ai_edge_litert", PIP,
+                         export, lambda a, threads=1: LiteRTSession(a, threads, False), ops, version))
