@@ -79,18 +79,23 @@ def _interp(path: Path, arena: int):
 
 
 def _runs(path: Path, arena: int, sample: np.ndarray) -> bool:
-    try:
-        with _silent_stderr():
-            it = _interp(path, arena)
-            it.set_input(sample, 0)
-            it.invoke()
-        return True
-    except RuntimeError:
-        return False
+    """Does the model allocate and run in ``arena`` bytes? Probed in a child process (see tflm_probe.py: TFLM's
+    interpreter can crash on a too-small arena instead of failing)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=".slimkit-tmp-tflm-") as d:
+        npy = Path(d) / "sample.npy"
+        np.save(npy, sample)
+        r = subprocess.run([sys.executable, str(Path(__file__).with_name("tflm_probe.py")), str(path), str(int(arena)),
+                            str(npy)], capture_output=True, timeout=120)
+    return r.returncode == 0
 
 
 def min_arena(path: Path, sample: np.ndarray, hi: int = 4 * 1024 * 1024, step: int = 16) -> int:
-    """The smallest tensor arena (bytes, a multiple of ``step``) in which the model allocates and runs."""
+    """The smallest tensor arena (bytes, a multiple of ``step``) in which the model allocates and runs (about 18
+    probes of a third of a second each)."""
     if not _runs(path, hi, sample):
         raise ConfigError(f"{path} does not run in TFLM even with a {hi // 1024} KB arena (an unsupported operator?)")
     lo = 0

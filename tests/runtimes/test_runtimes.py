@@ -1,0 +1,131 @@
+"""On-device runtimes: each exports a zoo CNN, loads it, agrees with PyTorch and keeps its accuracy; the int8
+.tflite really holds int8 kernels; TFLM finds its arena and runs in it; the C array round-trips; a missing extra is
+a one-line error."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+from slimkit.cli import app  # noqa: E402
+from slimkit.runtimes import get_runtime  # noqa: E402
+
+
+def _acc(sess, data) -> float:
+    out = sess.run(data.test.inputs)
+    return float(np.mean(out.argmax(-1) == data.test.targets.numpy()))
+
+
+@pytest.fixture(scope="module")
+def cnn_artifacts(tmp_path_factory, digits_cnn, digits):
+    d = tmp_path_factory.mktemp("rt")
+    lit = get_runtime("litert")
+    return {"fp32": lit.export(digits_cnn, digits, d / "fp32.tflite", "fp32", batch=1),
+            "int8": lit.export(digits_cnn, digits, d / "int8.tflite", "int8", batch=1)}
+
+
+def test_litert_fp32_matches_pytorch(cnn_artifacts, digits_cnn, digits):
+    sess = get_runtime("litert").open(cnn_artifacts["fp32"], 1)
+    with torch.no_grad():
+        ref = digits_cnn.eval()(*digits.test.slice(0, 64).inputs).numpy()
+    got = sess.run(digits.test.slice(0, 64).inputs)
+    assert np.max(np.abs(got - ref)) < 1e-3
+    assert _acc(sess, digits) >= 0.98
+
+
+def test_litert_int8_is_really_int8_and_accurate(cnn_artifacts, digits_cnn, digits):
+    from slimkit.runtimes.litert import tensor_types
+
+    art = cnn_artifacts["int8"]
+    ops = get_runtime("litert").ops(art)
+    assert {"CONV_2D", "FULLY_CONNECTED"} <= set(ops), ops
+    types = tensor_types(art)
+    n_int8 = sum(1 for t in types.values() if t == "int8")
+    assert n_int8 >= 10 and not any(t == "float32" for t in types.values()), types
+    for name in ("litert", "litert-builtin"):
+        sess = get_runtime(name).open(art, 1)
+        assert sess.inp[0]["dtype"] == np.int8 and sess.out["dtype"] == np.int8
+        with torch.no_grad():
+            torch_acc = float((digits_cnn.eval()(*digits.test.inputs).argmax(-1) == digits.test.targets)
+                              .float().mean())
+        assert _acc(sess, digits) >= torch_acc - 0.01, name
+
+
+def test_static_batch_is_a_clear_error(cnn_artifacts, digits):
+    from slimkit.core.errors import ExportError
+
+    sess = get_runtime("litert").open(cnn_artifacts["fp32"], 1)
+    with pytest.raises(ExportError, match="exported for batch 1"):
+        sess.runner(digits.example_inputs(4))
+
+
+def test_tflm_arena_and_bit_compatibility(cnn_artifacts, digits):
+    pytest.importorskip("tflite_micro")
+    from slimkit.runtimes.tflm import TFLMSession, _runs, min_arena
+
+    art = cnn_artifacts["int8"]
+    sess = TFLMSession(art)
+    sample = sess._q(digits.test.inputs[0][:1])
+    arena = min_arena(art.path, sample)
+    assert 1024 < arena < 64 * 1024
+    assert _runs(art.path, arena, sample) and not _runs(art.path, arena - 256, sample)
+    small = digits.test.slice(0, 100)
+    tflm_out = TFLMSession(art, arena=arena).run(small.inputs)
+    ref_out = get_runtime("litert-builtin").open(art, 1).run(small.inputs)
+    assert np.mean(tflm_out.argmax(-1) == ref_out.argmax(-1)) >= 0.99
+    assert np.max(np.abs(tflm_out - ref_out)) <= 2 * float(sess.out["quantization_parameters"]["scales"][0])
+
+
+def test_c_array_round_trip_and_board_fit(cnn_artifacts, tmp_path):
+    from slimkit.runtimes.tflm import board, fit, parse_c_array, write_firmware
+
+    art = cnn_artifacts["int8"]
+    h, cc = write_firmware(art, tmp_path / "fw", 9_000)
+    assert parse_c_array(cc.read_text()) == art.path.read_bytes()
+    assert "alignas(16)" in cc.read_text() and "kTensorArenaSize = 9000" in h.read_text()
+    assert fit(art, 9_000, board("cortex-m4"))["fits"]
+    v = fit(art, 9_000, board("ram=4KB,flash=64KB"))
+    assert not v["fits"] and "RAM" in v["verdict"] and "flash" in v["verdict"]
+
+
+def test_profile_runtimes_cli(digits_mlp):
+    pytest.importorskip("tflite_micro")
+    res = CliRunner().invoke(app, ["-q", "profile", "zoo:digits-mlp", "--runtime", "ort,litert,tflm", "--int8",
+                                   "--board", "cortex-m4", "--json", "--runs", "20", "--batch", "32"])
+    assert res.exit_code == 0, res.stderr
+    d = json.loads(res.stdout)
+    rows = d["rows"]
+    assert list(rows) == ["ort fp32", "litert fp32", "litert int8", "tflm int8"]
+    for lbl, m in rows.items():
+        assert m["accuracy"] >= 0.95, lbl
+        assert m["latency_ms_p50_b1"] > 0
+    assert rows["litert int8"]["size_bytes"] < 0.4 * rows["litert fp32"]["size_bytes"]
+    assert rows["tflm int8"]["arena_bytes"] > 0 and rows["tflm int8"]["board"]["fits"]
+    assert "vs_same_runtime_fp32" in rows["litert int8"]
+
+
+def test_missing_extra_is_one_line(monkeypatch):
+    import slimkit.runtimes.base as base
+
+    real = base.importlib.import_module
+
+    def fake(name, *a, **kw):
+        if name == "ai_edge_litert":
+            raise ImportError(name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(base.importlib, "import_module", fake)
+    res = CliRunner().invoke(app, ["-q", "profile", "zoo:digits-mlp", "--runtime", "litert"])
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "pip install" in lines[0], res.stderr
+
+
+def test_unknown_runtime_is_one_line():
+    res = CliRunner().invoke(app, ["-q", "profile", "zoo:digits-mlp", "--runtime", "litrt"])
+    assert res.exit_code == 2 and "did you mean 'litert'?" in res.stderr
