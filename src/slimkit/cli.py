@@ -500,6 +500,11 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
              checkpoint_dir: Optional[Path] = typer.Option(
                  None, "--checkpoint-dir", help="Write a checkpoint after every training epoch here; run the same "
                                                 "command again to resume an interrupted run."),
+             runtime: str = typer.Option("ort", "--runtime", help="Also export to and measure in: litert, "
+                                                                  "litert-builtin, tflm (comma-separated; ONNX Runtime "
+                                                                  "always)."),
+             board: Optional[str] = typer.Option(None, "--board", help="For tflm: cortex-m4, cortex-m7, esp32-s3 or "
+                                                                       "ram=256KB,flash=1MB."),
              dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe, the output folder and the "
                                                                    "options, print the resolved stages, run nothing."),
              as_json: bool = typer.Option(False, "--json", help="Print report.json's content instead of the summary."),
@@ -529,6 +534,10 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
     out_dir = check_output_dir(out, inputs=inputs)
     check_checkpoint_dir(checkpoint_dir)
     _options(threads, batch, runs)
+    from .pipeline.runner import check_runtime_recipe
+
+    rts = check_runtime_recipe(rec, _runtimes_arg(runtime))
+    brd = _board_arg(board)
     if dry_run:
         _print_recipe(rec, as_json)
         if not as_json:
@@ -539,8 +548,24 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
     if lm.model is None:
         raise SlimkitError("compress needs a PyTorch model, not an ONNX file")
     res = run(lm.model, rec, bundle, out=out_dir, model_spec=model, threads=threads, batch=batch, runs=runs, seed=seed,
-              checkpoint_dir=checkpoint_dir, inputs=inputs, command=_command_line())
+              checkpoint_dir=checkpoint_dir, inputs=inputs, command=_command_line(), runtimes=rts, board=brd)
     _done(res.report, out_dir, as_json, open_page)
+
+
+def _runtimes_arg(spec: str) -> list:
+    if spec.strip() in ("", "ort"):
+        return []
+    from .runtimes import parse_runtimes
+
+    return parse_runtimes(spec)
+
+
+def _board_arg(spec: Optional[str]):
+    if not spec:
+        return None
+    from .runtimes.tflm import board
+
+    return board(spec)
 
 
 def _done(report: dict, out_dir: Path, as_json: bool, open_page: bool) -> None:

@@ -26,30 +26,47 @@ def _outputs(sess, data: DataBundle, chunk: int) -> np.ndarray:
     return np.concatenate([sess.run(x) for x, _ in data.test.batches(chunk)])
 
 
-def measure_runtimes(model: torch.nn.Module, data: DataBundle, runtimes: Sequence, *, workdir: str | Path,
+def plan_for(runtimes: Sequence, int8: bool) -> list[tuple]:
+    """(runtime, precision) pairs: fp32 everywhere but TFLM (integer only); int8 too where asked (not ORT: slimkit's
+    own int8 for ORT comes from the quantize techniques)."""
+    plan = []
+    for rt in runtimes:
+        precs = ["int8"] if rt.name == "tflm" else (["fp32", "int8"] if int8 and rt.name != "ort" else ["fp32"])
+        plan += [(rt, p) for p in precs]
+    return plan
+
+
+def measure_runtimes(model, data: DataBundle, runtimes: Sequence, *, workdir: str | Path,
                      threads: int = 1, batch: Optional[int] = None, runs: int = 30, int8: bool = False,
-                     board=None) -> dict:
+                     board=None, plan: Optional[list] = None) -> dict:
+    """``model``: one module, or {name: module} to measure several models (e.g. the original and a pruned one) in
+    the same run; ``plan``: explicit (model name, runtime, precision) triples instead of every model x runtime."""
     from ..runtimes import tflm as tflm_mod
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     batch = batch or default_batch(data)
     key = primary_metric(data)
-    with eval_mode(model), torch.no_grad():
-        ref = torch.cat([model(*x) for x, _ in data.test.batches(256)]).float().numpy()
-    rows, sessions = {}, {}
-    plan = []
-    for rt in runtimes:
-        precs = ["int8"] if rt.name == "tflm" else (["fp32", "int8"] if int8 and rt.name != "ort" else ["fp32"])
-        plan += [(rt, p) for p in precs]
-    for rt, prec in plan:
-        label = f"{rt.name} {prec}"
+    models = model if isinstance(model, dict) else {"": model}
+    refs = {}
+    for name, m in models.items():
+        with eval_mode(m), torch.no_grad():
+            refs[name] = torch.cat([m(*x) for x, _ in data.test.batches(256)]).float().numpy()
+    if plan is None:
+        plan = [(name, rt, p) for name in models for rt, p in plan_for(runtimes, int8)]
+    rows, sessions, owners = {}, {}, {}
+    for name, rt, prec in plan:
+        model, ref = models[name], refs[name]
+        label = f"{name + ': ' if name else ''}{rt.name} {prec}"
         info(f"slimkit: exporting for {label}")
-        art = rt.export(model, data, workdir / f"{rt.name}-{prec}{rt.suffix}", prec,
+        stem = f"{name.replace(' ', '_') + '-' if name else ''}{rt.name}-{prec}"
+        art = rt.export(model, data, workdir / f"{stem}{rt.suffix}", prec,
                         **({} if rt.name == "ort" else {"batch": 1}))
+        owners[label] = (model, stem)
         sess = rt.open(art, threads)
         out = _outputs(sess, data, 1 if not rt.batch_n else 256)
-        m = {"runtime": rt.name, "precision": prec, "size_bytes": Path(art.path).stat().st_size,
+        m = {"runtime": rt.name, "precision": prec, "size_bytes": Path(art.path).stat().st_size, "model": name,
+             "artifact": str(art.path),
              "version": rt.version(), "ops": rt.ops(art)}
         m.update(task_metrics(out, data, ref))
         n = min(64, len(ref))
@@ -74,7 +91,8 @@ def measure_runtimes(model: torch.nn.Module, data: DataBundle, runtimes: Sequenc
     for lbl, (rt, s) in sessions.items():  # static-shape runtimes get their own batch-N artifact (timing only)
         if rt.batch_n and rt.name != "ort":
             prec = rows[lbl]["precision"]
-            art = rt.export(model, data, workdir / f"{rt.name}-{prec}-b{batch}{rt.suffix}", prec, batch=batch)
+            m, stem = owners[lbl]
+            art = rt.export(m, data, workdir / f"{stem}-b{batch}{rt.suffix}", prec, batch=batch)
             batch_n[lbl] = rt.open(art, threads)
         elif rt.batch_n:
             batch_n[lbl] = s
@@ -96,7 +114,7 @@ def measure_runtimes(model: torch.nn.Module, data: DataBundle, runtimes: Sequenc
             if k in m and k in rows[base]:
                 r[k] = m[k] / rows[base][k]
         m["vs_" + base.replace(" ", "_")] = r
-        fp = rows.get(lbl.replace("int8", "fp32"))
+        fp = rows.get(lbl[: lbl.rindex("int8")] + "fp32") if lbl.endswith("int8") else None
         if m["precision"] == "int8" and fp is not None and fp is not m:
             m["vs_same_runtime_fp32"] = {k: m[k] / fp[k] for k in ("latency_ms_p50_b1", "latency_ms_p50_bN",
                                                                    "size_bytes") if k in m and k in fp}

@@ -81,6 +81,17 @@ def _check_args(model, recipe, data) -> Recipe:
                       f"{type(recipe).__name__}")
 
 
+def check_runtime_recipe(recipe: Recipe, runtimes: Sequence) -> list:
+    """The on-device runtimes a recipe's result can go to (before any work): slimkit's int8 simulations export to
+    ONNX only so far."""
+    runtimes = [rt for rt in runtimes if rt.name != "ort"]
+    if runtimes and any(t.type.startswith("quantize.") for st in recipe.stages for t in st.techniques):
+        raise ConfigError(f"recipe {recipe.name} quantizes with slimkit's int8, which exports to ONNX only so far; "
+                          f"for {', '.join(r.name for r in runtimes)} use a float recipe (pruning, low-rank, "
+                          "distillation): the runtime's int8 artifact is made from it")
+    return runtimes
+
+
 def check_checkpoint_dir(path) -> Optional[Path]:
     if path is None:
         return None
@@ -97,23 +108,55 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
              model_spec: str = "", threads: int = 1, batch: Optional[int] = None, runs: int = 30,
              seed: Optional[int] = None, measure: bool = True,
              checkpoint_dir: Optional[str | os.PathLike] = None, inputs: Sequence = (),
-             command: str = "") -> Result:
+             command: str = "", runtimes: Sequence = (), board=None) -> Result:
     """Run ``recipe`` on a copy of ``model`` with ``data``; write DIR/model.onnx,
     report.json, report.md, report.html and recipe.yaml when ``out`` is given
     (all or nothing: files are assembled in a scratch folder and the folder is moved in whole, replacing an
     earlier slimkit output there; see :mod:`slimkit.core.io` for the output policy). ``inputs``: paths this run
-    reads (never replaced). The caller's model keeps its train/eval mode, also when this fails."""
+    reads (never replaced). The caller's model keeps its train/eval mode, also when this fails. ``runtimes``:
+    on-device runtimes (``slimkit.runtimes``) besides ONNX Runtime: the result is exported to each (model.tflite,
+    model_int8.tflite, model_data.cc/.h for TFLM), measured side by side with the baseline there, and reported
+    under ``runtimes``."""
     recipe = _check_args(model, recipe, data)
+    runtimes = check_runtime_recipe(recipe, runtimes)
     out_dir = check_output_dir(out, inputs=inputs) if out is not None else None
     check_checkpoint_dir(checkpoint_dir)
     check_options(threads=threads, batch=batch, runs=runs)
     with eval_mode(model):
         return _compress(model, recipe, data, out_dir, model_spec=model_spec, threads=threads, batch=batch,
-                         runs=runs, seed=seed, measure=measure, checkpoint_dir=checkpoint_dir, command=command)
+                         runs=runs, seed=seed, measure=measure, checkpoint_dir=checkpoint_dir, command=command,
+                         runtimes=runtimes, board=board)
+
+
+def _on_device(baseline, work, data, runtimes, tmp: Path, *, threads, batch, runs, board) -> dict:
+    """Export baseline and result to each on-device runtime, measure them side by side, keep the result's files."""
+    from ..evaluate.runtimes import measure_runtimes
+    from ..runtimes import get_runtime
+    from ..runtimes import tflm as tflm_mod
+
+    ort = get_runtime("ort")
+    plan = [("baseline", ort, "fp32")]
+    for rt in runtimes:
+        for prec in (["int8"] if rt.name == "tflm" else ["fp32", "int8"]):
+            plan += [("baseline", rt, prec), ("compressed", rt, prec)]
+    res = measure_runtimes({"baseline": baseline, "compressed": work}, data, runtimes, workdir=tmp / "work" / "rt",
+                           threads=threads, batch=batch, runs=runs, board=board, plan=plan)
+    for lbl, m in res["rows"].items():
+        if m["model"] != "compressed":
+            continue
+        if m["runtime"] == "litert":
+            shutil.copyfile(m["artifact"], tmp / ("model.tflite" if m["precision"] == "fp32" else "model_int8.tflite"))
+        if m["runtime"] == "tflm":
+            from ..runtimes.base import Artifact
+
+            tflm_mod.write_firmware(Artifact(Path(m["artifact"]), "tflm", "int8"), tmp, m["arena_bytes"])
+    for m in res["rows"].values():
+        m.pop("artifact", None)
+    return res
 
 
 def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs, seed, measure, checkpoint_dir,
-              command) -> Result:
+              command, runtimes=(), board=None) -> Result:
     from ..report.writer import write_reports
 
     seed = recipe.seed if seed is None else seed
@@ -205,13 +248,23 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
             report["baseline"]["size_bytes_compressed"] = b["file_bytes"]
             report["ratios"]["size_bytes_compressed"] = c["file_bytes"] / b["file_bytes"]
             report["compressed"]["size_ratio_compressed_vs_fp32_onnx"] = c["file_bytes"] / report["baseline"]["size_bytes"]
+        if runtimes and measure:
+            rt = _on_device(baseline, work, data, runtimes, tmp, threads=threads, batch=batch, runs=runs, board=board)
+            report["runtimes"] = rt
+            if any(m.get("board") for m in rt["rows"].values()):
+                report["verdicts"] = list(report.get("verdicts", [])) + [
+                    f"TFLM ({m['model']}): {m['board']['verdict']}" for m in rt["rows"].values() if m.get("board")]
         shutil.rmtree(tmp / "work", ignore_errors=True)
         atomic_write_text(tmp / "recipe.yaml", f"# {GENERATED_TAG}: the resolved recipe\n" + recipe.to_yaml())
         report["artifacts"] = {"model.onnx": "the compressed model, ONNX", "baseline.onnx": "the original model, ONNX",
                                "report.json": "all metrics", "report.md": "summary tables",
                                "report.html": "summary with plots", "recipe.yaml": "the resolved recipe",
                                "model.slim": "float weights in the .slim container (pruned/clustered models; "
-                                             "load with slimkit.prune.load_slim)"}
+                                             "load with slimkit.prune.load_slim)",
+                               "model.tflite": "the compressed model for LiteRT, fp32 (with --runtime litert)",
+                               "model_int8.tflite": "the compressed model for LiteRT, fully int8 (PT2E)",
+                               "model_data.cc": "the int8 model as a C array for TFLM firmware, with model_data.h "
+                                                "(kTensorArenaSize: the measured arena)"}
         if measure:
             write_reports(report, tmp)
         if out_dir is not None:

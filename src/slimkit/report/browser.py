@@ -67,7 +67,8 @@ COMPARE_SECTIONS = frozenset({"leaderboard", "scatter", "recipes"})
 
 
 def md_table_titles(md_text: str) -> list[str]:
-    fixed = {"Baseline vs compressed", "What got faster or smaller (and what did not)", "Stages", "Notes"}
+    fixed = {"Baseline vs compressed", "What got faster or smaller (and what did not)", "Stages", "Notes",
+             "On-device runtimes"}
     return [t for t in re.findall(r"^## (.+)$", md_text, flags=re.M) if t not in fixed]
 
 

@@ -303,7 +303,8 @@ def fig_pareto(report: dict) -> Optional[dict]:
 
 def figures(report: dict) -> list[tuple[str, dict]]:
     out = []
-    for name, fn in (("size", fig_size), ("latency", fig_latency), ("pareto", fig_pareto), ("history", fig_history),
+    for name, fn in (("size", fig_size), ("latency", fig_latency), ("runtimes", fig_runtimes), ("pareto", fig_pareto),
+                     ("history", fig_history),
                      ("layer-macs", fig_layer_macs), ("layer-bytes", fig_layer_bytes)):
         f = fn(report)
         if f is not None:
@@ -326,8 +327,28 @@ def _plotly_js() -> str:
     return get_plotlyjs()
 
 
+def fig_runtimes(report: dict) -> Optional[dict]:
+    """Batch-1 latency of every artifact in every runtime, baseline and compressed side by side."""
+    rt = report.get("runtimes") or {}
+    rows = rt.get("rows") or {}
+    if not rows:
+        return None
+    groups = list(dict.fromkeys(f"{m['runtime']} {m['precision']}" for m in rows.values()))
+    traces = []
+    for side in ("baseline", "compressed"):
+        y = []
+        for g in groups:
+            m = next((m for m in rows.values() if m.get("model") == side and f"{m['runtime']} {m['precision']}" == g),
+                     None)
+            y.append(m.get("latency_ms_p50_b1") if m else None)
+        traces.append({"type": "bar", "name": side, "x": groups, "y": y, "marker": {"color": COLORS[side]},
+                       "hovertemplate": "%{x}: %{y:.3f} ms<extra>" + side + "</extra>"})
+    return {"data": traces, "layout": _layout("batch-1 latency per runtime (ms, p50)", barmode="group",
+                                               yaxis={"title": "ms"})}
+
+
 def page(report: dict, *, metric_rows: list[list[str]], md_tables: list[tuple[str, list[dict]]],
-         title_extra: str = "") -> str:
+         title_extra: str = "", extra_tables: list = ()) -> str:
     """The whole report page. ``metric_rows`` and ``md_tables`` are report.md's own rows and tables (the page shows
     everything the Markdown does)."""
     b, c, r = report.get("baseline") or {}, report.get("compressed") or {}, report.get("ratios") or {}
@@ -370,6 +391,8 @@ def page(report: dict, *, metric_rows: list[list[str]], md_tables: list[tuple[st
     if figs:
         sections.append(("plots", "Plots"))
     sections += [("stages", "Stages")]
+    if extra_tables:
+        sections.append(("runtimes", "On-device runtimes"))
     if md_tables:
         sections.append(("tables", "Technique tables"))
     sections += [("settings", "Measurement and environment")]
@@ -418,6 +441,8 @@ within ±{int(NOISE * 100)}% are shown grey: that is the run-to-run noise on a s
  if srows else '<p>No compression stages (the model as it is).</p>'}
 {f'<h3>Notes</h3><ul>{notes}</ul>' if notes else ''}
 <h3>Recipe</h3><pre class="scroll"><code>{esc(recipe_yaml)}</code></pre></section>
+{''.join(f'<section id="runtimes"><h2>{esc(t)}</h2><p class="muted">{esc(note)}</p>{table(hdr, rows, text_cols=(9,))}'
+         f'</section>' for t, note, hdr, rows in extra_tables)}
 {f'<section id="tables"><h2>Technique tables</h2>{tables_html}</section>' if md_tables else ''}
 <section id="settings"><h2>Measurement and environment</h2>
 {table(['setting', 'value'], settings_rows)}<h3>Environment</h3>{table(['', 'value'], env_rows)}

@@ -120,6 +120,9 @@ def to_markdown(report: dict) -> str:
     for s in report.get("stages", []):
         for n in s.get("notes", []):
             lines.append(f"- {s['name']}: {n}")
+    if report.get("runtimes"):
+        lines += ["", "## On-device runtimes", "", runtime_note(report["runtimes"]), "",
+                  _md_table(RUNTIME_HEADER, runtime_rows(report["runtimes"])), ""]
     for title, rows in md_tables(report):
         if rows:
             lines += ["", f"## {title}", ""]
@@ -135,6 +138,34 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+RUNTIME_HEADER = ["artifact", "metric", "size", "b1 p50 (ms)", "b1 vs ORT fp32", "bN p50 (ms)", "bN vs ORT fp32",
+                  "int8 vs same runtime fp32 (b1)", "TFLM arena", "board"]
+
+
+def runtime_note(rt: dict) -> str:
+    st = rt.get("settings", {})
+    return (f"Every artifact timed interleaved in one process ({st.get('threads')} thread(s), batch N = "
+            f"{st.get('batch_N')}); ratios against {rt.get('baseline')}. int8 rows are the runtime's own PT2E int8 "
+            "path; TFLM runs one sample at a time (no batch N).")
+
+
+def runtime_rows(rt: dict) -> list[list[str]]:
+    key = rt.get("metric", "accuracy")
+    kind = "pct" if key == "accuracy" else "f4"
+    base = rt.get("baseline", "")
+    rows = []
+    for lbl, m in rt.get("rows", {}).items():
+        r = m.get("vs_" + base.replace(" ", "_"), {})
+        same = (m.get("vs_same_runtime_fp32") or {}).get("latency_ms_p50_b1")
+        rows.append([lbl, fmt(m.get(key), kind), fmt(m.get("size_bytes"), "bytes"), fmt(m.get("latency_ms_p50_b1"), "ms"),
+                     fmt_ratio(r["latency_ms_p50_b1"]) if "latency_ms_p50_b1" in r else "",
+                     fmt(m.get("latency_ms_p50_bN"), "ms") if m.get("latency_ms_p50_bN") else "-",
+                     fmt_ratio(r["latency_ms_p50_bN"]) if "latency_ms_p50_bN" in r else "-",
+                     fmt_ratio(same) if same else "", fmt(m.get("arena_bytes"), "bytes") if m.get("arena_bytes") else "",
+                     (m.get("board") or {}).get("verdict", "")])
+    return rows
+
+
 def md_tables(report: dict) -> list[tuple[str, list[dict]]]:
     """The technique tables, as report.md and report.html both show them."""
     tables = [("Per-layer sensitivity", report.get("sensitivity"))] + list((report.get("tables") or {}).items())
@@ -145,7 +176,11 @@ def to_html(report: dict) -> str:
     from .html import page
 
     cols = [("baseline", report["baseline"]), ("compressed", report["compressed"])]
-    return page(report, metric_rows=metric_rows(report, cols), md_tables=md_tables(report))
+    extra = []
+    if report.get("runtimes"):
+        extra.append(("On-device runtimes", runtime_note(report["runtimes"]), RUNTIME_HEADER,
+                      runtime_rows(report["runtimes"])))
+    return page(report, metric_rows=metric_rows(report, cols), md_tables=md_tables(report), extra_tables=extra)
 
 
 def jsonable(o):
