@@ -129,3 +129,34 @@ def test_missing_extra_is_one_line(monkeypatch):
 def test_unknown_runtime_is_one_line():
     res = CliRunner().invoke(app, ["-q", "profile", "zoo:digits-mlp", "--runtime", "litrt"])
     assert res.exit_code == 2 and "did you mean 'litert'?" in res.stderr
+
+
+def test_compress_to_every_runtime(tmp_path, digits_mlp):
+    pytest.importorskip("tflite_micro")
+    from slimkit.runtimes.tflm import parse_c_array
+
+    rec = tmp_path / "r.yaml"
+    rec.write_text("version: 1\nname: prune-quick\nstages:\n  - name: prune\n    techniques:\n"
+                   "      - {type: prune.structured, target_macs: 0.5, allocation: uniform}\n"
+                   "    finetune: {method: kd, epochs: 2}\n")
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app, ["-q", "compress", "zoo:digits-mlp", "--recipe", str(rec), "--out", str(out),
+                                   "--runtime", "litert,tflm", "--board", "cortex-m4", "--runs", "20", "--batch", "32"])
+    assert res.exit_code == 0, res.stderr
+    for f in ("model.onnx", "model.tflite", "model_int8.tflite", "model_data.cc", "model_data.h", "report.html"):
+        assert (out / f).is_file(), f
+    assert parse_c_array((out / "model_data.cc").read_text()) == (out / "model_int8.tflite").read_bytes()
+    rep = json.loads((out / "report.json").read_text())
+    rows = rep["runtimes"]["rows"]
+    assert {"baseline: ort fp32", "compressed: litert int8", "compressed: tflm int8"} <= set(rows)
+    assert rows["compressed: litert int8"]["accuracy"] >= rows["baseline: ort fp32"]["accuracy"] - 0.03
+    assert rows["compressed: tflm int8"]["arena_bytes"] < rows["baseline: tflm int8"]["arena_bytes"] * 1.01
+    assert any("TFLM (compressed): fits cortex-m4" in v for v in rep["verdicts"])
+    html = (out / "report.html").read_text()
+    assert 'id="runtimes"' in html and 'data-figure="runtimes"' in html
+
+
+def test_quantized_recipe_to_litert_is_refused_before_work(tmp_path):
+    res = CliRunner().invoke(app, ["-q", "compress", "zoo:digits-mlp", "--recipe", "int8-static", "--out",
+                                   str(tmp_path / "o"), "--runtime", "litert"])
+    assert res.exit_code == 2 and "exports to ONNX only" in res.stderr and not (tmp_path / "o").exists()
