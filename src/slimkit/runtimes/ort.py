@@ -18,9 +18,9 @@ class _OrtSession(Session):
         return ort_run(self.sess, inputs)
 
     def runner(self, inputs):
-        from ..evaluate.latency import ort_runner
-
-        return ort_runner(self.sess, inputs)
+        names = [i.name for i in self.sess.get_inputs()]
+        feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
+        return lambda: self.sess.run(None, feed)
 
 
 def _export(model, data, path, precision: str = "fp32", batch=None) -> Artifact:
