@@ -5,6 +5,8 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
+from .core.lazy import lazy_exports as _lazy_exports
+
 _EXPORTS = {
     "Config": ".core", "Context": ".core", "Targets": ".core", "get_technique": ".core", "list_techniques": ".core",
     "register_technique": ".core", "Candidate": ".evaluate", "compare": ".evaluate", "profile": ".evaluate",
@@ -16,16 +18,11 @@ _FAMILIES = ("quantize", "prune", "factorize", "distill")
 __all__ = ["__version__", *_EXPORTS, *_FAMILIES]
 
 
-def __getattr__(name: str):
+def _family(name: str):
     """``slimkit.prune(model, config, data)`` etc. without importing the family (or torch) first."""
     if name in _FAMILIES:
         return _importlib.import_module(f".{name}", __name__)
-    if name in _EXPORTS:
-        value = getattr(_importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
     raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
 
 
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS, globals(), _family)
