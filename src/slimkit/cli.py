@@ -454,8 +454,15 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
            force: bool = typer.Option(False, "--force", help="Replace an existing file that slimkit did not write "
                                                              "(an input is never replaced)."),
            as_json: bool = typer.Option(False, "--json", help="Print the result (file, size, parity) as JSON."),
+           runtime: str = typer.Option("ort", "--runtime", help="ort (ONNX), litert (.tflite) or tflm (int8 .tflite "
+                                                                "plus OUT_data.cc/.h for firmware)."),
+           int8: bool = typer.Option(False, "--int8", help="litert: a fully-int8 .tflite (PT2E, calibrated on the "
+                                                           "data's calibration split)."),
+           batch: int = typer.Option(1, "--batch", min=1, help="litert/tflm: the batch size the .tflite is exported "
+                                                               "for (static)."),
            trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model .pt file.")) -> None:
     """Export to ONNX (dynamic batch) and check parity against PyTorch in ONNX Runtime; a failed check writes nothing.
+    With --runtime litert or tflm, export a .tflite instead, checked the same way in that runtime.
 
     Parity is checked on real inputs from DATA: maximum absolute error and
     minimum cosine between PyTorch and ONNX Runtime outputs. The file is written
@@ -465,12 +472,16 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
     Examples:
       slimkit export zoo:mnist1d-cnn --out mnist1d.onnx
       slimkit export model.pt2 --data npz:data.npz --out model.onnx
+      slimkit export zoo:digits-cnn --runtime litert --int8 --out digits_int8.tflite
+      slimkit export zoo:digits-cnn --runtime tflm --out model.tflite     (+ model_data.cc/.h)
     """
     from .core.io import check_output_file
     from .export.onnx import export_onnx
     from .load import resolve
 
     out = check_output_file(out, inputs=_spec_paths(model, data), force=force)  # before any work
+    if runtime.strip() != "ort":
+        return _export_runtime(model, data, out, runtime, int8, batch, force, as_json, trust_pickle)
     _start(out.parent)
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
     if lm.model is None:
@@ -482,6 +493,71 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
         return
     typer.echo(f"wrote {out} ({out.stat().st_size:,} bytes); parity on {p.samples} samples: max abs err "
                f"{p.max_abs_err:.3g}, min cosine {p.cosine:.6f}")
+
+
+def _export_runtime(model, data, out: Path, runtime: str, int8: bool, batch: int, force: bool, as_json: bool,
+                    trust_pickle: bool) -> None:
+    import numpy as np
+    import torch
+
+    from .core.context import eval_mode
+    from .core.errors import ExportError
+    from .core.io import atomic_write_bytes, atomic_write_text, check_output_file, scratch
+    from .load import resolve
+    from .runtimes import parse_runtimes
+    from .runtimes import tflm as tflm_mod
+
+    rts = parse_runtimes(runtime)
+    if len(rts) != 1:
+        raise ConfigError("export writes one file: give one --runtime")
+    rt = rts[0]
+    if out.suffix != rt.suffix:
+        raise ConfigError(f"--out {out}: a {rt.name} artifact is a {rt.suffix} file")
+    precision = "int8" if (int8 or rt.name == "tflm") else "fp32"
+    extra = [out.with_name(out.stem + "_data.cc"), out.with_name(out.stem + "_data.h")] if rt.name == "tflm" else []
+    for e in extra:
+        check_output_file(e, inputs=_spec_paths(model, data), force=force)
+    _start(out.parent)
+    lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
+    if lm.model is None:
+        raise SlimkitError("export needs a PyTorch model, not an ONNX file")
+    with scratch() as d:
+        art = rt.export(lm.model, bundle, Path(d) / f"m{rt.suffix}", precision, batch=batch)
+        sess = rt.open(art, 1)
+        split = bundle.test.slice(0, min(64 // batch * batch or batch, len(bundle.test)))
+        with eval_mode(lm.model), torch.no_grad():
+            ref = lm.model(*split.inputs).float().numpy()
+        got = np.concatenate([sess.run(x) for x, _ in split.batches(batch)])[: len(ref)]
+        result = {"out": str(out), "runtime": rt.name, "precision": precision, "batch": batch,
+                  "size_bytes": art.path.stat().st_size, "ops": rt.ops(art)}
+        if precision == "fp32":
+            err = float(np.max(np.abs(got - ref)))
+            result["parity_max_abs_err"] = err
+            if err > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
+                raise ExportError(f"{rt.name} output disagrees with PyTorch (max abs err {err:.3g}); nothing written")
+        elif bundle.task == "classification":
+            agree = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+            result["top1_agreement"] = agree
+            if agree < 0.95:
+                raise ExportError(f"{rt.name} int8 agrees with PyTorch on only {agree:.1%} of top-1 predictions; "
+                                  "nothing written")
+        if rt.name == "tflm":
+            result["arena_bytes"] = tflm_mod.min_arena(art.path, sess._q(bundle.test.inputs[0][:1]))
+        blob = art.path.read_bytes()
+    atomic_write_bytes(out, blob)
+    if rt.name == "tflm":
+        h, cc = tflm_mod.c_array(blob, result["arena_bytes"])
+        atomic_write_text(extra[0], cc)
+        atomic_write_text(extra[1], h)
+        result["firmware"] = [str(e) for e in extra]
+    if as_json:
+        typer.echo(json.dumps(jsonable(result), indent=2))
+        return
+    check = (f"max abs err {result['parity_max_abs_err']:.3g}" if "parity_max_abs_err" in result
+             else f"top-1 agreement {result.get('top1_agreement', float('nan')):.1%}")
+    typer.echo(f"wrote {out} ({result['size_bytes']:,} bytes, {rt.name} {precision}, batch {batch}); parity: {check}"
+               + (f"; arena {result['arena_bytes']:,} bytes; wrote {extra[0].name}, {extra[1].name}"
+                  if rt.name == "tflm" else ""))
 
 
 @app.command()

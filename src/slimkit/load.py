@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .core.errors import DataError, LoadError, ModelError, UnsafeFileError, first_line
+from .core.checks import check_finite_weights
 from .core.safeload import load_exported_program, no_unpickling
 from .zoo import data as D
 from .zoo.registry import ZOO, ZOO_DATA, get_zoo, load_zoo_model, zoo_data
@@ -181,22 +182,12 @@ _MISMATCH = ("shape", "size mismatch", "mat1", "mat2", "expected input", "expect
              "index out of range", "out of bounds", "not implemented for", "Input type")
 
 
-def check_weights(model: nn.Module) -> None:
-    """Name a NaN or Inf parameter or buffer before any work (not as a parity failure after training)."""
-    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, t in items:
-            if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
-                bad = int((~torch.isfinite(t.detach())).sum())
-                raise ModelError(f"the model's {kind} {name!r} holds {bad} NaN/Inf value(s); fix or retrain the "
-                                 "model before compressing it")
-
-
 def check_compatible(model: nn.Module, data: D.DataBundle) -> None:
     """Check the weights, then run the model on two samples: a shape/dtype mismatch is the data's error, anything
     else the model raises is the model's own error (named with the line of its code)."""
     from .core.context import eval_mode
 
-    check_weights(model)
+    check_finite_weights(model)
     ex = data.example_inputs(2)
     shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in ex)
     try:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from slimkit.core import Context
-from slimkit.core.errors import ConfigError, DataError
+from slimkit.core.errors import ConfigError, DataError, ModelError
 from slimkit.export import ort_run, ort_session
 from slimkit.quantize.onnx_passes import optimized_op_types
 from slimkit.quantize.static import StaticQuantConfig, int8_static
@@ -115,7 +115,7 @@ def test_bad_input(digits_cnn, digits):
     broken = copy.deepcopy(digits_cnn)
     with torch.no_grad():
         broken.classifier[1].weight[0, 0] = float("nan")
-    with pytest.raises(DataError, match="NaN"):
+    with pytest.raises(ModelError, match="'classifier.1.weight' holds 1 NaN"):
         int8_static(broken, StaticQuantConfig(), Context(data=digits))
 
 

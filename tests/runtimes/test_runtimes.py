@@ -160,3 +160,26 @@ def test_quantized_recipe_to_litert_is_refused_before_work(tmp_path):
     res = CliRunner().invoke(app, ["-q", "compress", "zoo:digits-mlp", "--recipe", "int8-static", "--out",
                                    str(tmp_path / "o"), "--runtime", "litert"])
     assert res.exit_code == 2 and "exports to ONNX only" in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_export_runtime_cli(tmp_path, digits_mlp):
+    pytest.importorskip("tflite_micro")
+    from slimkit.runtimes.tflm import parse_c_array
+
+    out = tmp_path / "model.tflite"
+    res = CliRunner().invoke(app, ["-q", "export", "zoo:digits-mlp", "--runtime", "tflm", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["precision"] == "int8" and d["top1_agreement"] >= 0.95 and d["arena_bytes"] > 0
+    assert parse_c_array((tmp_path / "model_data.cc").read_text()) == out.read_bytes()
+    assert f"kTensorArenaSize = {d['arena_bytes']}" in (tmp_path / "model_data.h").read_text()
+    # slimkit's own .tflite is replaced by a later run without --force; a user's file is not
+    res = CliRunner().invoke(app, ["-q", "export", "zoo:digits-mlp", "--runtime", "litert", "--out", str(out)])
+    assert res.exit_code == 0, res.stderr
+    user = tmp_path / "theirs.tflite"
+    user.write_bytes(b"not ours")
+    res = CliRunner().invoke(app, ["-q", "export", "zoo:digits-mlp", "--runtime", "litert", "--out", str(user)])
+    assert res.exit_code == 2 and "--force" in res.stderr and user.read_bytes() == b"not ours"
+    res = CliRunner().invoke(app, ["-q", "export", "zoo:digits-mlp", "--runtime", "litert", "--out",
+                                   str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2 and "a litert artifact is a .tflite file" in res.stderr

@@ -22,7 +22,7 @@ class DataError(SlimkitError, ValueError):
     """Data has the wrong shape, is empty, or holds NaN/Inf."""
 
 
-class ModelError(SlimkitError):
+class ModelError(SlimkitError, ValueError):
     """The user's model is broken (NaN/Inf weights) or its own code raised."""
 
 

@@ -131,10 +131,13 @@ def is_slimkit_file(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(2048)
+            f.seek(max(0, path.stat().st_size - 64))
+            tail = f.read(64)  # binary artifacts (.tflite) carry the tag after their payload
     except OSError:
         return False
     # reports of slimkit versions before the tag carried these headings
-    return any(t in head for t in (GENERATED_TAG.encode(), b"# slimkit report:", b"<title>slimkit report</title>"))
+    return GENERATED_TAG.encode() in tail or any(
+        t in head for t in (GENERATED_TAG.encode(), b"# slimkit report:", b"<title>slimkit report</title>"))
 
 
 def is_slimkit_folder(path: Path) -> bool:

@@ -28,7 +28,8 @@ from ..core.targets import Targets
 from ..zoo.data import DataBundle
 from .gptq import gptq_codes
 from .graph import input_covariances, set_module
-from .static import INT8_KERNELS, _check_finite_weights, weight_range_for_cpu
+from ..core.checks import check_finite_weights
+from .static import INT8_KERNELS, weight_range_for_cpu
 
 
 @dataclasses.dataclass
@@ -284,7 +285,7 @@ def select_linears(model: nn.Module, targets: Targets, keep_float: list) -> list
                     summary="int8 dynamic quantization of Linear/MatMul + embeddings, SmoothQuant -> ONNX integer MatMul")
 def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> DynQuantModel:
     """Dynamic int8 (weights offline, activations at run time), per-channel, with SmoothQuant migration."""
-    _check_finite_weights(model)
+    check_finite_weights(model)
     data = ctx.data
     if data is None or data.calib is None or len(data.calib) < 2:
         raise DataError("dynamic quantization calibrates SmoothQuant scales on at least 2 samples; give calibration data")

@@ -34,7 +34,7 @@ from .dynamic import DynQuantModel, _plain_gemm, select_linears, value_key
 from .gptq import gptq_codes
 from .graph import input_covariances, set_module
 from .scheme import sqnr_db
-from .static import _check_finite_weights
+from ..core.checks import check_finite_weights
 
 _SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _FP16_TINY, _FP16_MAX = 2.0 ** -24, 65504.0  # smallest (subnormal) and largest float16
@@ -265,7 +265,7 @@ def _upgrade_to_8bit(m: nn.Module, float_weights: dict[str, torch.Tensor], ref: 
                     summary="weight-only int4 (group-wise, packed) for Linear + embeddings -> ORT MatMulNBits")
 def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4Model:
     """Weight-only int4, group-wise, packed two codes per byte; optionally a few sensitive layers at 8 bits."""
-    _check_finite_weights(model)
+    check_finite_weights(model)
     m = copy.deepcopy(model).eval()  # the user's model is left as it is (its train/eval mode too)
     linears = select_linears(m, cfg.targets, cfg.keep_float)
     if not linears:

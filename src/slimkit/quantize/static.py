@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ..core.checks import check_finite_weights
 from ..core.config import Config, check_choice, check_range
 from ..core.context import Context
 from ..core.errors import ConfigError, DataError, ExportError
@@ -132,14 +133,8 @@ def _calibration_split(data: DataBundle, n: int):
     return split.slice(0, min(n, len(split)))
 
 
-def _check_finite_weights(model: nn.Module) -> None:
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise DataError(f"weight {name} holds NaN or Inf; cannot quantize a broken model")
-
-
 def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 0) -> QuantizedModel:
-    _check_finite_weights(model)
+    check_finite_weights(model)
     if cfg.fold_bn:
         gm, folded = G.fold_batchnorm(model)
     else:

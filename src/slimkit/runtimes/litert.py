@@ -20,7 +20,7 @@ import torch
 
 from ..core.context import eval_mode
 from ..core.errors import ExportError, first_line
-from ..core.io import atomic_write_bytes, scratch
+from ..core.io import GENERATED_TAG, atomic_write_bytes, scratch
 from .base import Artifact, Runtime, Session, register_runtime
 
 PIP = "pip install 'slimkit[litert]' (litert-torch and ai-edge-litert)"
@@ -89,8 +89,16 @@ def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifa
     except Exception as e:  # noqa: BLE001 - the converter raises many types; name the failure in one line
         raise ExportError(f"LiteRT conversion failed ({type(e).__name__}: {first_line(e, 160)}); an operator the "
                           "converter does not support is the usual cause") from None
-    atomic_write_bytes(path, blob)
+    atomic_write_bytes(path, blob + stamp())
     return Artifact(Path(path), "litert", precision, batch)
+
+
+def stamp() -> bytes:
+    """Bytes appended after the flatbuffer (readers ignore trailing data; LiteRT and TFLM load it unchanged): how a
+    later run knows the file is slimkit's to replace."""
+    from .. import __version__
+
+    return b"\0\0\0\0" + f"{GENERATED_TAG} {__version__}".encode()
 
 
 class LiteRTSession(Session):

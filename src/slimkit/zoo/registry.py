@@ -76,10 +76,6 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
 ]}
 
 
-def list_zoo() -> list[ZooModel]:
-    return list(ZOO.values())
-
-
 def get_zoo(name: str) -> ZooModel:
     try:
         return ZOO[name]
