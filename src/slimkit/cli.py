@@ -674,7 +674,8 @@ def _summary(report: dict, out: Path) -> None:
                f"{r.get('latency_ms_p50_b1', float('nan')):.2f}x, bN {r.get('latency_ms_p50_bN', float('nan')):.2f}x")
     for v in report.get("verdicts", []):
         typer.echo(f"  - {v}")
-    typer.echo(f"wrote {out}/model.onnx, report.json, report.md, report.html, recipe.yaml")
+    files = sorted(f.name for f in Path(out).iterdir() if not f.name.startswith(".")) if Path(out).is_dir() else []
+    typer.echo(f"wrote {out}/: " + ", ".join(files))
 
 
 @app.command()
