@@ -69,6 +69,7 @@ def test_pruned_report_page_in_chromium(browser, pruned_run):
     page = pruned_run / "report.html"
     rep = json.loads((pruned_run / "report.json").read_text())
     assert rep["history"] and rep["layer_macs"]["compressed"], "training history and per-layer MACs are stored"
+    assert all(0.5 < h["train_acc"] <= 1 and h["loss"] > 0 for h in rep["history"])
     seen = render(browser, page, "report-pruned")
     check_page(seen, (pruned_run / "report.md").read_text())
     names = {p["name"] for p in seen[0]["plots"]}

@@ -172,7 +172,7 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
     status: dict = {}
     for epoch in track(range(start, ft.epochs), f"fine-tune ({ft.method})", status=status):
         perm = torch.randperm(n, generator=g)
-        loss_sum, loss_n = 0.0, 0
+        loss_sum, loss_n, correct = 0.0, 0, 0
         for i in range(0, n, ft.batch_size):
             idx = perm[i:i + ft.batch_size]
             x = tuple(t[idx] for t in train.inputs)
@@ -215,6 +215,8 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
             step += 1
             loss_sum += float(loss.detach()) * len(idx)
             loss_n += len(idx)
+            if y is not None and out.ndim == 2:  # running training accuracy (the batch's own labels), for the curves
+                correct += int((out.detach().argmax(-1) == y).sum())
             if on_step is not None:
                 on_step(step, steps)
         score = None
@@ -226,9 +228,11 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
             else:
                 bad += 1
             stopped = bad >= ft.patience
-        status.update(loss=loss_sum / max(1, loss_n), **({} if score is None else {"val": score}))
+        train_acc = correct / loss_n if (train.targets is not None and loss_n and not embedding) else None
+        status.update(loss=loss_sum / max(1, loss_n), **({} if train_acc is None else {"acc": train_acc}),
+                      **({} if score is None else {"val": score}))
         ctx.history.append({"stage": ctx.extras.get("stage") or "", "epoch": epoch + 1,
-                            "loss": loss_sum / max(1, loss_n), "val": score})
+                            "loss": loss_sum / max(1, loss_n), "train_acc": train_acc, "val": score})
         if ckpt is not None:
             st = {"fingerprint": fp, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                   "sched": sched.state_dict(), "gen": g.get_state(), "rng": torch.get_rng_state(), "best": best,

@@ -202,17 +202,22 @@ def fig_history(report: dict) -> Optional[dict]:
         x = list(range(1, len(rows) + 1))
         traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{st or 'training'}: loss", "x": x,
                        "y": [h.get("loss") for h in rows], "hovertemplate": "epoch %{x}: loss %{y:.4f}<extra></extra>"})
+        if any(_num(h.get("train_acc")) is not None for h in rows):
+            traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{st or 'training'}: training accuracy",
+                           "x": x, "y": [h.get("train_acc") for h in rows], "yaxis": "y2", "line": {"dash": "dot"},
+                           "hovertemplate": "epoch %{x}: training accuracy %{y:.4f}<extra></extra>"})
         if any(_num(h.get("val")) is not None for h in rows):
             traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{st or 'training'}: held-out score",
                            "x": x, "y": [h.get("val") for h in rows], "yaxis": "y2",
                            "hovertemplate": "epoch %{x}: held-out %{y:.4f}<extra></extra>"})
     losses = [h["loss"] for h in hist if _num(h.get("loss")) and h["loss"] > 0]
     wide = bool(losses) and max(losses) / min(losses) > 100
-    lay = _layout("fine-tuning: training loss per epoch" + (" and held-out score" if len(traces) > len(stages) else ""),
+    lay = _layout("fine-tuning: training loss per epoch" + (" and accuracy / held-out score" if len(traces) > len(stages)
+                                                             else ""),
                   xaxis={"title": "epoch"}, yaxis={"title": "loss" + (" (log)" if wide else ""),
                                                    **({"type": "log"} if wide else {})})
     if len(traces) > len(stages):
-        lay["yaxis2"] = {"title": "held-out score", "overlaying": "y", "side": "right"}
+        lay["yaxis2"] = {"title": "accuracy / held-out score", "overlaying": "y", "side": "right"}
     return {"data": traces, "layout": lay}
 
 
