@@ -86,7 +86,6 @@ def craft_pt2(good: Path, out: Path, kind: str, marker: Path) -> Path:
 
 
 def onnx_file(path: Path, kind: str) -> Path:
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 16, 16])

@@ -542,7 +542,7 @@ def _export_runtime(model, data, out: Path, runtime: str, int8: bool, batch: int
                 raise ExportError(f"{rt.name} int8 agrees with PyTorch on only {agree:.1%} of top-1 predictions; "
                                   "nothing written")
         if rt.name == "tflm":
-            result["arena_bytes"] = tflm_mod.min_arena(art.path, sess._q(bundle.test.inputs[0][:1]))
+            result["arena_bytes"] = tflm_mod.min_arena(art.path, sess.quantize_input(bundle.test.inputs[0][:1]))
         blob = art.path.read_bytes()
     atomic_write_bytes(out, blob)
     if rt.name == "tflm":

@@ -71,7 +71,7 @@ def test_tflm_arena_and_bit_compatibility(cnn_artifacts, digits):
 
     art = cnn_artifacts["int8"]
     sess = TFLMSession(art)
-    sample = sess._q(digits.test.inputs[0][:1])
+    sample = sess.quantize_input(digits.test.inputs[0][:1])
     arena = min_arena(art.path, sample)
     assert 1024 < arena < 64 * 1024
     assert _runs(art.path, arena, sample) and not _runs(art.path, arena - 256, sample)

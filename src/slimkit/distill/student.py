@@ -16,7 +16,7 @@ from ..core.context import Context, seed_everything
 from ..core.errors import ConfigError
 from ..core.registry import register_technique
 from ..evaluate.macs import count_params
-from ..pipeline.recipe import Finetune
+from ..distill.finetune import Finetune
 from .trainer import recover
 
 

@@ -80,7 +80,7 @@ def measure_runtimes(model, data: DataBundle, runtimes: Sequence, *, workdir: st
             if data.task == "classification":
                 m["top1_agreement"] = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
         if rt.name == "tflm":
-            sample = sess._q(data.test.inputs[0][:1])
+            sample = sess.quantize_input(data.test.inputs[0][:1])
             m["arena_bytes"] = tflm_mod.min_arena(art.path, sample)
             if board is not None:
                 m["board"] = tflm_mod.fit(art, m["arena_bytes"], board)

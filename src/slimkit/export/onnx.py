@@ -7,7 +7,6 @@ import dataclasses
 import io
 import os
 import warnings
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np

@@ -83,7 +83,7 @@ def _setup(model: nn.Module, cfg, ctx: Context, name: str):
 def gradual_prune(model: nn.Module, cfg: GradualPruneConfig, ctx: Context) -> nn.Module:
     """Prune while training: AGP schedule, masks re-applied after every step."""
     from ..distill.trainer import recover
-    from ..pipeline.recipe import Finetune
+    from ..distill.finetune import Finetune
 
     m, layers = _setup(model, cfg, ctx, "prune.gradual")
     state = {"masks": {n: torch.ones_like(mod.weight) for n, mod in layers}, "sparsity": 0.0, "regrown": 0}
@@ -154,7 +154,7 @@ class IterativePruneConfig(Config):
 def iterative_prune(model: nn.Module, cfg: IterativePruneConfig, ctx: Context) -> nn.Module:
     """Classic iterative pruning (Han et al. 2015): each cycle prunes more, then recovers with masks held."""
     from ..distill.trainer import recover
-    from ..pipeline.recipe import Finetune
+    from ..distill.finetune import Finetune
 
     m, layers = _setup(model, cfg, ctx, "prune.iterative")
     history = []

@@ -440,7 +440,7 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
         raise ConfigError("this configuration (sparse training / sensitivity / taylor) needs training data")
     if cfg.sparse_epochs:
         from ..distill.trainer import recover
-        from ..pipeline.recipe import Finetune
+        from ..distill.finetune import Finetune
 
         pen = sparse_penalty(m, plan.groups, cfg.sparse_penalty)
         method = "kd" if ctx.teacher is not None else "plain"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -473,7 +472,7 @@ class QATConfig(StaticQuantConfig):
 def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> QuantizedModel:
     """QAT: calibrate like PTQ, then train through the fake-quant ops, then freeze."""
     from ..distill.trainer import recover
-    from ..pipeline.recipe import Finetune
+    from ..distill.finetune import Finetune
 
     qm = prepare_static(model, cfg)
     calibrate(qm, ctx.data, cfg)

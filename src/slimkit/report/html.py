@@ -97,7 +97,7 @@ def ratio_class(key: str, r: Optional[float]) -> str:
 
 # --------------------------------------------------------------------------- figures (plotly dicts)
 
-def _layout(title: str, **kw) -> dict:
+def layout(title: str, **kw) -> dict:
     base = {"title": {"text": title, "font": {"size": 14}}, "margin": {"l": 60, "r": 20, "t": 44, "b": 60},
             "legend": {"orientation": "h", "y": -0.22}, "autosize": True, "template": "plotly_white"}
     base.update(kw)
@@ -126,7 +126,7 @@ def fig_latency(report: dict) -> Optional[dict]:
                            "hovertemplate": "%{x}<br>p50 %{median:.3f} ms<extra>" + side + "</extra>"})
     if not traces:
         return None
-    return {"data": traces, "layout": _layout("latency distribution (ms; box p25-p75, whiskers p5-p95)",
+    return {"data": traces, "layout": layout("latency distribution (ms; box p25-p75, whiskers p5-p95)",
                                                boxmode="group", yaxis={"type": "log", "title": "ms", "dtick": 1})}
 
 
@@ -148,7 +148,7 @@ def fig_size(report: dict) -> Optional[dict]:
                      {"type": "bar", "name": "compressed", "x": cats, "y": kb(cv),
                       "marker": {"color": COLORS["compressed"]},
                       "hovertemplate": "%{x}: %{y:,.2f} KB<extra>compressed</extra>"}],
-            "layout": _layout("size on disk (KB)", barmode="group", yaxis={"title": "KB"})}
+            "layout": layout("size on disk (KB)", barmode="group", yaxis={"title": "KB"})}
 
 
 def _two_bar(title: str, names: list[str], before: list, after: list, unit: str, *, horizontal=True) -> dict:
@@ -163,7 +163,7 @@ def _two_bar(title: str, names: list[str], before: list, after: list, unit: str,
         else:
             t.update(x=names, y=vals)
         tr.append(t)
-    lay = _layout(title, barmode="group", height=max(320, 60 + 26 * len(names)) if horizontal else 360)
+    lay = layout(title, barmode="group", height=max(320, 60 + 26 * len(names)) if horizontal else 360)
     if horizontal:
         lay["yaxis"] = {"autorange": "reversed", "automargin": True}
         lay["xaxis"] = {"title": unit}
@@ -212,7 +212,7 @@ def fig_history(report: dict) -> Optional[dict]:
                            "hovertemplate": "epoch %{x}: held-out %{y:.4f}<extra></extra>"})
     losses = [h["loss"] for h in hist if _num(h.get("loss")) and h["loss"] > 0]
     wide = bool(losses) and max(losses) / min(losses) > 100
-    lay = _layout("fine-tuning: training loss per epoch" + (" and accuracy / held-out score" if len(traces) > len(stages)
+    lay = layout("fine-tuning: training loss per epoch" + (" and accuracy / held-out score" if len(traces) > len(stages)
                                                              else ""),
                   xaxis={"title": "epoch"}, yaxis={"title": "loss" + (" (log)" if wide else ""),
                                                    **({"type": "log"} if wide else {})})
@@ -246,13 +246,13 @@ def fig_table(title: str, rows: list[dict]) -> Optional[dict]:
                        "y": [r.get(y) for r in rows if str(r.get(key)) == n],
                        "hovertemplate": n + "<br>" + x + " %{x}: " + y + " %{y:.4g}<extra></extra>"}
                       for n in dict.fromkeys(names)]
-            return {"data": traces, "layout": _layout(title, xaxis={"title": x}, yaxis={"title": y})}
+            return {"data": traces, "layout": layout(title, xaxis={"title": x}, yaxis={"title": y})}
     if "ranks" in cols and len(rows) >= 1:  # low-rank: the rank chosen per layer (inner ranks joined by 'x')
         inner = [[int(x) for x in re.findall(r"\d+", str(r.get("ranks", "")))] or [0] for r in rows]
         traces = [{"type": "bar", "name": f"rank {i + 1}" if max(map(len, inner)) > 1 else "rank", "x": names,
                    "y": [rk[i] if i < len(rk) else None for rk in inner],
                    "hovertemplate": "%{x}: rank %{y}<extra></extra>"} for i in range(max(map(len, inner)))]
-        return {"data": traces, "layout": _layout(f"{title}: ranks per layer", barmode="group",
+        return {"data": traces, "layout": layout(f"{title}: ranks per layer", barmode="group",
                                                    yaxis={"title": "rank"})}
     for col in cols[1:]:
         vals = [str(r.get(col, "")) for r in rows]
@@ -276,7 +276,7 @@ def fig_table(title: str, rows: list[dict]) -> Optional[dict]:
         show = err or numeric[:1]
         traces = [{"type": "bar", "name": c, "x": names, "y": [r.get(c) for r in rows],
                    "hovertemplate": "%{x}<br>" + c + ": %{y:.4g}<extra></extra>"} for c in show]
-        lay = _layout(title, barmode="group", xaxis={"automargin": True}, yaxis={"title": ", ".join(show)})
+        lay = layout(title, barmode="group", xaxis={"automargin": True}, yaxis={"title": ", ".join(show)})
         if bits:
             traces.append({"type": "scatter", "mode": "markers", "name": bits[0], "x": names, "yaxis": "y2",
                            "y": [r.get(bits[0]) for r in rows], "marker": {"size": 12, "symbol": "diamond"},
@@ -302,7 +302,7 @@ def fig_pareto(report: dict) -> Optional[dict]:
         traces.append({"type": "scatter", "mode": "markers", "name": "built-in recipes", "marker": {"symbol": "x"},
                        "x": [p.get(obj) for p in refs], "y": [p.get(key) for p in refs],
                        "text": [p.get("name") for p in refs], "hovertemplate": "%{text}<extra></extra>"})
-    return {"data": traces, "layout": _layout(f"Pareto front: {key} vs {obj}", xaxis={"title": obj},
+    return {"data": traces, "layout": layout(f"Pareto front: {key} vs {obj}", xaxis={"title": obj},
                                                yaxis={"title": key})}
 
 
@@ -324,7 +324,7 @@ def figures(report: dict) -> list[tuple[str, dict]]:
 
 # --------------------------------------------------------------------------- the page
 
-def _plotly_js() -> str:
+def plotly_js() -> str:
     try:
         from plotly.offline import get_plotlyjs
     except ImportError:  # pragma: no cover - plotly is a dependency; without it the page keeps its tables
@@ -348,7 +348,7 @@ def fig_runtimes(report: dict) -> Optional[dict]:
             y.append(m.get("latency_ms_p50_b1") if m else None)
         traces.append({"type": "bar", "name": side, "x": groups, "y": y, "marker": {"color": COLORS[side]},
                        "hovertemplate": "%{x}: %{y:.3f} ms<extra>" + side + "</extra>"})
-    return {"data": traces, "layout": _layout("batch-1 latency per runtime (ms, p50)", barmode="group",
+    return {"data": traces, "layout": layout("batch-1 latency per runtime (ms, p50)", barmode="group",
                                                yaxis={"title": "ms"})}
 
 
@@ -421,10 +421,10 @@ def page(report: dict, *, metric_rows: list[list[str]], md_tables: list[tuple[st
                      ["timed runs at batch 1", st.get("runs")], ["data", st.get("data_description") or st.get("data")],
                      ["input shapes", st.get("input_shapes")]]
     env_rows = [[k, v] for k, v in env.items()]
-    recipe_yaml = _yaml(rec)
+    recipe_yaml = yaml_text(rec)
     created = report.get("created", "")
     cmd = report.get("command", "")
-    js = _plotly_js()
+    js = plotly_js()
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="{GENERATED_TAG}">
@@ -474,7 +474,7 @@ def _int(v) -> str:
     return f"{int(v):,}" if _num(v) is not None else ""
 
 
-def _yaml(d: dict) -> str:
+def yaml_text(d: dict) -> str:
     try:
         import yaml
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..core.errors import LoadError
-from .html import CSS, GENERATED_TAG, SORT_JS, _layout, _plotly_js, _yaml, esc, table
+from .html import CSS, GENERATED_TAG, SORT_JS, esc, layout, plotly_js, table, yaml_text
 
 
 def load_runs(paths: list[str | Path]) -> list[dict]:
@@ -99,7 +99,7 @@ def _scatter(rs: list[dict], x: str, key: str, front: list[str], title: str, xti
            "y": [r[key] * scale for r in fr], "text": [r["name"] for r in fr], "textposition": "top center",
            "line": {"shape": "hv"}, "marker": {"size": 12, "color": "#2a6fb0"},
            "hovertemplate": "%{text}<br>%{x:.4g}, %{y:.3f}<extra>front</extra>"}]
-    return {"data": tr, "layout": _layout(title, xaxis={"title": xtitle, **({"type": "log"} if log else {})},
+    return {"data": tr, "layout": layout(title, xaxis={"title": xtitle, **({"type": "log"} if log else {})},
                                           yaxis={"title": key + (" (%)" if key == "accuracy" else "")}, height=420)}
 
 
@@ -135,7 +135,7 @@ def to_html(runs: list[dict]) -> str:
                                 f"{key} vs ONNX Runtime batch-1 latency", "latency, x the original (same-run ratio)",
                                 False)}
     recipes = "".join(f'<details><summary>{esc(name)}: the resolved recipe</summary><pre class="scroll"><code>'
-                      f'{esc(_yaml(rec or {}))}</code></pre></details>' for name, rec in s["recipes"].items())
+                      f'{esc(yaml_text(rec or {}))}</code></pre></details>' for name, rec in s["recipes"].items())
     stage_rows = [[run["name"], " → ".join(f"{st.get('name')}: {', '.join(st.get('techniques', [])) or '-'}"
                                            + (f" + {st['finetune'].get('method')} x{st['finetune'].get('epochs')}"
                                               if st.get("finetune") else "")
@@ -156,7 +156,7 @@ to sort.</p></section>
 <section id="recipes"><h2>Recipes side by side</h2>{table(['run', 'stages'], stage_rows, text_cols=(1,))}
 {recipes}</section>
 <footer class="muted"><p>{GENERATED_TAG}</p></footer>
-<script>{_plotly_js()}</script>
+<script>{plotly_js()}</script>
 <script>var FIGS={json.dumps(figs, default=str)};
 document.querySelectorAll('[data-figure]').forEach(function(d){{var f=FIGS[d.dataset.figure];
 if(window.Plotly&&f){{d.style.height=(f.layout.height||360)+'px';

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..core.errors import LoadError
 from ..core.io import GENERATED_TAG, atomic_write_text

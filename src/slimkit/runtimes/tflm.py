@@ -117,7 +117,7 @@ class TFLMSession(Session):
         self.inp = self.it.get_input_details(0)
         self.out = self.it.get_output_details(0)
 
-    def _q(self, t) -> np.ndarray:
+    def quantize_input(self, t) -> np.ndarray:
         a = t.detach().cpu().numpy()
         d = self.inp
         if np.dtype(d["dtype"]) in (np.int8, np.uint8):
@@ -137,13 +137,13 @@ class TFLMSession(Session):
         x = inputs[0]
         outs = []
         for i in range(int(x.shape[0])):  # a microcontroller interpreter runs one sample at a time
-            self.it.set_input(self._q(x[i:i + 1]), 0)
+            self.it.set_input(self.quantize_input(x[i:i + 1]), 0)
             self.it.invoke()
             outs.append(self._dq(self.it.get_output(0)))
         return np.concatenate(outs)
 
     def runner(self, inputs):
-        a = self._q(inputs[0][:1])
+        a = self.quantize_input(inputs[0][:1])
 
         def run():
             self.it.set_input(a, 0)
