@@ -11,7 +11,7 @@ _EXPORTS = {
     "Config": ".core", "Context": ".core", "Targets": ".core", "get_technique": ".core", "list_techniques": ".core",
     "register_technique": ".core", "Candidate": ".evaluate", "compare": ".evaluate", "profile": ".evaluate",
     "export_onnx": ".export", "load_data": ".load", "load_model": ".load", "resolve": ".load",
-    "compress": ".pipeline", "Recipe": ".pipeline",
+    "compress": ".pipeline", "Recipe": ".pipeline", "optimize": ".search",
 }
 _FAMILIES = ("quantize", "prune", "factorize", "distill")
 

@@ -9,15 +9,13 @@
 ``config`` is a technique's Config instance (the technique is found by its class), a
 dict with ``type`` plus fields, or a technique name (defaults). ``data`` is a DataBundle
 or a DATA spec string (``zoo:digits``, ``npz:FILE``, ...). ``slimkit.quantize`` is both the
-package and this call: the family packages are callable modules (see ``callable_family``). The user's model is never
+package and this call: the family packages are callable modules (see ``slimkit.core.family``). The user's model is never
 modified; the result is what the technique returns (call ``slimkit_finalize()`` on it,
 if it has one, once any fine-tuning is done, or use ``slimkit.compress`` for the whole
 recipe, recovery and export run)."""
 from __future__ import annotations
 
 import copy
-import sys
-import types
 from typing import Any
 
 import torch.nn as nn
@@ -51,8 +49,8 @@ def _technique(family: str, config: Any) -> tuple[Technique, Config]:
     return tech, cfg
 
 
-def _run(family: str, model: nn.Module, config: Any, data=None, *, teacher: nn.Module | None = None,
-         seed: int = 0) -> nn.Module:
+def run_family(family: str, model: nn.Module, config: Any, data=None, *, teacher: nn.Module | None = None,
+               seed: int = 0) -> nn.Module:
     from .load import load_data
 
     tech, cfg = _technique(family, config)
@@ -63,14 +61,3 @@ def _run(family: str, model: nn.Module, config: Any, data=None, *, teacher: nn.M
         raise ConfigError(f"{tech.name} needs {', '.join(missing)}: pass data (and a teacher where asked)")
     with preserve_mode(model):  # the user's model is never modified, its train/eval mode included
         return tech.apply(model, cfg, ctx)
-
-
-class _Family(types.ModuleType):
-    def __call__(self, model: nn.Module, config: Any, data=None, *, teacher: nn.Module | None = None,
-                 seed: int = 0) -> nn.Module:
-        return _run(self.__name__.rsplit(".", 1)[-1], model, config, data, teacher=teacher, seed=seed)
-
-
-def callable_family(module_name: str) -> None:
-    """Make ``slimkit.<family>`` callable: ``slimkit.prune(model, config, data)``."""
-    sys.modules[module_name].__class__ = _Family

@@ -628,6 +628,136 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
     _done(res.report, out_dir, as_json, open_page)
 
 
+@app.command()
+@_guard
+def optimize(model: str = typer.Argument(..., help="MODEL spec."),
+             out: str = typer.Option(..., "--out", "-o", help="Output folder: study.journal, trials.json, pareto.json, "
+                                                              "best/ (a complete compress output), variants/. A new "
+                                                              "folder, or this study's folder to continue it."),
+             data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+             max_drop: float = typer.Option(0.5, "--max-drop", help="Points of the task metric the result may lose "
+                                                                    "(accuracy in %, or cosine fidelity x 100)."),
+             objective: str = typer.Option("latency_b1", "--objective", help="What to minimise, measured as a ratio "
+                                                                          "to the original: latency_b1, latency_bN, "
+                                                                          "size, energy, peak_mem."),
+             budget: str = typer.Option("", "--budget", help="Hard limits, e.g. 'size<=0.2x,latency_b1<=0.5x,"
+                                                             "ram<=256KB'."),
+             runtime: str = typer.Option("ort", "--runtime", help="Where candidates are measured: ort, litert, "
+                                                                  "litert-builtin, tflm."),
+             trials: int = typer.Option(20, "--trials", help="Trials in the study (all workers together)."),
+             time_limit: Optional[str] = typer.Option(None, "--time", help="Start no new trial after this long "
+                                                                           "(e.g. 20m, 90s)."),
+             seed: int = typer.Option(0, "--seed", help="Seed of the sampler, the splits and every candidate."),
+             storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage: a journal file, or a "
+                                                                           "database URL (sqlite:///s.db, "
+                                                                           "postgresql://...) shared by workers. "
+                                                                           "Default: OUT/study.journal."),
+             workers: int = typer.Option(1, "--workers", help="Processes running trials of this study at once."),
+             space: Optional[str] = typer.Option(None, "--space", help="Techniques to search (comma-separated), "
+                                                                       "default: every technique that declares "
+                                                                       "tunable fields."),
+             sampler: str = typer.Option("tpe", "--sampler", help="tpe, nsga2 or random (the baseline to beat)."),
+             variants: int = typer.Option(0, "--variants", help="Export K models along the front to OUT/variants "
+                                                                "with manifest.json and the on-device selector."),
+             references: bool = typer.Option(True, "--references/--no-references",
+                                             help="Measure the built-in recipes beside the search (reference points "
+                                                  "of the front)."),
+             threads: int = typer.Option(1, "--threads", help=THREADS_HELP),
+             batch: Optional[int] = typer.Option(None, "--batch", help=BATCH_HELP),
+             runs: int = typer.Option(30, "--runs", min=20, help="Timed runs at batch 1 per candidate."),
+             board: Optional[str] = typer.Option(None, "--board", help="For tflm: cortex-m4, cortex-m7, esp32-s3 or "
+                                                                       "ram=256KB,flash=1MB."),
+             trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model .pt file."),
+             worker: int = typer.Option(0, "--worker", hidden=True),
+             as_json: bool = typer.Option(False, "--json", help="Print best/report.json's content instead of the "
+                                                                "summary."),
+             open_page: bool = typer.Option(False, "--open", help="Open best/report.html when done.")) -> None:
+    """Search compressed versions of MODEL for the best one under a budget, measured in the target runtime.
+
+    Candidates are recipes (prune -> factorize -> KD recovery -> quantize) drawn from every registered technique
+    that declares tunable fields; each is built, exported and timed interleaved with the original. The choice is
+    made on a validation split of the training data; the front and the report state held-out test figures. The
+    study is kept in OUT/study.journal: run the same command again to continue it (after a kill, at most the trial
+    in flight is lost).
+
+    \b
+    Examples:
+      slimkit optimize zoo:digits-cnn --out opt/ --trials 30 --objective latency_bN
+      slimkit optimize zoo:digits-cnn --out opt/ --runtime litert --budget 'size<=0.2x'
+      slimkit optimize zoo:digits-cnn --out opt/ --variants 3 --workers 2
+    """
+    from .core.errors import ConfigError
+    from .load import resolve
+    from .search.planner import _check_out, parse_budget
+    from .search.space import SearchSpace
+
+    inputs = _spec_paths(model, data)
+    parse_budget(budget)
+    seconds = _duration(time_limit)
+    if not isinstance(workers, int) or not 1 <= workers <= max(1, 4 * (os.cpu_count() or 1)):
+        raise ConfigError(f"--workers {workers} is outside 1..{4 * (os.cpu_count() or 1)}")
+    _check_out(out, inputs)
+    _options(threads, batch, runs)
+    SearchSpace.from_registry(space, runtime=runtime)
+    brd = _board_arg(board)
+    _start(Path(out).parent)
+    lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
+    if lm.model is None:
+        raise SlimkitError("optimize needs a PyTorch model, not an ONNX file")
+    helpers = []
+    if workers > 1 and worker == 0:
+        import subprocess
+
+        argv = [a for a in sys.argv[1:]]
+        for w in range(1, workers):
+            helpers.append(subprocess.Popen([sys.executable, "-m", "slimkit.cli", *argv, "--worker", str(w), "-q"],
+                                            stdout=subprocess.DEVNULL))
+
+    def wait_for():
+        for h in helpers:
+            h.wait()
+
+    from .search.planner import optimize as run
+
+    try:
+        res = run(lm.model, bundle, out=out, max_drop=max_drop, objective=objective, budget=budget, runtime=runtime,
+                  trials=trials, time_limit=seconds, seed=seed, storage=storage, space=space, sampler=sampler,
+                  variants=variants, threads=threads, batch=batch, runs=runs, references=references,
+                  model_spec=model, command=_command_line(), inputs=inputs, board=brd, worker=worker,
+                  wait_for=wait_for)
+    finally:
+        for h in helpers:
+            if h.poll() is None:
+                h.terminate()
+                h.wait()
+    if worker:
+        return
+    _done(res.report, Path(out) / "best", as_json, open_page)
+    if not as_json:
+        r = res.report.get("ratios", {})
+        faster = r.get("latency_ms_p50_b1", 1) < 0.9 or r.get("latency_ms_p50_bN", 1) < 0.9
+        typer.echo(f"optimize: {len([t for t in res.trials if t['state'] == 'COMPLETE'])} trials measured; the chosen "
+                   f"model is {r.get('size_bytes', 1):.2f}x the size and {r.get('latency_ms_p50_b1', 1):.2f}x "
+                   f"(batch 1) / {r.get('latency_ms_p50_bN', 1):.2f}x (batch N) the latency of the original in ONNX "
+                   f"Runtime{'' if faster else ' (not faster)'}; front and trials in {out}")
+
+
+def _duration(text: Optional[str]) -> Optional[float]:
+    if text is None:
+        return None
+    import re
+
+    from .core.errors import ConfigError
+
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(s|m|h|min)?\s*", text)
+    if not m:
+        raise ConfigError(f"--time {text!r}: give a duration such as 90s, 20m or 1h")
+    v = float(m.group(1)) * {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+    if v <= 0:
+        raise ConfigError("--time must be positive")
+    return v
+
+
 def _runtimes_arg(spec: str) -> list:
     if spec.strip() in ("", "ort"):
         return []

@@ -4,9 +4,58 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 from .errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Tunable:
+    """A range the planner may search for one config field: ``choices`` (a categorical; one choice is a fixed
+    value the planner sets), or ``low``..``high`` (``step`` for a grid, ``log`` for a log scale; whole numbers
+    when both bounds are ints)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    choices: tuple = ()
+    step: Optional[float] = None
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if bool(self.choices) == (self.low is not None or self.high is not None):
+            raise ValueError("a Tunable has either choices or low/high")
+        if not self.choices and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError(f"a Tunable range needs low <= high, got {self.low}..{self.high}")
+
+    @property
+    def is_int(self) -> bool:
+        return not self.choices and isinstance(self.low, int) and isinstance(self.high, int) \
+            and (self.step is None or isinstance(self.step, int))
+
+    def to_dict(self) -> dict:
+        return {"choices": list(self.choices)} if self.choices else \
+            {"low": self.low, "high": self.high, **({"step": self.step} if self.step else {}),
+             **({"log": True} if self.log else {})}
+
+    @classmethod
+    def from_value(cls, v) -> "Tunable":
+        """A user's override: ``[lo, hi]`` (numbers), a list of choices, ``{low:, high:}`` or ``{choices:}``."""
+        if isinstance(v, Tunable):
+            return v
+        if isinstance(v, dict):
+            try:
+                return cls(**{k: tuple(x) if k == "choices" else x for k, x in v.items()})
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"search range {v!r}: {e}") from None
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) and
+                                                                not isinstance(x, bool) for x in v):
+            lo, hi = v
+            if lo > hi:
+                raise ConfigError(f"search range {list(v)}: low > high")
+            return cls(lo, hi)
+        if isinstance(v, (list, tuple)) and v:
+            return cls(choices=tuple(v))
+        return cls(choices=(v,))
 
 
 @dataclasses.dataclass
@@ -18,6 +67,9 @@ class Config:
     """
 
     VERSION: ClassVar[int] = 1
+    #: what the planner may search on this config, field -> Tunable (None: the technique does not take part in the
+    #: planner; {}: it takes part as on/off with its defaults). A new technique joins ``slimkit optimize`` here.
+    TUNABLE: ClassVar[Optional[dict[str, Tunable]]] = None
 
     def __post_init__(self) -> None:
         check_types(self)

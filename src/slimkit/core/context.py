@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ class Context:
     #: one row per training epoch of every recovery (stage, epoch, loss, val): the report's training curves
     history: list[dict] = dataclasses.field(default_factory=list)
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: called as ``on_epoch(model, row)`` after each recovery epoch (row: the history entry); it may raise to stop
+    #: the run (the planner stops unpromising candidates this way)
+    on_epoch: Optional[Callable[[torch.nn.Module, dict], None]] = None
 
     @property
     def example_inputs(self):

@@ -1,6 +1,7 @@
 """Progress bars (rich) on stderr; silenced by ``--quiet`` or SLIMKIT_QUIET=1."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Iterable, Iterator, Optional, TypeVar
@@ -14,7 +15,27 @@ def set_quiet(quiet: bool) -> None:
 
 
 def is_quiet() -> bool:
-    return _QUIET[0]
+    return _QUIET[0] or _MUTED[0] > 0
+
+
+_MUTED = [0]
+
+
+@contextlib.contextmanager
+def muted(on: bool = True):
+    """Silence the bars and lines of the work inside the block (the planner shows one line per candidate instead);
+    ``headline`` still prints unless the user asked for quiet."""
+    _MUTED[0] += int(on)
+    try:
+        yield
+    finally:
+        _MUTED[0] -= int(on)
+
+
+def headline(msg: str) -> None:
+    """A line that a muted block still shows (the planner's per-trial summary)."""
+    if not _QUIET[0]:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def _status(status: Optional[dict]) -> str:

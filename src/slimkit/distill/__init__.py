@@ -6,6 +6,6 @@ from .trainer import recover
 __all__ = ["embedding_loss", "kd_logit_loss", "kd_loss", "recover", "DistillConfig", "StudentConfig",
            "distill_student", "distill_train", "drop_layers", "make_student"]
 
-from ..api import callable_family  # noqa: E402
+from ..core.family import callable_family  # noqa: E402
 
 callable_family(__name__)  # slimkit.distill(model, config, data, teacher=...)

@@ -5,8 +5,9 @@ quantization and pruning can build one without importing the pipeline; ``pipelin
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
-from ..core.config import Config, check_choice, check_range
+from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.errors import ConfigError
 
 
@@ -14,6 +15,9 @@ from ..core.errors import ConfigError
 class Finetune(Config):
     """Recovery training after a stage: ``plain`` (labels) or ``kd`` (distil
     from the original model)."""
+
+    TUNABLE: ClassVar = {"epochs": Tunable(2, 20, step=2), "lr": Tunable(choices=(0.002,)),
+                         "method": Tunable(choices=("kd",)), "temperature": Tunable(choices=(1.0, 4.0))}
 
     method: str = "plain"
     epochs: int = 3

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -24,6 +25,7 @@ from .trainer import recover
 class DistillConfig(Finetune):
     """Train the model against the teacher (all of ``finetune``'s options)."""
 
+    TUNABLE: ClassVar = None  # the planner trains through each stage's finetune instead
     method: str = "kd"
     epochs: int = 10
 

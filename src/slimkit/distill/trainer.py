@@ -233,6 +233,8 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
                       **({} if score is None else {"val": score}))
         ctx.history.append({"stage": ctx.extras.get("stage") or "", "epoch": epoch + 1,
                             "loss": loss_sum / max(1, loss_n), "train_acc": train_acc, "val": score})
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(model, ctx.history[-1])
         if ckpt is not None:
             st = {"fingerprint": fp, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                   "sched": sched.state_dict(), "gen": g.get_state(), "rng": torch.get_rng_state(), "best": best,

@@ -6,6 +6,6 @@ from .lowrank import DSConvConfig, LowRankConfig, dsconv, lowrank
 __all__ = ["depthwise_separable", "rank_for_energy", "singular_values", "spatial_svd_conv", "svd_linear", "tucker2",
            "tucker2_conv", "DSConvConfig", "LowRankConfig", "dsconv", "lowrank"]
 
-from ..api import callable_family  # noqa: E402
+from ..core.family import callable_family  # noqa: E402
 
 callable_family(__name__)  # slimkit.factorize(model, config, data)

@@ -5,7 +5,7 @@ Rank selection (``rank``):
 * ``ratio``: per layer, ``ratio`` of the full rank; ``ranks`` pins ranks per layer name;
 * ``auto``: a global budget (``target`` share of MACs or params removed): every layer is
   factorized alone at several ranks on held-in data, the metric drop and the saving are
-  measured, and a greedy search (``search.greedy_levels``, in the spirit of AIMET's greedy
+  measured, and a greedy search (``core.allocate.greedy_levels``, in the spirit of AIMET's greedy
   rank selection) takes the cheapest steps until the measured saving meets the target.
 
 A layer is only replaced when the factorized form measures fewer MACs and params than
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import ClassVar
 import math
 
 import torch
 import torch.nn as nn
 
-from ..core.config import Config, check_choice, check_range
+from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.context import Context
 from ..core.errors import ConfigError
 from ..core.progress import track
@@ -30,7 +31,7 @@ from ..core.targets import Targets
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.metrics import held_in_split, split_score
 from ..quantize.graph import input_covariances, set_module
-from ..search import greedy_levels
+from ..core.allocate import greedy_levels
 from .decompose import (depthwise_separable, linear_rank_limit, rank_for_energy, singular_values,
                         spatial_rank_limit, spatial_svd_conv, svd_linear, tucker2_conv, tucker_rank_limits)
 
@@ -40,6 +41,8 @@ LEVELS = (0.75, 0.625, 0.5, 0.375, 0.25, 0.125)  # share of the full rank kept, 
 @dataclasses.dataclass
 class LowRankConfig(Config):
     """Factorize Linear layers by truncated SVD and convolutions by Tucker-2 or spatial SVD."""
+
+    TUNABLE: ClassVar = {"rank": Tunable(choices=("auto",)), "target": Tunable(0.2, 0.7, step=0.05)}
 
     linear: str = "svd"  # svd | none
     conv: str = "tucker"  # tucker | spatial | none
@@ -253,6 +256,8 @@ def _auto(m, layers, cfg, ctx, example, shapes, base, pays_off, covs):
 @dataclasses.dataclass
 class DSConvConfig(Config):
     """Replace k x k convolutions by depthwise k x k + pointwise 1 x 1."""
+
+    TUNABLE: ClassVar = {}
 
     multiplier: int = 1  # depthwise channels per input channel (rank of the per-channel fit)
     min_in_channels: int = 4  # a 1- or 3-channel input conv gains little and loses much

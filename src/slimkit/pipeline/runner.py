@@ -21,6 +21,7 @@ from ..core.progress import info
 from ..core.io import (GENERATED_TAG, atomic_write_text, check_output_dir, publish_dir, scratch_dir, sweep_stale,
                        write_output_marker)
 from ..core.registry import get_technique
+from ..distill.trainer import recover
 from ..evaluate.compare import Candidate, compare
 from ..evaluate.energy import SOURCE as ENERGY_SOURCE
 from ..evaluate.macs import count_macs, count_nonzero_params, count_params, macs_by_layer
@@ -108,7 +109,7 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
              model_spec: str = "", threads: int = 1, batch: Optional[int] = None, runs: int = 30,
              seed: Optional[int] = None, measure: bool = True,
              checkpoint_dir: Optional[str | os.PathLike] = None, inputs: Sequence = (),
-             command: str = "", runtimes: Sequence = (), board=None) -> Result:
+             command: str = "", runtimes: Sequence = (), board=None, extra_report: Optional[dict] = None) -> Result:
     """Run ``recipe`` on a copy of ``model`` with ``data``; write DIR/model.onnx,
     report.json, report.md, report.html and recipe.yaml when ``out`` is given
     (all or nothing: files are assembled in a scratch folder and the folder is moved in whole, replacing an
@@ -116,7 +117,7 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
     reads (never replaced). The caller's model keeps its train/eval mode, also when this fails. ``runtimes``:
     on-device runtimes (``slimkit.runtimes``) besides ONNX Runtime: the result is exported to each (model.tflite,
     model_int8.tflite, model_data.cc/.h for TFLM), measured side by side with the baseline there, and reported
-    under ``runtimes``."""
+    under ``runtimes``. ``extra_report``: keys merged into report.json before it is written (the planner's front)."""
     recipe = _check_args(model, recipe, data)
     runtimes = check_runtime_recipe(recipe, runtimes)
     out_dir = check_output_dir(out, inputs=inputs) if out is not None else None
@@ -125,7 +126,7 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
     with eval_mode(model):
         return _compress(model, recipe, data, out_dir, model_spec=model_spec, threads=threads, batch=batch,
                          runs=runs, seed=seed, measure=measure, checkpoint_dir=checkpoint_dir, command=command,
-                         runtimes=runtimes, board=board)
+                         runtimes=runtimes, board=board, extra_report=extra_report)
 
 
 def _on_device(baseline, work, data, runtimes, tmp: Path, *, threads, batch, runs, board) -> dict:
@@ -155,8 +156,40 @@ def _on_device(baseline, work, data, runtimes, tmp: Path, *, threads, batch, run
     return res
 
 
+def apply_recipe(baseline: nn.Module, recipe: Recipe, data: DataBundle, ctx: Context, *,
+                 ref: Optional[np.ndarray] = None, checkpoint_dir=None) -> tuple[nn.Module, list[dict]]:
+    """Run the recipe's stages in order on a copy of ``baseline``: each technique, then the stage's recovery, then
+    the result's finalize; returns the result and one summary per stage (metrics on ``data.test``). The caller
+    seeds and checks needs first (``compress`` does; so does the planner, for each candidate)."""
+    work = copy.deepcopy(baseline)
+    stages = []
+    for stage in recipe.stages:
+        t0 = time.perf_counter()
+        notes_before = len(ctx.notes)
+        ckpt = Path(checkpoint_dir) / f"{recipe.name}-{stage.name}" if checkpoint_dir else None
+        ctx.extras["stage"] = stage.name
+        for i, step in enumerate(stage.techniques):
+            tech = get_technique(step.type)
+            # techniques that train (distill.*) resume from their own checkpoint
+            ctx.extras["checkpoint"] = str(ckpt) + f"-{i}.pt" if ckpt else None
+            info(f"slimkit: stage {stage.name}: {step.type}")
+            work = tech.apply(work, step.config, ctx)
+            if not isinstance(work, nn.Module):
+                raise SlimkitError(f"technique {step.type} returned {type(work).__name__}, not an nn.Module")
+        if stage.finetune is not None and stage.finetune.epochs > 0:
+            work = recover(work, ctx, stage.finetune, checkpoint=str(ckpt) + "-finetune.pt" if ckpt else None)
+        finalize = getattr(work, "slimkit_finalize", None)
+        if callable(finalize):  # e.g. make pruning masks permanent once recovery is done
+            work = finalize()
+        stages.append({"name": stage.name, "techniques": [s.type for s in stage.techniques],
+                       "finetune": stage.finetune.to_dict() if stage.finetune else None,
+                       "seconds": round(time.perf_counter() - t0, 2),
+                       "metrics": quick_metrics(work, data, ref), "notes": ctx.notes[notes_before:]})
+    return work, stages
+
+
 def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs, seed, measure, checkpoint_dir,
-              command, runtimes=(), board=None) -> Result:
+              command, runtimes=(), board=None, extra_report=None) -> Result:
     from ..report.writer import write_reports
 
     seed = recipe.seed if seed is None else seed
@@ -175,32 +208,7 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
     seed_everything(seed)
     with torch.no_grad():
         ref = torch.cat([baseline(*x) for x, _ in data.test.batches(256)]).float().numpy()
-    work = copy.deepcopy(baseline)
-    stages = []
-    for stage in recipe.stages:
-        t0 = time.perf_counter()
-        notes_before = len(ctx.notes)
-        ckpt = Path(checkpoint_dir) / f"{recipe.name}-{stage.name}" if checkpoint_dir else None
-        ctx.extras["stage"] = stage.name
-        for i, step in enumerate(stage.techniques):
-            tech = get_technique(step.type)
-            # techniques that train (distill.*) resume from their own checkpoint
-            ctx.extras["checkpoint"] = str(ckpt) + f"-{i}.pt" if ckpt else None
-            info(f"slimkit: stage {stage.name}: {step.type}")
-            work = tech.apply(work, step.config, ctx)
-            if not isinstance(work, nn.Module):
-                raise SlimkitError(f"technique {step.type} returned {type(work).__name__}, not an nn.Module")
-        if stage.finetune is not None and stage.finetune.epochs > 0:
-            from ..distill.trainer import recover
-
-            work = recover(work, ctx, stage.finetune, checkpoint=str(ckpt) + "-finetune.pt" if ckpt else None)
-        finalize = getattr(work, "slimkit_finalize", None)
-        if callable(finalize):  # e.g. make pruning masks permanent once recovery is done
-            work = finalize()
-        stages.append({"name": stage.name, "techniques": [s.type for s in stage.techniques],
-                       "finetune": stage.finetune.to_dict() if stage.finetune else None,
-                       "seconds": round(time.perf_counter() - t0, 2),
-                       "metrics": quick_metrics(work, data, ref), "notes": ctx.notes[notes_before:]})
+    work, stages = apply_recipe(baseline, recipe, data, ctx, ref=ref, checkpoint_dir=checkpoint_dir)
 
     qinfo = getattr(work, "info", None)
     report: dict = {"model": model_spec or type(model).__name__, "data": data.name, "task": data.task,
@@ -265,6 +273,7 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
                                "model_int8.tflite": "the compressed model for LiteRT, fully int8 (PT2E)",
                                "model_data.cc": "the int8 model as a C array for TFLM firmware, with model_data.h "
                                                 "(kTensorArenaSize: the measured arena)"}
+        report.update(extra_report or {})
         if measure:
             write_reports(report, tmp)
         if out_dir is not None:

@@ -11,6 +11,6 @@ __all__ = ["CRITERIA", "accumulate_gradients", "bn_scale", "magnitude", "random"
            "MagnitudePruneConfig", "PrunedModel", "layer_sparsity", "magnitude_prune", "nm_mask",
            "GradualPruneConfig", "IterativePruneConfig", "iterative_prune", "StructuredPruneConfig", "structured_prune", "prune_heads", "SlimMultiheadAttention", "gradual_prune", "load_slim", "save_slim", "ClusterConfig", "ClusteredModel", "cluster", "kmeans_1d"]
 
-from ..api import callable_family  # noqa: E402
+from ..core.family import callable_family  # noqa: E402
 
 callable_family(__name__)  # slimkit.prune(model, config, data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import ClassVar
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.config import Config, check_choice, check_range
+from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.context import Context
 from ..core.errors import ConfigError
 from ..core.progress import track
@@ -27,7 +28,7 @@ from ..evaluate.latency import time_interleaved, torch_runner
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.metrics import held_in_split, split_score
 from ..quantize.graph import set_module
-from ..search import greedy_levels
+from ..core.allocate import greedy_levels
 from .channels import ChannelGraph
 from .importance import accumulate_gradients
 
@@ -43,6 +44,9 @@ class StructuredPruneConfig(Config):
     every group), ``global`` (one ranking of normalised channel scores),
     ``sensitivity`` (prune each group alone at several ratios on held-in data,
     then greedily cut where the metric drops least per unit of ``budget``)."""
+
+    TUNABLE: ClassVar = {"target_macs": Tunable(0.2, 0.8, step=0.05),
+                         "allocation": Tunable(choices=("uniform", "sensitivity"))}
 
     ratio: float = 0.5
     target_macs: float = 0.0

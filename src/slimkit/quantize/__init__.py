@@ -11,6 +11,6 @@ __all__ = ["CALIBRATORS", "Observer", "QScheme", "compute_qparams", "dequantize"
            "int8_dynamic", "QATConfig", "qat", "MixedPrecisionConfig", "mixed_precision",
            "Int4Model", "Int4WeightConfig", "int4_weights"]
 
-from ..api import callable_family  # noqa: E402
+from ..core.family import callable_family  # noqa: E402
 
 callable_family(__name__)  # slimkit.quantize(model, config, data)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.config import Config, check_choice, check_range
+from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.context import Context
 from ..core.errors import ConfigError, DataError, ExportError
 from ..export.onnx import write_onnx
@@ -34,6 +35,8 @@ from .static import INT8_KERNELS, weight_range_for_cpu
 @dataclasses.dataclass
 class DynamicQuantConfig(Config):
     """int8 dynamic quantization of Linear/MatMul weights (and embeddings)."""
+
+    TUNABLE: ClassVar = {}
 
     per_channel: bool = True
     weight_range: str = "auto"  # auto | full | reduced (7-bit s8) | u8 (full 8-bit, u8 x u8 kernels)

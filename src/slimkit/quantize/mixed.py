@@ -18,6 +18,7 @@ Codes of 3 or 2 bits use 4-bit containers.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -28,12 +29,13 @@ from ..core.errors import ConfigError
 from ..core.progress import track
 from ..core.registry import register_technique
 from ..evaluate.metrics import held_in_split, split_score
-from ..search.greedy import greedy_levels
+from ..core.allocate import greedy_levels
 from .static import QuantizedModel, StaticQuantConfig, bias_correct, calibrate, prepare_static
 
 
 @dataclasses.dataclass
 class MixedPrecisionConfig(StaticQuantConfig):
+    TUNABLE: ClassVar = None  # runs its own sensitivity search; the planner's int8 slot covers static PTQ
     low_bits: int = 4
     max_drop: float = 0.005  # largest allowed drop of the task metric (accuracy or cosine), absolute
     min_sqnr_db: float = 25.0  # and the model output must keep this signal-to-quantization-noise ratio

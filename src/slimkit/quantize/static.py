@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..core.checks import check_finite_weights
-from ..core.config import Config, check_choice, check_range
+from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.context import Context
 from ..core.errors import ConfigError, DataError, ExportError
 from ..export.onnx import write_onnx
@@ -47,6 +47,9 @@ def weight_range_for_cpu() -> tuple[str, str]:
 @dataclasses.dataclass
 class StaticQuantConfig(Config):
     """int8 static PTQ: per-channel weights, per-tensor u8 activations."""
+
+    TUNABLE: ClassVar = {"calibrator": Tunable(choices=("auto", "minmax", "percentile", "mse")),
+                         "per_channel": Tunable(choices=(True, False))}
 
     calibrator: str = "auto"
     percentile: float = 99.99
@@ -449,6 +452,8 @@ class QATConfig(StaticQuantConfig):
     """Quantization-aware training: static PTQ as the start, then fine-tuning
     through the fake-quant ops (straight-through estimator) with learnable
     scales (LSQ), recovering with distillation from the original model."""
+
+    TUNABLE: ClassVar = None  # minutes of training per candidate: not in the planner's default space yet
 
     weight_bits: int = 4
     calibrator: str = "mse"
