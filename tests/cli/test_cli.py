@@ -32,7 +32,7 @@ def test_entry_point_help():
 
 
 def test_every_command_has_man_page_help():
-    for cmd in ("list", "profile", "bench", "export", "compress", "demo", "report", "unpack"):
+    for cmd in ("list", "profile", "bench", "export", "compress", "optimize", "demo", "report", "unpack"):
         res = run(cmd, "--help")
         assert res.exit_code == 0 and "Usage:" in res.output and len(res.output) > 200
 

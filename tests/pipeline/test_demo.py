@@ -7,9 +7,24 @@ from slimkit.cli import app
 KEYS = ("params", "macs", "size_bytes", "latency_ms_p50_b1", "latency_ms_p50_bN", "peak_mem_bytes", "energy_mj_est")
 
 
-def test_demo_writes_all_artifacts_with_all_keys(tmp_path):
+def test_demo_runs_the_planner_and_ends_smaller_and_faster(tmp_path):
     out = tmp_path / "demo"
-    res = CliRunner().invoke(app, ["--quiet", "demo", "--out", str(out)])
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--trials", "4"])
+    assert res.exit_code == 0, res.output
+    assert "is smaller and faster than the original" in res.output, res.output
+    for f in ("trials.json", "pareto.json", "study.journal", "best/model.onnx", "best/recipe.yaml"):
+        assert (out / f).is_file(), f
+    rep = json.loads((out / "best" / "report.json").read_text())
+    assert rep["ratios"]["size_bytes"] < 1 and rep["compressed"]["accuracy"] >= 0.97 and rep["pareto"]
+    # an earlier demo output is replaced whole
+    res = CliRunner().invoke(app, ["--quiet", "demo", "--out", str(out), "--recipe", "demo"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "trials.json").exists() and (out / "model.onnx").is_file()
+
+
+def test_demo_recipe_writes_all_artifacts_with_all_keys(tmp_path):
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["--quiet", "demo", "--out", str(out), "--recipe", "demo"])
     assert res.exit_code == 0, res.output
     for f in ("model.onnx", "report.json", "report.md", "report.html", "recipe.yaml"):
         assert (out / f).is_file(), f

@@ -75,6 +75,12 @@ class Config:
         check_types(self)
         self.validate()
 
+    @classmethod
+    def tunable_for(cls, model, example) -> dict[str, Tunable]:
+        """The planner's ranges for one model: ``TUNABLE`` unless the search space depends on the model's own
+        structure (e.g. one width per channel group). A dotted name ``field.key`` sets one entry of a dict field."""
+        return dict(cls.TUNABLE or {})
+
     def validate(self) -> None:  # pragma: no cover - default accepts everything
         """Raise ConfigError if a field is out of range."""
 

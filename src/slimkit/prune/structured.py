@@ -60,9 +60,15 @@ class StructuredPruneConfig(Config):
     sparse_strength: float = 1e-3
     sparse_epochs: int = 0
     eval_samples: int = 512
+    #: explicit widths: channel group ("+"-joined producer layers, as the report's table names them) -> share of its
+    #: channels kept, in (0, 1]; groups not named stay whole. When given, ratio/target/allocation are not used.
+    widths: dict = dataclasses.field(default_factory=dict)
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
 
     def validate(self) -> None:
+        for k, v in self.widths.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
+                raise ConfigError(f"widths[{k!r}]={v!r}: the share of channels kept must be in (0, 1]")
         check_range("ratio", self.ratio, 0, 1, hi_open=True)
         check_range("target_macs", self.target_macs, 0, 1, hi_open=True)
         check_range("max_ratio", self.max_ratio, 0, 1, hi_open=True)
@@ -75,7 +81,7 @@ class StructuredPruneConfig(Config):
             raise ConfigError("round_to must be >= 1 and sparse_epochs >= 0")
         if self.sparse_penalty != "none" and self.sparse_epochs == 0:
             raise ConfigError(f"sparse_penalty={self.sparse_penalty} needs sparse_epochs >= 1")
-        if self.allocation == "sensitivity" and self.target_macs == 0 and self.budget == "macs":
+        if self.allocation == "sensitivity" and self.target_macs == 0 and self.budget == "macs" and not self.widths:
             raise ConfigError("sensitivity allocation needs a target: set target_macs (e.g. 0.5)")
         if isinstance(self.targets, (dict, list, str)):
             self.targets = Targets.from_dict(self.targets)
@@ -348,6 +354,14 @@ def _allocate(model, plan: _Plan, cfg: StructuredPruneConfig, ctx: Context, exam
     def macs_removed(counts):
         return 1 - count_macs(_pruned(model, plan, counts), example) / base_macs
 
+    if cfg.widths:
+        label = {g: "+".join(v["producers"]) for g, v in plan.groups.items()}
+        unknown = sorted(set(cfg.widths) - set(label.values()))
+        if unknown:
+            raise ConfigError(f"widths names unknown channel group(s) {', '.join(unknown)}; this model's groups: "
+                              f"{', '.join(sorted(label.values()))}")
+        return {g: _round(s * cfg.widths.get(label[g], 1.0), s, cfg) for g, s in sizes.items()}, []
+
     if cfg.allocation in ("uniform", "global"):
         fn = uniform if cfg.allocation == "uniform" else global_
         if cfg.target_macs == 0:
@@ -426,6 +440,31 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
     return counts_of(level), table
 
 
+@dataclasses.dataclass
+class WidthSearchConfig(StructuredPruneConfig):
+    """Architecture search over the model's own channel widths (NAS): the planner draws, for every prunable channel
+    group of *this* model, the share of channels kept (1/8 steps from 1/4 to 1); the candidate keeps the
+    teacher's most important channels and is recovered by distillation from it in the stage's fine-tune."""
+
+    TUNABLE: ClassVar = {}
+    WIDTH_STEPS: ClassVar = Tunable(0.25, 1.0, step=0.125)
+
+    @classmethod
+    def tunable_for(cls, model: nn.Module, example) -> dict:
+        plan = analyse(copy.deepcopy(model).eval(), example, cls())
+        return {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}
+
+
+@register_technique("prune.widths", WidthSearchConfig, needs=("example_inputs",),
+                    summary="NAS over the model's own channel widths: a kept share per channel group (drawn by the "
+                            "planner), the teacher's most important channels kept, recovered with KD")
+def width_search(model: nn.Module, cfg: WidthSearchConfig, ctx: Context) -> nn.Module:
+    """A candidate architecture from ``widths`` (none given: the model unchanged, every group whole)."""
+    if not cfg.widths:
+        return copy.deepcopy(model)
+    return structured_prune(model, cfg, ctx)
+
+
 @register_technique("prune.structured", StructuredPruneConfig, needs=("example_inputs",),
                     summary="remove whole channels / neurons / attention heads (coupled layers kept consistent); "
                             "uniform, global or sensitivity allocation; optional group-lasso sparse training")
@@ -477,7 +516,7 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
                       "allocation": cfg.allocation, "criterion": cfg.criterion}
     removed = sum(plan.groups[g]["size"] - counts[g] for g in counts)
     total = sum(plan.groups[g]["size"] for g in counts)
-    ctx.note(f"structured pruning ({cfg.allocation}, {cfg.criterion}): removed {removed} of {total} channels in "
+    ctx.note(f"structured pruning ({'explicit widths' if cfg.widths else cfg.allocation}, {cfg.criterion}): removed {removed} of {total} channels in "
              f"{len(counts)} groups; skipped {len(plan.skipped)} group(s): "
              + ("; ".join(f"{k} ({v[0]})" for k, v in plan.skipped.items()) or "none")
              + (f"; attention heads {heads}" if heads else ""))

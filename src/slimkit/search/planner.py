@@ -260,7 +260,8 @@ def optimize(model: nn.Module, data: DataBundle, *, out: str | os.PathLike, max_
         if lim.key == "ram" and runtime == "litert":
             raise ConfigError("--budget ram<=...: LiteRT's memory is not measured here; use --runtime tflm (the "
                               "tensor arena) or ort (peak memory of the process)")
-    sp = space if isinstance(space, SearchSpace) else SearchSpace.from_registry(space, runtime=runtime)
+    sp = space if isinstance(space, SearchSpace) else SearchSpace.from_registry(
+        space, runtime=runtime, model=model, example=data.example_inputs(1))
     out_dir = _check_out(out, inputs)
     from ..pipeline.runner import check_options
 
@@ -430,6 +431,8 @@ def _run_trials(study, sp, c, trials, time_limit, out_dir, meter, identity, refs
             recipe, prec = sp.sample(trial, c["seed"])
             trial.set_user_attr("recipe", recipe.to_dict())
             trial.set_user_attr("precision", prec)
+            if not recipe.stages and prec == "fp32":
+                raise Unpromising("no technique drawn: the original itself, measured already")
             m = evaluate_candidate(recipe, prec, c)
         except Unpromising as e:
             trial.set_user_attr("reason", str(e))

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from ..core.config import Tunable
-from ..core.errors import ConfigError, did_you_mean
+from ..core.errors import ConfigError, did_you_mean, first_line
 from ..core.registry import get_technique, list_techniques
 from ..distill.finetune import Finetune
 from ..pipeline.recipe import Recipe, Stage, Step
@@ -40,13 +40,37 @@ class SearchSpace:
 
     # -- building ------------------------------------------------------------------------
     @classmethod
-    def from_registry(cls, include: Any = None, *, runtime: str = "ort") -> "SearchSpace":
+    def from_registry(cls, include: Any = None, *, runtime: str = "ort", model=None, example=None) -> "SearchSpace":
         """Every registered technique whose config declares ``TUNABLE``; ``include`` narrows it: a list of
         technique names, or {technique: {field: range}} where a range is ``[low, high]``, a list of choices or one
         value (a technique outside the default space may be named: it runs with its defaults plus the given
-        ranges)."""
-        default = {t.name: dict(t.config_cls.TUNABLE) for t in list_techniques() if t.config_cls.TUNABLE is not None}
+        ranges). ``model``/``example``: ranges that depend on the model's structure (``Config.tunable_for``)."""
+
+        def ranges_of(cfg_cls):
+            return cfg_cls.tunable_for(model, example) if model is not None else dict(cfg_cls.TUNABLE or {})
+
+        default = {t.name: ranges_of(t.config_cls) for t in list_techniques() if t.config_cls.TUNABLE is not None}
         chosen: dict[str, dict[str, Tunable]]
+        finetune = dict(Finetune.TUNABLE or {})
+        if isinstance(include, str) and include.strip().startswith("{"):  # inline YAML/JSON mapping (the CLI)
+            import yaml
+
+            try:
+                include = yaml.safe_load(include)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"--space is not a valid YAML mapping ({first_line(e, 80)})") from None
+        if isinstance(include, dict) and "finetune" in include:
+            include = dict(include)
+            over = include.pop("finetune") or {}
+            fields = {f.name for f in dataclasses.fields(Finetune)}
+            if not isinstance(over, dict):
+                raise ConfigError("space: finetune takes {field: range}, e.g. {epochs: [2, 6]}")
+            for field, rng in over.items():
+                if field not in fields:
+                    raise ConfigError(f"space: finetune has no field {field!r}{did_you_mean(field, fields)}")
+                finetune[field] = Tunable.from_value(rng)
+            if not include:
+                include = None
         if include is None:
             chosen = default
         else:
@@ -64,12 +88,16 @@ class SearchSpace:
                     raise ConfigError(f"space: unknown technique {name!r}{did_you_mean(name, known)}; known: "
                                       f"{', '.join(sorted(default))} (the default space)")
                 tech = get_technique(name)
-                ranges = dict(tech.config_cls.TUNABLE or {})
+                ranges = ranges_of(tech.config_cls)
                 fields = {f.name for f in dataclasses.fields(tech.config_cls)}
+                if over is not None and not isinstance(over, dict):
+                    raise ConfigError(f"space: {name} takes {{field: range}}, got {over!r}")
                 for field, rng in (over or {}).items():
-                    if field not in fields:
+                    if field.partition(".")[0] not in fields:
                         raise ConfigError(f"space: {name} has no field {field!r}{did_you_mean(field, fields)}")
-                    ranges[field] = Tunable.from_value(rng)
+                    per_key = [k for k in ranges if k.startswith(field + ".")]
+                    for k in per_key or [field]:  # widths: [0.5, 1.0] sets the range of every group's width
+                        ranges[k] = Tunable.from_value(rng)
                 chosen[name] = ranges
         slots = []
         for slot, families in SLOTS:
@@ -82,7 +110,7 @@ class SearchSpace:
             raise ConfigError("space: no technique to search for this runtime (slimkit's quantizers export to ONNX "
                               "Runtime only; add a pruning or factorization technique)")
         precisions = ("fp32",) if runtime == "ort" else ("int8",) if runtime == "tflm" else ("fp32", "int8")
-        return cls(slots, dict(Finetune.TUNABLE or {}), precisions)
+        return cls(slots, finetune, precisions)
 
     # -- sampling --------------------------------------------------------------------------
     def sample(self, trial, seed: int = 0) -> tuple[Recipe, str]:
@@ -90,7 +118,7 @@ class SearchSpace:
         stages, reduce_steps = [], []
         quant_steps = []
         for slot, choices in self.slots:
-            names = [NONE] + [c.technique for c in choices]
+            names = ([NONE] if len(self.slots) > 1 else []) + [c.technique for c in choices]
             pick = trial.suggest_categorical(slot, names)
             if pick == NONE:
                 continue
@@ -104,7 +132,11 @@ class SearchSpace:
             stages.append(Stage("quantize", quant_steps))
         precision = trial.suggest_categorical("precision", list(self.precisions)) if len(self.precisions) > 1 \
             else self.precisions[0]
-        name = "+".join(s.type for st in stages for s in st.techniques) or "original"
+        name = "+".join(_label(s, c.ranges) for st in stages for s in st.techniques
+                        for _, cs in self.slots for c in cs if c.technique == s.type) or "original"
+        ft = next((st.finetune for st in stages if st.finetune is not None), None)
+        if ft is not None:
+            name += f"+kd{ft.epochs}"
         return Recipe(name=name, stages=stages, seed=seed,
                       description=f"found by slimkit optimize (trial {trial.number})"), precision
 
@@ -121,14 +153,34 @@ class SearchSpace:
         return sum(len(c) for _, c in self.slots)
 
 
+def _label(step: Step, ranges: dict[str, Tunable]) -> str:
+    """A short name: the technique and the values the planner drew (fixed ones left out)."""
+    vals = []
+    for field, t in ranges.items():
+        if len(t.choices) == 1:
+            continue
+        head, dot, key = field.partition(".")
+        v = getattr(step.config, head)
+        v = v.get(key) if dot else v
+        vals.append(f"{v:g}" if isinstance(v, float) else str(v))
+    short = step.type.split(".", 1)[1]
+    return f"{short}({'/'.join(vals)})" if vals else short
+
+
 def _suggest(trial, prefix: str, ranges: dict[str, Tunable]) -> dict:
-    out = {}
+    """Values for a config's fields; ``field.key`` names fill one entry of a dict field (e.g. a width per group)."""
+    out: dict = {}
     for field, t in ranges.items():
         name = f"{prefix}.{field}"
         if t.choices:
-            out[field] = t.choices[0] if len(t.choices) == 1 else trial.suggest_categorical(name, list(t.choices))
+            v = t.choices[0] if len(t.choices) == 1 else trial.suggest_categorical(name, list(t.choices))
         elif t.is_int:
-            out[field] = trial.suggest_int(name, t.low, t.high, step=t.step or 1, log=t.log)
+            v = trial.suggest_int(name, t.low, t.high, step=t.step or 1, log=t.log)
         else:
-            out[field] = trial.suggest_float(name, float(t.low), float(t.high), step=t.step, log=t.log)
+            v = trial.suggest_float(name, float(t.low), float(t.high), step=t.step, log=t.log)
+        head, dot, key = field.partition(".")
+        if dot:
+            out.setdefault(head, {})[key] = v
+        else:
+            out[field] = v
     return out
