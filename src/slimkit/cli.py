@@ -659,6 +659,8 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
              sampler: str = typer.Option("tpe", "--sampler", help="tpe, nsga2 or random (the baseline to beat)."),
              variants: int = typer.Option(0, "--variants", help="Export K models along the front to OUT/variants "
                                                                 "with manifest.json and the on-device selector."),
+             val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the training split carved "
+                                                                            "off to decide on (0.05-0.5)."),
              references: bool = typer.Option(True, "--references/--no-references",
                                              help="Measure the built-in recipes beside the search (reference points "
                                                   "of the front)."),
@@ -696,6 +698,8 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
     seconds = _duration(time_limit)
     if not isinstance(workers, int) or not 1 <= workers <= max(1, 4 * (os.cpu_count() or 1)):
         raise ConfigError(f"--workers {workers} is outside 1..{4 * (os.cpu_count() or 1)}")
+    if not 0.05 <= val_fraction <= 0.5:
+        raise ConfigError(f"--val-fraction {val_fraction} must be within 0.05..0.5")
     _check_out(out, inputs)
     _options(threads, batch, runs)
     SearchSpace.from_registry(space, runtime=runtime)
@@ -723,7 +727,7 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
         res = run(lm.model, bundle, out=out, max_drop=max_drop, objective=objective, budget=budget, runtime=runtime,
                   trials=trials, time_limit=seconds, seed=seed, storage=storage, space=space, sampler=sampler,
                   variants=variants, threads=threads, batch=batch, runs=runs, references=references,
-                  model_spec=model, command=_command_line(), inputs=inputs, board=brd, worker=worker,
+                  val_fraction=val_fraction, model_spec=model, command=_command_line(), inputs=inputs, board=brd, worker=worker,
                   wait_for=wait_for)
     finally:
         for h in helpers:
@@ -740,6 +744,10 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
                    f"model is {r.get('size_bytes', 1):.2f}x the size and {r.get('latency_ms_p50_b1', 1):.2f}x "
                    f"(batch 1) / {r.get('latency_ms_p50_bN', 1):.2f}x (batch N) the latency of the original in ONNX "
                    f"Runtime{'' if faster else ' (not faster)'}; front and trials in {out}")
+        if runtime != "ort" and res.best:
+            typer.echo(f"optimize: in {runtime} the chosen model ({res.best['name']}) runs at "
+                       + ", ".join(f"{k} {v:.2f}x" for k, v in res.best["ratios"].items() if k.startswith("latency"))
+                       + " the ONNX Runtime fp32 original (measured in the trial, interleaved)")
 
 
 def _duration(text: Optional[str]) -> Optional[float]:

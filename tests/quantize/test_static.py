@@ -86,7 +86,7 @@ def test_bias_correction_reduces_output_mean_error(mnist1d_cnn, mnist1d):
 
 def test_cross_layer_equalization_keeps_function():
     from slimkit.quantize.equalize import cross_layer_equalize
-    from slimkit.quantize.graph import trace
+    from slimkit.core.graph import trace
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),

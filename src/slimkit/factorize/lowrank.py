@@ -30,7 +30,7 @@ from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.metrics import held_in_split, split_score
-from ..quantize.graph import input_covariances, set_module
+from ..core.graph import input_covariances, set_module
 from ..core.allocate import greedy_levels
 from .decompose import (depthwise_separable, linear_rank_limit, rank_for_energy, singular_values,
                         spatial_rank_limit, spatial_svd_conv, svd_linear, tucker2_conv, tucker_rank_limits)

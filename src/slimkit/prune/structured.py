@@ -27,7 +27,7 @@ from ..core.targets import Targets
 from ..evaluate.latency import time_interleaved, torch_runner
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.metrics import held_in_split, split_score
-from ..quantize.graph import set_module
+from ..core.graph import set_module
 from ..core.allocate import greedy_levels
 from .channels import ChannelGraph
 from .importance import accumulate_gradients

@@ -27,7 +27,7 @@ from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..zoo.data import DataBundle
 from .gptq import gptq_codes
-from .graph import input_covariances, set_module
+from ..core.graph import input_covariances, set_module
 from ..core.checks import check_finite_weights
 from .static import INT8_KERNELS, weight_range_for_cpu
 

@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import graph as G
+from ..core import graph as G
 
 
 def _next_layer(gm, node: fx.Node):

@@ -31,7 +31,7 @@ from ..zoo.data import DataBundle
 from ..zoo.train import predict
 from .dynamic import DynQuantModel, _plain_gemm, select_linears, value_key
 from .gptq import gptq_codes
-from .graph import input_covariances, set_module
+from ..core.graph import input_covariances, set_module
 from .scheme import sqnr_db
 from ..core.checks import check_finite_weights
 

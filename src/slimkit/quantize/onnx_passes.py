@@ -251,12 +251,38 @@ def pack_low_bit_weights(model: onnx.ModelProto) -> int:
         n.input[0] = base + "_8bit"
         packed += 1
     if packed:
-        for o in model.opset_import:
-            if o.domain in ("", "ai.onnx") and o.version < 21:
-                o.version = 21
+        raise_opset(model, 21)
         topo_sort(model)
         prune_unused(model)
     return packed
+
+
+#: reductions whose ``axes`` attribute became an input in opset 18 (ReduceSum's already in 13)
+_AXES_TO_INPUT_18 = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+                     "ReduceLogSumExp", "ReduceSumSquare")
+
+
+def raise_opset(model: onnx.ModelProto, version: int) -> None:
+    """Raise the default-domain opset to ``version`` and convert every node whose signature changed on the way
+    (the reductions' ``axes`` attribute becomes an int64 input at 18: ``x.mean((2, 3))``, a global average pool,
+    exports as ReduceMean). Other ops whose signature moved between 17 and 21 (Split's ``num_outputs``, Pad's
+    ``axes``, Resize's antialias) only gained optional inputs or attributes."""
+    cur = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), version)
+    if cur >= version:
+        return
+    if cur < 18 <= version:
+        for n in model.graph.node:
+            if n.domain in ("", "ai.onnx") and n.op_type in _AXES_TO_INPUT_18:
+                attr = next((a for a in n.attribute if a.name == "axes"), None)
+                if attr is None:
+                    continue
+                name = f"{n.name or n.output[0]}_axes"
+                model.graph.initializer.append(numpy_helper.from_array(np.asarray(list(attr.ints), np.int64), name))
+                n.attribute.remove(attr)
+                n.input.append(name)
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = version
 
 
 def unpack_low_bit_weights(model: onnx.ModelProto) -> int:

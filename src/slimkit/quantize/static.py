@@ -23,7 +23,7 @@ from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..evaluate.environment import cpu_info
 from ..zoo.data import DataBundle
-from . import graph as G
+from ..core import graph as G
 from .calibrate import CALIBRATORS
 from .modules import ActQuant, QGroup, QuantLayer
 from .scheme import QScheme

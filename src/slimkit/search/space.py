@@ -137,6 +137,8 @@ class SearchSpace:
         ft = next((st.finetune for st in stages if st.finetune is not None), None)
         if ft is not None:
             name += f"+kd{ft.epochs}"
+        if len(self.precisions) > 1:
+            name += f"@{precision}"
         return Recipe(name=name, stages=stages, seed=seed,
                       description=f"found by slimkit optimize (trial {trial.number})"), precision
 

@@ -1,4 +1,5 @@
-"""torch.fx helpers: trace, fold BatchNorm, find layer patterns."""
+"""The graph layer shared by every technique family: torch.fx tracing with a one-line error naming what could not
+be traced, BatchNorm folding, layer patterns, module replacement, input covariances (calibration statistics)."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +9,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.errors import ConfigError
+from .errors import ConfigError
 
 PASSTHROUGH_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 PASSTHROUGH_FUNCS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout}
