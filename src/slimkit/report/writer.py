@@ -169,6 +169,19 @@ def runtime_rows(rt: dict) -> list[list[str]]:
 def md_tables(report: dict) -> list[tuple[str, list[dict]]]:
     """The technique tables, as report.md and report.html both show them."""
     tables = [("Per-layer sensitivity", report.get("sensitivity"))] + list((report.get("tables") or {}).items())
+    if report.get("pareto"):  # an optimize run: the front and the built-in recipes it was measured against
+        obj, key = report.get("objective", "latency_b1"), report.get("metric", "accuracy")
+        kind = "pct" if key == "accuracy" else "f4"
+
+        def rows(points):
+            return [{"candidate": p.get("name"), f"{key} (validation, decided on)": fmt(p.get("val"), kind),
+                     f"{key} (test)": fmt(p.get(key), kind), f"{obj} vs original": fmt_ratio(p[obj])
+                     if isinstance(p.get(obj), (int, float)) else "-"} for p in points]
+
+        pl = report.get("planner") or {}
+        tables += [(f"Planner: the measured front ({pl.get('trials', '?')} trials, chosen: trial {pl.get('chosen')})",
+                    rows(report["pareto"])), ("Planner: built-in recipes measured the same way",
+                                              rows(report.get("references") or []))]
     return [(t, rows) for t, rows in tables if rows]
 
 
