@@ -22,7 +22,17 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    from .core.io import INTERRUPTED
+
+    INTERRUPTED[0] = True
     raise Terminated()
+
+
+def _on_sigint(signum, frame):  # noqa: ARG001
+    from .core.io import INTERRUPTED
+
+    INTERRUPTED[0] = True
+    raise KeyboardInterrupt
 
 
 class _Group(TyperGroup):
@@ -32,8 +42,13 @@ class _Group(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         import threading
 
+        from .core.io import INTERRUPTED
+
+        INTERRUPTED[0] = False
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, _on_sigint)
         args = _global_flags(list(sys.argv[1:] if args is None else args))
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
@@ -97,9 +112,18 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
+        from .core.io import INTERRUPTED
+
         try:
-            return fn(*a, **kw)
+            rv = fn(*a, **kw)
+            if INTERRUPTED[0]:  # an interrupt that a library swallowed (e.g. inside an import) after the last write
+                typer.echo("slimkit: interrupted; what this command wrote before is complete", err=True)
+                raise typer.Exit(130)
+            return rv
         except SlimkitError as e:
+            if INTERRUPTED[0]:
+                typer.echo("slimkit: interrupted; temporary files removed, no artifacts were written", err=True)
+                raise typer.Exit(130)
             _fail(first_line(e, 400))
         except OSError as e:
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
@@ -113,6 +137,9 @@ def _guard(fn):
         except typer.Exit:
             raise
         except Exception as e:  # noqa: BLE001 - the last line of defence against a traceback
+            if INTERRUPTED[0]:  # e.g. "ImportError: initialization failed": an interrupt during an import
+                typer.echo("slimkit: interrupted; temporary files removed, no artifacts were written", err=True)
+                raise typer.Exit(130)
             if os.environ.get("SLIMKIT_DEBUG"):
                 raise
             _fail(f"internal error ({type(e).__name__}: {first_line(e)}); this is a slimkit bug: rerun with "

@@ -224,3 +224,13 @@ def test_two_workers_share_one_journal(tmp_path):
     assert len({t["worker"] for t in trials}) == 2  # both processes ran trials
     recipes = [json.dumps(t["recipe"], sort_keys=True) for t in trials if t.get("recipe")]
     assert len(recipes) == len(trials)
+
+
+def test_a_model_no_technique_applies_to(tmp_path, digits):
+    import torch.nn as nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 10)).eval()  # one output layer: no channel to remove
+    with pytest.raises(ConfigError, match="no technique in the space could be applied.*no channel group"):
+        optimize(model, digits, out=tmp_path / "o", trials=1, references=False,
+                 space={"prune.structured": {"allocation": "uniform"}, "finetune": {"epochs": [2, 2]}})
+    assert json.loads((tmp_path / "o" / "trials.json").read_text())["trials"][0]["state"] == "FAIL"

@@ -52,6 +52,18 @@ def _os_error(e: OSError, dest: Path) -> OutputError:
     return OutputError(f"cannot write {dest}: {e.strerror or type(e).__name__}; {hint} (nothing was written)")
 
 
+#: set by the command line's SIGINT/SIGTERM handlers. A KeyboardInterrupt raised while Python imports a C extension
+#: can come out as an ImportError, or be swallowed by a library's ``except ImportError``; the flag survives that, and
+#: the last steps that make a result visible (the rename of a file or a folder) check it, so an interrupted run
+#: never publishes anything.
+INTERRUPTED = [False]
+
+
+def check_interrupted() -> None:
+    if INTERRUPTED[0]:
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike):
     """Yield a temporary path next to ``dest``; when the block succeeds, fsync it and rename it over ``dest``;
@@ -70,6 +82,7 @@ def atomic_path(dest: str | os.PathLike):
         os.chmod(tmp, 0o666 & ~mask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        check_interrupted()
         os.replace(tmp, dest)
         with contextlib.suppress(OSError):  # the rename itself survives a power cut once the folder is synced
             dfd = os.open(dest.parent, os.O_RDONLY)
@@ -221,6 +234,7 @@ def publish_dir(src: Path, dest: Path) -> None:
     The old folder is first renamed aside (a scratch name that the next run sweeps if this process dies), then the
     new one is renamed in, then the old one is deleted: ``dest`` always holds one complete run."""
     src, dest = Path(src), Path(dest)
+    check_interrupted()
     try:
         mask = os.umask(0)
         os.umask(mask)

@@ -337,6 +337,11 @@ def _optimize(model, data, out_dir: Path, *, sp, max_drop, objective, limits, rt
         if not finish or worker:
             return result
         done = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED", "FAIL")]
+        if best is None and not any(r["state"] == "COMPLETE" for r in rows):
+            reasons = sorted({r.get("reason", "?") for r in rows if r["state"] == "FAIL"})
+            raise ConfigError(f"no technique in the space could be applied to this model in {len(done)} trials"
+                              f"{': ' + '; '.join(reasons[:3]) if reasons else ' (every candidate stopped early)'}; "
+                              "narrow --space to techniques that apply, or see trials.json")
         if best is None:
             close = sorted((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: r["violation"])[:3]
             said = "; ".join(f"trial {r['number']} {r['name']} ({r['why_infeasible']})" for r in close) or \
