@@ -686,8 +686,11 @@ def test_api_wrong_argument_types(digits, usermods, call, pattern):
 
 def _slimkit_proc(args, cwd):
     env = dict(os.environ, SLIMKIT_QUIET="1")
+    # as an interactive shell starts it: a background job (pytest run with `&`) has SIGINT ignored, which children
+    # inherit and Python then keeps (the POSIX convention for background jobs)
     return subprocess.Popen([sys.executable, "-m", "slimkit.cli", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_scratch(root: Path, proc, timeout=120) -> Path:
