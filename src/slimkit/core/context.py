@@ -4,13 +4,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..zoo.data import DataBundle
 
 
 @dataclasses.dataclass
@@ -22,7 +20,7 @@ class Context:
     deterministic; ``log`` is where techniques write notes for the report.
     """
 
-    data: Optional["DataBundle"] = None
+    data: Optional[Any] = None  # a slimkit.zoo.data.DataBundle (not imported: core sits below the zoo)
     teacher: Optional[torch.nn.Module] = None
     seed: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
