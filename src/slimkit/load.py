@@ -17,7 +17,7 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-from .core.errors import DataError, LoadError, ModelError, UnsafeFileError, first_line
+from .core.errors import DataError, LoadError, ModelError, UnsafeFileError, first_line, user_frame
 from .core.checks import check_finite_weights
 from .core.safeload import load_exported_program, no_unpickling
 from .zoo import data as D
@@ -121,7 +121,7 @@ def load_model(spec: Union[str, nn.Module], *, data: Optional[D.DataBundle] = No
                 model = fn()
             except Exception as e:  # noqa: BLE001 - the user's factory raised
                 raise ModelError(f"model factory {spec} raised {type(e).__name__}: {first_line(e)}"
-                                 f"{_user_frame(e)}") from None
+                                 f"{user_frame(e)}") from None
         else:
             model = fn
         if not isinstance(model, nn.Module):
@@ -164,18 +164,6 @@ def load_data(spec: Optional[str], *, model: Optional[LoadedModel] = None) -> D.
     raise LoadError(f"bad DATA spec {spec!r}; use zoo:NAME, npz:FILE, folder:DIR, idx:DIR or pkg.module:function")
 
 
-def _user_frame(e: BaseException) -> str:
-    """' (at FILE:LINE)' for the innermost traceback frame outside torch, slimkit and the standard library."""
-    import traceback
-
-    skip = ("/torch/", "/slimkit/", "/transformers/", "/typer/", "/click/", "/lib/python3")
-    frames = traceback.extract_tb(e.__traceback__)
-    for fr in reversed(frames):
-        if not any(k in fr.filename.replace(os.sep, "/") for k in skip):
-            return f" (at {fr.filename}:{fr.lineno})"
-    return ""
-
-
 #: messages by which torch reports inputs of the wrong shape or type (the data's fault, not the model's)
 _MISMATCH = ("shape", "size mismatch", "mat1", "mat2", "expected input", "expected scalar type", "dtype",
              "channels", "dimension", "must match", "Expected", "input.size", "number of dims", "to have",
@@ -199,7 +187,7 @@ def check_compatible(model: nn.Module, data: D.DataBundle) -> None:
             raise DataError(f"the model rejects inputs of shape {shapes} from {data.name!r} ({first}); "
                             "pass --data that matches the model's input") from None
         raise ModelError(f"the model's forward raised {type(e).__name__} on inputs of shape {shapes} from "
-                         f"{data.name!r}: {first}{_user_frame(e)}") from None
+                         f"{data.name!r}: {first}{user_frame(e)}") from None
     if not isinstance(out, torch.Tensor):
         raise DataError(f"the model returns {type(out).__name__}; slimkit needs a model that returns one tensor "
                         "(wrap it to return logits or embeddings)")

@@ -24,6 +24,8 @@ class Context:
     teacher: Optional[torch.nn.Module] = None
     seed: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: what a technique could not do of what it was asked (layers it left alone, and why): console + report
+    warnings: list[str] = dataclasses.field(default_factory=list)
     #: one row per training epoch of every recovery (stage, epoch, loss, val): the report's training curves
     history: list[dict] = dataclasses.field(default_factory=list)
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -55,6 +57,15 @@ class Context:
 
     def note(self, msg: str) -> None:
         self.notes.append(msg)
+
+    def warn(self, msg: str) -> None:
+        """A partial result: kept for the report and printed now (one line on stderr)."""
+        from .progress import info
+
+        stage = self.extras.get("stage")
+        self.warnings.append(f"{stage}: {msg}" if stage else msg)
+        self.notes.append(f"warning: {msg}")
+        info(f"slimkit: warning: {msg}")
 
 
 def seed_everything(seed: int) -> None:

@@ -42,6 +42,21 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     return type(e).__name__
 
 
+def user_frame(e: BaseException, *, libraries: bool = False) -> str:
+    """' (at FILE:LINE)' for the innermost traceback frame outside torch, slimkit and the standard library (and,
+    unless ``libraries``, outside transformers and the CLI libraries): the line of the user's code that raised."""
+    import os
+    import traceback
+
+    skip = ("/torch/", "/slimkit/", "/typer/", "/click/", "/lib/python3.") + (() if libraries else ("/transformers/",))
+    for fr in reversed(traceback.extract_tb(e.__traceback__)):
+        f = fr.filename.replace(os.sep, "/")
+        if not any(k in f for k in skip) or (libraries and "/site-packages/" in f and "/torch/" not in f
+                                              and "/slimkit/" not in f):
+            return f" (at {fr.filename}:{fr.lineno})"
+    return ""
+
+
 def did_you_mean(name: str, known) -> str:
     """' (did you mean X?)' for a near miss among ``known``, else ''."""
     import difflib

@@ -3,13 +3,15 @@ be traced, BatchNorm folding, layer patterns, module replacement, input covarian
 from __future__ import annotations
 
 import copy
+import dataclasses
+from typing import Optional
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line, user_frame
 
 PASSTHROUGH_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 PASSTHROUGH_FUNCS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout}
@@ -25,6 +27,15 @@ def trace(model: nn.Module) -> fx.GraphModule:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:150]
         raise ConfigError(f"cannot trace {type(model).__name__} with torch.fx ({first}); models with data-dependent "
                           "control flow need the ONNX-level techniques (e.g. quantize.int8_dynamic)") from None
+
+
+def traceable(model: nn.Module) -> bool:
+    """Whether torch.fx can trace ``model`` symbolically (the module is not changed by trying)."""
+    try:
+        fx.symbolic_trace(model)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: capture it with torch.export instead
+        return False
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node):
@@ -99,3 +110,121 @@ def input_covariances(model: nn.Module, split, names: list[str]) -> dict[str, to
         for h in hooks:
             h.remove()
     return cov
+
+
+# ----------------------------------------------------------------------------- torch.export capture
+#
+# torch.fx symbolic tracing sees a model as a graph of module calls but stops at control flow, ``int(Proxy)`` and
+# data-dependent slicing, which every Hugging Face model has. torch.export (non-strict, dynamic batch) runs the
+# model's Python for real and records ATen ops, each tagged with the stack of modules that issued it
+# (``nn_module_stack``) and each parameter read with its owner; ``Captured`` turns that into the module-level view
+# the techniques need: which leaf modules are called, in what order, how often, which feeds which, and which
+# parameters are read directly by a parent's code instead of through their module's call.
+
+_CONV_OPS = {"conv1d", "conv2d", "convolution"}
+_BN_OPS = {"_native_batch_norm_legit_no_training", "batch_norm", "_native_batch_norm_legit", "native_batch_norm"}
+_ANCHOR_OPS = _CONV_OPS | _BN_OPS | {"linear", "embedding", "layer_norm", "group_norm", "gru", "lstm", "rnn_tanh",
+                                     "addmm", "mm", "matmul"}
+
+
+def _op_name(node: fx.Node) -> str:
+    t = node.target
+    name = getattr(t, "__name__", str(t))
+    return name.split(".")[0]
+
+
+@dataclasses.dataclass
+class ModuleCall:
+    """One leaf module as the captured graph saw it: how often it ran and the ATen ops it issued."""
+
+    name: str
+    type_name: str
+    calls: int = 0
+    nodes: list = dataclasses.field(default_factory=list)
+
+
+class Captured:
+    """A ``torch.export`` capture of a model and its module-level view (see the comment above)."""
+
+    def __init__(self, program, model: nn.Module):
+        self.program = program
+        self.graph = program.graph
+        params = {s.arg.name: s.target for s in program.graph_signature.input_specs
+                  if getattr(s.arg, "name", None) and s.target is not None}
+        self.calls: dict[str, ModuleCall] = {}
+        self.param_readers: dict[str, set] = {}  # parameter name -> innermost module paths of the ops reading it
+        self._owner: dict[fx.Node, str] = {}
+        for node in self.graph.nodes:
+            if node.op != "call_function":
+                continue
+            stack = node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else ""
+            path = "" if path.startswith("_empty") else path
+            self._owner[node] = path
+            for a in node.args:
+                if isinstance(a, fx.Node) and a.op == "placeholder" and a.name in params:
+                    self.param_readers.setdefault(params[a.name], set()).add(path)
+            if not path:
+                continue
+            call = self.calls.get(path)
+            if call is None:
+                try:
+                    mod = model.get_submodule(path)
+                except AttributeError:
+                    continue
+                call = self.calls[path] = ModuleCall(path, type(mod).__name__)
+            call.nodes.append(node)
+            if _op_name(node) in _ANCHOR_OPS:
+                call.calls += 1
+
+    def owner(self, node: fx.Node) -> str:
+        return self._owner.get(node, "")
+
+    def called(self, types: tuple) -> list[str]:
+        """Names of the leaf modules of ``types`` that the model really calls (in call order)."""
+        return [c.name for c in self.calls.values() if c.calls and c.type_name in {t.__name__ for t in types}]
+
+    def read_by_parent(self, name: str) -> str:
+        """For a module whose weight is read by another module's code (``nn.MultiheadAttention`` reading its
+        ``out_proj``): that module's path; '' when the module is called itself."""
+        readers = self.param_readers.get(f"{name}.weight", set()) - {name}
+        return sorted(readers)[0] if readers else ""
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """(conv, batchnorm) module pairs where the BatchNorm's only input is the convolution's output, the
+        convolution feeds nothing else, and each module runs once: the pairs that fold."""
+        pairs = []
+        for node in self.graph.nodes:
+            if node.op != "call_function" or _op_name(node) not in _BN_OPS or not node.args:
+                continue
+            src = node.args[0]
+            if not isinstance(src, fx.Node) or _op_name(src) not in _CONV_OPS or len(src.users) != 1:
+                continue
+            conv, bn = self.owner(src), self.owner(node)
+            if conv and bn and conv != bn and self.calls[conv].calls == 1 and self.calls[bn].calls == 1:
+                pairs.append((conv, bn))
+        return pairs
+
+
+def capture(model: nn.Module, example: tuple, *, what: str = "this technique") -> Captured:
+    """``torch.export`` (non-strict) of ``model`` in eval mode on ``example`` with a dynamic batch dimension (a
+    static one when the model fixes its batch); a one-line ``ConfigError`` naming the construct and the line of
+    code that stopped it otherwise. The user's model is not touched (a copy is captured)."""
+    import warnings
+
+    from torch.export import Dim, export
+
+    m = copy.deepcopy(model).eval()
+    example = tuple(example)
+    dyn = tuple({0: Dim("batch", min=1)} for _ in example) if all(t.shape[0] >= 2 for t in example) else None
+    last: Optional[BaseException] = None
+    for shapes in ([dyn, None] if dyn is not None else [None]):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return Captured(export(m, example, dynamic_shapes=shapes, strict=False), m)
+        except Exception as e:  # noqa: BLE001 - torch raises many types; classified in the message
+            last = e
+    raise ConfigError(f"cannot capture {type(model).__name__} with torch.export ({first_line(last, 150)})"
+                      f"{user_frame(last, libraries=True)}; {what} needs a graph of the model: the ONNX-level "
+                      "techniques (quantize.int8_dynamic, prune.unstructured) still apply") from None

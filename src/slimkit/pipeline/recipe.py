@@ -71,8 +71,13 @@ class Recipe:
     description: str = ""
     seed: int = 0
     version: int = RECIPE_VERSION
+    # the largest task-metric drop (absolute: 0.01 = one accuracy point, or 0.01 of cosine fidelity) this recipe
+    # calls acceptable; a larger drop is a verdict in the report, not only a number
+    max_drop: float = 0.01
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop <= 1:
+            raise ConfigError(f"recipe.max_drop: expected a number in [0, 1] (0.01 = one point), got {self.max_drop!r}")
         if self.version != RECIPE_VERSION:
             raise ConfigError(f"recipe version {self.version} is not supported; this slimkit reads version {RECIPE_VERSION}")
         names = [s.name for s in self.stages]
@@ -84,9 +89,10 @@ class Recipe:
     def from_dict(cls, d: dict) -> "Recipe":
         if not isinstance(d, dict):
             raise ConfigError("a recipe must be a mapping with 'stages:'")
-        unknown = set(d) - {"name", "stages", "description", "seed", "version"}
+        unknown = set(d) - {"name", "stages", "description", "seed", "version", "max_drop"}
         if unknown:
-            raise ConfigError(f"recipe: unknown key(s) {sorted(unknown)}; use name, description, seed, version, stages")
+            raise ConfigError(f"recipe: unknown key(s) {sorted(unknown)}; use name, description, seed, version, "
+                              "max_drop, stages")
         stages = d.get("stages") or []
         if not isinstance(stages, list):
             raise ConfigError("recipe 'stages' must be a list")
@@ -96,11 +102,11 @@ class Recipe:
                 raise ConfigError(f"recipe.{key}: expected a whole number, got {v!r}")
         return cls(name=str(d.get("name", "recipe")), stages=[Stage.from_dict(s, i) for i, s in enumerate(stages)],
                    description=str(d.get("description", "")), seed=int(d.get("seed", 0)),
-                   version=int(d.get("version", RECIPE_VERSION)))
+                   version=int(d.get("version", RECIPE_VERSION)), max_drop=d.get("max_drop", 0.01))
 
     def to_dict(self) -> dict:
         return {"version": self.version, "name": self.name, "description": self.description, "seed": self.seed,
-                "stages": [s.to_dict() for s in self.stages]}
+                "max_drop": self.max_drop, "stages": [s.to_dict() for s in self.stages]}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

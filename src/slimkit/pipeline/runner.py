@@ -213,7 +213,7 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
     qinfo = getattr(work, "info", None)
     report: dict = {"model": model_spec or type(model).__name__, "data": data.name, "task": data.task,
                     "recipe": recipe.to_dict(), "stages": stages, "notes": list(ctx.notes),
-                    "energy_source": ENERGY_SOURCE}
+                    "warnings": list(ctx.warnings), "energy_source": ENERGY_SOURCE}
     import datetime
 
     report["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -246,6 +246,7 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
             report.update(baseline=cmp["metrics"]["baseline"], compressed=cmp["metrics"]["compressed"],
                           ratios=cmp["ratios"]["compressed"], verdicts=cmp["verdicts"]["compressed"],
                           metric=cmp["metric"], settings=cmp["settings"], environment=cmp["environment"])
+            report["verdicts"] = report["verdicts"] + quality_verdicts(report, recipe.max_drop, ctx.warnings)
         if measure and not callable(getattr(work, "slimkit_export", None)):
             # float weights (pruned, fine-tuned): the .slim container is where zeros and shared values pay off
             from ..prune.container import save_slim
@@ -283,6 +284,24 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Result(work, report, out_dir)
+
+
+def quality_verdicts(report: dict, max_drop: float, warnings: list) -> list[str]:
+    """Verdicts beyond speed and size: a task-metric drop larger than the recipe accepts, and every technique that
+    did only part of what it was asked (its warning)."""
+    out = []
+    key = "accuracy" if "accuracy" in report.get("baseline", {}) else "fidelity_cos_mean"
+    b, c = report.get("baseline", {}).get(key), report.get("compressed", {}).get(key)
+    if b is not None and c is not None:
+        name = "accuracy" if key == "accuracy" else "cosine fidelity"
+        drop = b - c
+        if drop > max_drop:
+            out.append(f"{name}: {b:.4f} -> {c:.4f} (drop {drop:.4f}): MORE than this recipe's acceptable drop of "
+                       f"{max_drop:g} (max_drop)")
+        else:
+            out.append(f"{name}: {b:.4f} -> {c:.4f} (drop {drop:.4f}): within this recipe's acceptable {max_drop:g}")
+    out += [f"partial: {w}" for w in warnings]
+    return out
 
 
 def check_options(*, threads: int = 1, batch: Optional[int] = None, runs: int = 30) -> None:

@@ -24,13 +24,14 @@ import torch
 import torch.nn as nn
 
 from ..core.config import check_range
-from ..core.context import Context
+from ..core.context import Context, eval_mode
 from ..core.errors import ConfigError
 from ..core.progress import track
 from ..core.registry import register_technique
 from ..evaluate.metrics import held_in_split, split_score
 from ..core.allocate import greedy_levels
-from .static import QuantizedModel, StaticQuantConfig, bias_correct, calibrate, prepare_static
+from .static import (QuantizedModel, StaticQuantConfig, bias_correct, calibrate, capture_for_quantization,
+                     prepare_static)
 
 
 @dataclasses.dataclass
@@ -61,15 +62,17 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
     data = ctx.data
     # evaluation on held-in training samples (not the test split, which stays untouched for the report)
     split = held_in_split(data, cfg.eval_samples, ctx.seed)
-    with torch.no_grad():
-        ref_out = torch.cat([model.eval()(*x) for x, _ in split.batches(256)]).float().numpy()
-    base_score = split_score(model, split, data, ref_out)[0]
+    with torch.no_grad(), eval_mode(model):
+        ref_out = torch.cat([model(*x) for x, _ in split.batches(256)]).float().numpy()
+        base_score = split_score(model, split, data, ref_out)[0]
+    # how the model is seen (torch.fx or a torch.export capture): once, shared by every plan built below
+    cap = capture_for_quantization(model, cfg, data.example_inputs(2))
 
     calibrated: dict = {}  # activation ranges do not depend on the plan: calibrate once, reuse
 
     def build(plan: dict) -> QuantizedModel:
         c = dataclasses.replace(cfg, per_layer_bits=plan, bias_correction=False)
-        qm = prepare_static(model, c)
+        qm = prepare_static(model, c, captured=cap)
         calibrate(qm, data, c, ranges=calibrated or None)
         if not calibrated:
             calibrated.update(qm.ranges())
@@ -83,7 +86,7 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
         return d[0] <= cfg.max_drop and d[1] >= cfg.min_sqnr_db
 
     layers = build({}).info["quantized_layers"]
-    params = {n: m.weight.numel() for n, m in model.named_modules() if n in layers}
+    params = {n: m.weight.numel() for n, m in (cap.model if cap else model).named_modules() if n in layers}
     rows = []
     lb = cfg.low_bits
     container = 4 if lb <= 4 and cfg.pack_4bit else 8  # bits each low-bit code takes on disk
@@ -139,7 +142,7 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
             if within(d):
                 plan, current = trial, d
     final = dataclasses.replace(cfg, per_layer_bits=plan)
-    qm = prepare_static(model, final)
+    qm = prepare_static(model, final, captured=cap)
     calibrate(qm, data, final, ranges=calibrated)
     if cfg.bias_correction:
         bias_correct(qm, data, final)

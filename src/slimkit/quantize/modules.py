@@ -121,6 +121,17 @@ class QuantLayer(LearnableScale):
 
     _scale_attr = "w_scale"
 
+    def __getattr__(self, name: str):
+        # drop-in: the model's own code may read the layer's attributes (``weight.dtype``, ``in_features``,
+        # ``stride``) through the wrapper
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("layer")
+            if inner is None or name.startswith("__"):
+                raise
+            return getattr(inner, name)
+
     def freeze(self) -> None:
         """End QAT: fix the learned scales and keep every weight inside the scheme's code range."""
         super().freeze()
@@ -157,3 +168,17 @@ class QuantLayer(LearnableScale):
         if isinstance(m, nn.Conv1d):
             return F.conv1d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
         return F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+class InputQuantLayer(QuantLayer):
+    """A QuantLayer that fake-quantizes its own input: module-level QDQ placement for models torch.fx cannot
+    trace (captured by torch.export instead). In ONNX this is QuantizeLinear/DequantizeLinear in front of the
+    layer, which ONNX Runtime fuses with the layer's int8 weights (QLinearConv, QGemm, MatMulIntegerToFloat)."""
+
+    def __init__(self, layer: nn.Module, scheme: QScheme, group: "QGroup", keep_inputs: int = 0):
+        super().__init__(layer, scheme)
+        self.input_quant = ActQuant(group, keep_inputs)
+        group.set_owner(self.input_quant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.input_quant(x))

@@ -24,8 +24,9 @@ from ..core.targets import Targets
 from ..evaluate.environment import cpu_info
 from ..zoo.data import DataBundle
 from ..core import graph as G
+from ..core.rewrite import split_attention
 from .calibrate import CALIBRATORS
-from .modules import ActQuant, QGroup, QuantLayer
+from .modules import ActQuant, InputQuantLayer, QGroup, QuantLayer
 from .scheme import QScheme
 
 INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
@@ -67,8 +68,11 @@ class StaticQuantConfig(Config):
     # every run, see onnx_passes.pack_low_bit_weights) or int8 containers (no per-run cost, the default here)
     pack_4bit: bool = False
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
+    # how the model is seen: torch.fx where it traces, else torch.export (auto); or force one (fx | export)
+    graph: str = "auto"
 
     def validate(self) -> None:
+        check_choice("graph", self.graph, ("auto", "fx", "export"))
         check_choice("calibrator", self.calibrator, CALIBRATORS + ("auto",))
         check_range("percentile", self.percentile, 90, 100, hi_open=False)
         check_range("weight_bits", self.weight_bits, 2, 8)
@@ -135,8 +139,44 @@ def _calibration_split(data: DataBundle, n: int):
     return split.slice(0, min(n, len(split)))
 
 
-def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 0) -> QuantizedModel:
+def capture_for_quantization(model: nn.Module, cfg: StaticQuantConfig, example) -> Optional[G.Captured]:
+    """How ``prepare_static`` sees the model: None where torch.fx traces it (graph-mode placement: quantizers
+    shared across data-movement ops, outputs quantized after their ReLU: the zoo's figures); otherwise (Hugging
+    Face models, control flow on shapes, ``.pt2`` programs) its torch.export capture with ``nn.MultiheadAttention``
+    split into Linear layers. Computed once per model by callers that prepare many plans (mixed precision)."""
+    if cfg.graph == "fx" or (cfg.graph == "auto" and _fx_reaches_all(model, cfg)):
+        return None
+    if example is None:
+        raise ConfigError(f"{type(model).__name__} cannot be traced by torch.fx and no example input was given "
+                          "to capture it with torch.export")
+    m = copy.deepcopy(model).eval()
+    split = split_attention(m)
+    cap = G.capture(m, example, what="static quantization")
+    cap.model, cap.split_attention = m, split
+    return cap
+
+
+def _fx_reaches_all(model: nn.Module, cfg: StaticQuantConfig) -> bool:
+    """torch.fx traces the model and every Conv/Linear the targets select is a module call in its graph (fx keeps
+    torch.nn modules such as ``nn.TransformerEncoder`` whole, so their Linear layers would stay unreachable)."""
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - not traceable: capture with torch.export
+        return False
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    return all(n in called for n, m in cfg.targets.select(model, strict=False)
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and cfg.per_layer_bits.get(n, 0) < 16)
+
+
+def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 0, *, example=None,
+                   captured="auto") -> QuantizedModel:
+    """The fake-quant model of ``model`` under ``cfg``; ``captured``: ``capture_for_quantization``'s result
+    (computed here when "auto"; needs ``example``)."""
     check_finite_weights(model)
+    if captured == "auto":
+        captured = capture_for_quantization(model, cfg, example)
+    if captured is not None:
+        return _prepare_captured(model, cfg, keep_inputs, captured)
     if cfg.fold_bn:
         gm, folded = G.fold_batchnorm(model)
     else:
@@ -147,18 +187,7 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
         pairs = cross_layer_equalize(gm)
     else:
         pairs = []
-    wr = cfg.weight_range
-    note = ""
-    if wr == "auto":
-        wr, note = weight_range_for_cpu()
-    wbits = min(cfg.weight_bits, 7) if wr == "reduced" else cfg.weight_bits
-
-    def wscheme_for(name: str) -> QScheme:
-        b = cfg.per_layer_bits.get(name, cfg.weight_bits)
-        b = min(b, 7) if wr == "reduced" else b
-        return QScheme(bits=b, symmetric=True, signed=True,
-                       granularity="per_channel" if cfg.per_channel else "per_tensor", axis=0, narrow=True)
-    ascheme = QScheme(bits=8, symmetric=False, signed=False)
+    wr, note, wbits, wscheme_for, ascheme = _schemes(cfg)
     list(cfg.targets.select(model))  # names must exist in the user's model (BN names vanish from gm)
     selected = {n for n, _ in cfg.targets.select(gm, strict=False)}
     groups: dict[fx.Node, QGroup] = {}
@@ -239,16 +268,96 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
         raise ConfigError("no Conv1d/Conv2d/Linear layer matched the targets; nothing to quantize")
     graph.lint()
     gm.recompile()
-    info = {"scheme": "int8 static: weights s8 symmetric " + ("per-channel" if cfg.per_channel else "per-tensor")
+    info = _info(cfg, wr, note, wbits, quantized, folded, "torch.fx")
+    info["equalized_pairs"] = pairs
+    info["skipped_layers"] = _skipped(model, quantized, cfg, None)
+    return QuantizedModel(gm, info)
+
+
+def _schemes(cfg: StaticQuantConfig):
+    wr = cfg.weight_range
+    note = ""
+    if wr == "auto":
+        wr, note = weight_range_for_cpu()
+    wbits = min(cfg.weight_bits, 7) if wr == "reduced" else cfg.weight_bits
+
+    def wscheme_for(name: str) -> QScheme:
+        b = cfg.per_layer_bits.get(name, cfg.weight_bits)
+        b = min(b, 7) if wr == "reduced" else b
+        return QScheme(bits=b, symmetric=True, signed=True,
+                       granularity="per_channel" if cfg.per_channel else "per_tensor", axis=0, narrow=True)
+    return wr, note, wbits, wscheme_for, QScheme(bits=8, symmetric=False, signed=False)
+
+
+def _info(cfg, wr, note, wbits, quantized, folded, graph) -> dict:
+    return {"scheme": "int8 static: weights s8 symmetric " + ("per-channel" if cfg.per_channel else "per-tensor")
                       + f" ({wbits}-bit codes), activations u8 asymmetric per-tensor",
             "weight_bits": {n: (min(cfg.per_layer_bits.get(n, cfg.weight_bits), 7) if wr == "reduced"
                                 else cfg.per_layer_bits.get(n, cfg.weight_bits)) for n in quantized},
-            "weight_range": wr, "weight_range_reason": note, "folded_batchnorm": folded,
-            "equalized_pairs": pairs, "quantized_layers": quantized, "pack_4bit": bool(cfg.pack_4bit),
-            # quantized layers live on as QuantLayer(...).layer; every other Conv/Linear stayed float
-            "float_layers": [n for n, m in gm.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
-                             and not n.endswith(".layer")]}
-    return QuantizedModel(gm, info)
+            "weight_range": wr, "weight_range_reason": note, "folded_batchnorm": folded, "graph": graph,
+            "quantized_layers": quantized, "pack_4bit": bool(cfg.pack_4bit)}
+
+
+_RNN = (nn.GRU, nn.LSTM, nn.RNN)
+
+
+def _skipped(model: nn.Module, quantized: list, cfg: StaticQuantConfig, cap) -> dict:
+    """Weight-bearing layers of the user's model that stayed float, each with the reason (the report and the
+    console say so: a technique that touched part of what it was asked to must say which part)."""
+    done = set(quantized)
+    out = {}
+    for name, m in model.named_modules():
+        if not name or name in done or name.rpartition(".")[0] in done:
+            continue
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            if cfg.per_layer_bits.get(name, 0) >= 16:
+                continue  # the precision plan keeps it float: a decision, not a gap
+            if cap is not None and name not in cap.calls:
+                reader = cap.read_by_parent(name)
+                out[name] = (f"{type(m).__name__} whose weight is read directly by {reader}"
+                             if reader else f"{type(m).__name__} the model never calls")
+            elif any(name == n or name.startswith(n + ".") for n, _ in cfg.targets.select(model, strict=False)):
+                out[name] = f"{type(m).__name__} not in a quantizable position"
+        elif isinstance(m, _RNN):
+            out[name] = (f"{type(m).__name__}: no int8 static kernel in ONNX Runtime; quantize.int8_dynamic stores "
+                         "its weights in int8")
+        elif isinstance(m, nn.MultiheadAttention) and cap is None:
+            out[name] = "MultiheadAttention: its packed projections are not Linear calls under torch.fx"
+    return out
+
+
+def _prepare_captured(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int, cap) -> QuantizedModel:
+    """Module-level placement on a torch.export capture: BatchNorm folded into the convolution it follows (pairs
+    from the ATen graph), every called Conv/Linear of the targets wrapped to fake-quantize its input and weight."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    m = copy.deepcopy(cap.model).eval()
+    folded = []
+    if cfg.fold_bn:
+        for conv, bn in cap.conv_bn_pairs():
+            G.set_module(m, conv, fuse_conv_bn_eval(m.get_submodule(conv), m.get_submodule(bn)))
+            G.set_module(m, bn, nn.Identity())
+            folded.append(bn)
+    wr, note, wbits, wscheme_for, ascheme = _schemes(cfg)
+    list(cfg.targets.select(model))  # names must exist in the user's model
+    selected = {n for n, _ in cfg.targets.select(m, strict=False)}
+    quantized = []
+    for name in cap.called((nn.Conv1d, nn.Conv2d, nn.Linear)):
+        if name not in selected or cfg.per_layer_bits.get(name, 0) >= 16:
+            continue
+        G.set_module(m, name, InputQuantLayer(m.get_submodule(name), wscheme_for(name), QGroup(ascheme, name),
+                                              keep_inputs))
+        m.get_submodule(name).input_quant.consumer = name
+        quantized.append(name)
+    if not quantized:
+        raise ConfigError("no Conv1d/Conv2d/Linear layer matched the targets; nothing to quantize")
+    info = _info(cfg, wr, note, wbits, quantized, folded, "torch.export")
+    info["split_attention"] = cap.split_attention
+    if cfg.equalize:
+        info["equalize_skipped"] = "cross-layer equalization needs a torch.fx graph; this model was captured by torch.export"
+    info["skipped_layers"] = {k: v for k, v in _skipped(m, quantized, cfg, cap).items()
+                              if not any(k.startswith(s + ".") for s in cap.split_attention)}
+    return QuantizedModel(m, info)
 
 
 def _flatten_args(a):
@@ -315,7 +424,7 @@ def _auto_choose(g: QGroup, members, layers, cfg) -> str:
                 x = torch.cat(m.inputs)
                 xq = torch.fake_quantize_per_tensor_affine(x, float(g.scale), int(g.zero_point), 0, 255)
                 ref = layer.layer(x)
-                err += float((layer(xq) - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
+                err += float((QuantLayer.forward(layer, xq) - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
         else:
             v = torch.from_numpy(g.observer.values())
             vq = torch.fake_quantize_per_tensor_affine(v, float(g.scale), int(g.zero_point), 0, 255)
@@ -348,9 +457,10 @@ def bias_correct(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig, b
         qm(*x_all)
         h.remove()
         ref, got = refs[name], outs["cur"]
-        dims = [0] + list(range(2, ref.ndim))
-        delta = (got - ref).mean(dim=dims)
         lin = layer.layer
+        # output channels: dim 1 of a convolution's output, the last dim of a Linear's (B, ..., features)
+        ch = ref.ndim - 1 if isinstance(lin, nn.Linear) else 1
+        delta = (got - ref).mean(dim=[d for d in range(ref.ndim) if d != ch])
         if lin.bias is None:
             lin.bias = nn.Parameter(torch.zeros(delta.shape[0]))
         lin.bias.data -= delta
@@ -429,12 +539,28 @@ def _qdq_parity(qm, blob: bytes, data: DataBundle):
 
 # ----------------------------------------------------------------------------- technique
 
+def _note_coverage(qm: QuantizedModel, ctx: Context) -> None:
+    """Say on the console and in the report which weight-bearing layers stayed float, and why."""
+    skipped = qm.info.get("skipped_layers") or {}
+    if qm.info.get("graph") == "torch.export":
+        ctx.note("torch.fx could not trace this model: it was captured with torch.export and quantized layer by "
+                 "layer" + (f" ({len(qm.info['split_attention'])} MultiheadAttention split into Linear layers)"
+                            if qm.info.get("split_attention") else ""))
+    if skipped:
+        kinds: dict = {}
+        for why in skipped.values():
+            kinds[why] = kinds.get(why, 0) + 1
+        ctx.warn(f"quantized {len(qm.info['quantized_layers'])} layers; left {len(skipped)} in float: "
+                 + "; ".join(f"{n}x {w}" for w, n in kinds.items()))
+
+
 @register_technique("quantize.int8_static", StaticQuantConfig, needs=("calibration_data",),
                     summary="int8 static PTQ (per-channel weights, calibrated u8 activations) -> ONNX QDQ int8")
 def int8_static(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> QuantizedModel:
     """int8 static PTQ: fold BN, (equalize), calibrate, bias-correct, fake-quant model exporting to QDQ."""
     keep = 64 if cfg.calibrator == "auto" or "auto" in cfg.per_layer.values() else 0
-    qm = prepare_static(model, cfg, keep_inputs=keep)
+    qm = prepare_static(model, cfg, keep_inputs=keep, example=ctx.data.example_inputs(2))
+    _note_coverage(qm, ctx)
     calibrate(qm, ctx.data, cfg)
     if cfg.bias_correction:
         qm.info["bias_correction_max_shift"] = bias_correct(qm, ctx.data, cfg)
@@ -479,7 +605,8 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> QuantizedModel:
     from ..distill.trainer import recover
     from ..distill.finetune import Finetune
 
-    qm = prepare_static(model, cfg)
+    qm = prepare_static(model, cfg, example=ctx.data.example_inputs(2))
+    _note_coverage(qm, ctx)
     calibrate(qm, ctx.data, cfg)
     if cfg.learn_scales:
         for q in qm.layers().values():

@@ -463,7 +463,9 @@ Plotly.newPlot(d,f.data,f.layout,{{responsive:true,displaylogo:false}});}}}});
 
 
 def _verdict_class(v: str) -> str:
-    return "good" if "(better)" in v or "(smaller)" in v else "bad" if "WORSE" in v or "(larger)" in v else "flat"
+    if "(better)" in v or "(smaller)" in v:
+        return "good"
+    return "bad" if "WORSE" in v or "(larger)" in v or "MORE than" in v or v.startswith("partial:") else "flat"
 
 
 def _kb(v: float) -> str:

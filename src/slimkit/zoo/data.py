@@ -125,6 +125,25 @@ def digits(size: int = 16) -> DataBundle:
                       augment="shift2d")
 
 
+def digits_flat() -> DataBundle:
+    """digits at their native 8x8 as 64 flat features (a tabular data set), the same split."""
+    d = digits(8)
+    flat = lambda s: DataSplit(s.inputs[0].flatten(1), s.targets)  # noqa: E731
+    return DataBundle("digits-flat", "classification", flat(d.train), flat(d.test), num_classes=10,
+                      description="scikit-learn digits, 64 flat features, 1437 train / 360 test")
+
+
+def digits_tokens() -> DataBundle:
+    """digits at 8x8 read as a sequence of 64 tokens (pixel values 0..16), for text-style models."""
+    d = digits(8)
+
+    def tok(s: DataSplit) -> DataSplit:
+        return DataSplit(torch.round((s.inputs[0].flatten(1) * 0.5 + 0.5) * 16).long().clamp(0, 16), s.targets)
+
+    return DataBundle("digits-tokens", "classification", tok(d.train), tok(d.test), input_names=("input_ids",),
+                      num_classes=10, description="scikit-learn digits as 64 pixel tokens (17 values), 1437 / 360")
+
+
 def mnist1d() -> DataBundle:
     """MNIST-1D generated offline by the ``mnist1d`` package (4000/1000)."""
     from mnist1d.data import get_dataset_args, make_dataset

