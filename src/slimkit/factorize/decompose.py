@@ -1,5 +1,5 @@
 """Low-rank decompositions of single layers, each returning a small
-``nn.Sequential`` that computes (approximately, exactly at full rank) what
+``Factorized`` sequence that computes (approximately, exactly at full rank) what
 the layer computed:
 
 * ``svd_linear``: W = U S V^T  ->  Linear(in, r) then Linear(r, out)
@@ -23,6 +23,44 @@ import torch.nn as nn
 from ..core.errors import ConfigError
 
 
+class Factorized(nn.Sequential):
+    """The pieces that replace one layer, usable where that layer was: the model's own code may read the
+    replaced layer's attributes (``in_features``, ``stride``, ``kernel_size``...; Hugging Face reads
+    ``projection.weight.dtype`` and a MobileNetV2 layer's ``stride`` for its padding), so they are kept, and
+    ``weight``/``bias`` give the dense equivalent of the product (what the pieces compute together)."""
+
+    _ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride", "padding",
+              "dilation", "groups", "padding_mode")
+
+    def __init__(self, kind: str, original: nn.Module, *pieces: nn.Module):
+        super().__init__(*pieces)
+        self.kind = kind
+        for a in self._ATTRS:
+            if hasattr(original, a):
+                setattr(self, a, getattr(original, a))
+
+    @property
+    def bias(self):
+        return self[-1].bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = [p.weight for p in self]
+        if self.kind == "svd":
+            return w[1] @ w[0]
+        if self.kind == "tucker2":
+            first, mid, last = w[0].flatten(1), w[1], w[2].flatten(1)
+            return torch.einsum("or,rs...,si->oi...", last, mid, first)
+        if self.kind == "spatial":  # (kh x 1) then (1 x kw)
+            return torch.einsum("orw,rih->oihw", w[1][:, :, 0], w[0][..., 0])
+        if self.kind == "dsconv":  # depthwise (x multiplier) then pointwise
+            dw, pw = w[0][:, 0], w[1].flatten(1)
+            cin = self.in_channels
+            mult = dw.shape[0] // cin
+            return torch.einsum("oim,im...->oi...", pw.reshape(pw.shape[0], cin, mult), dw.reshape(cin, mult, *dw.shape[1:]))
+        raise AttributeError(f"no dense weight for a {self.kind} factorization")
+
+
 def _conv_like(conv: nn.Module, cin: int, cout: int, kernel, stride, padding, dilation, groups: int, bias: bool):
     cls = nn.Conv1d if isinstance(conv, nn.Conv1d) else nn.Conv2d
     return cls(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias,
@@ -33,7 +71,7 @@ def linear_rank_limit(layer: nn.Linear) -> int:
     return min(layer.in_features, layer.out_features)
 
 
-def svd_linear(layer: nn.Linear, rank: int, cov: torch.Tensor | None = None) -> nn.Sequential:
+def svd_linear(layer: nn.Linear, rank: int, cov: torch.Tensor | None = None) -> "Factorized":
     """Truncated SVD: the best rank-``rank`` approximation of W in Frobenius norm
     (Eckart-Young); with ``cov`` = sum of x x^T over calibration inputs, the best
     rank-``rank`` approximation of the *outputs* W x instead (whitened SVD, as in
@@ -60,7 +98,7 @@ def svd_linear(layer: nn.Linear, rank: int, cov: torch.Tensor | None = None) -> 
         second.weight.copy_((u[:, :rank] * root[None]).float())
         if layer.bias is not None:
             second.bias.copy_(layer.bias)
-    return nn.Sequential(first, second)
+    return Factorized("svd", layer, first, second)
 
 
 def singular_values(layer: nn.Module) -> torch.Tensor:
@@ -103,7 +141,7 @@ def tucker_rank_limits(conv: nn.Module) -> tuple[int, int]:
     return min(conv.out_channels, conv.in_channels * k), min(conv.in_channels, conv.out_channels * k)
 
 
-def tucker2_conv(conv: nn.Module, r_out: int, r_in: int, sweeps: int = 5) -> nn.Sequential:
+def tucker2_conv(conv: nn.Module, r_out: int, r_in: int, sweeps: int = 5) -> "Factorized":
     if conv.groups != 1:
         raise ConfigError("Tucker-2 needs an ordinary convolution (groups=1)")
     lo, li = tucker_rank_limits(conv)
@@ -123,7 +161,7 @@ def tucker2_conv(conv: nn.Module, r_out: int, r_in: int, sweeps: int = 5) -> nn.
         last.weight.copy_(u_out.reshape(o, r_out, *ones).float())
         if conv.bias is not None:
             last.bias.copy_(conv.bias)
-    return nn.Sequential(first, mid, last)
+    return Factorized("tucker2", conv, first, mid, last)
 
 
 def spatial_rank_limit(conv: nn.Conv2d) -> int:
@@ -131,7 +169,7 @@ def spatial_rank_limit(conv: nn.Conv2d) -> int:
     return min(conv.in_channels * kh, conv.out_channels * kw)
 
 
-def spatial_svd_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+def spatial_svd_conv(conv: nn.Conv2d, rank: int) -> "Factorized":
     """Separate a k_h x k_w kernel into k_h x 1 (in -> rank) then 1 x k_w (rank -> out)."""
     if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
         raise ConfigError("spatial SVD needs an ordinary Conv2d (groups=1)")
@@ -154,10 +192,10 @@ def spatial_svd_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
         second.weight.copy_(b.permute(1, 0, 2).reshape(o, rank, 1, kw).float())
         if conv.bias is not None:
             second.bias.copy_(conv.bias)
-    return nn.Sequential(first, second)
+    return Factorized("spatial", conv, first, second)
 
 
-def depthwise_separable(conv: nn.Module, multiplier: int = 1) -> nn.Sequential:
+def depthwise_separable(conv: nn.Module, multiplier: int = 1) -> "Factorized":
     """Depthwise k x k (in -> in * multiplier, groups=in) + pointwise 1 x 1 (-> out).
 
     W[o, c] (a k x k kernel per output and input channel) is approximated by
@@ -185,4 +223,4 @@ def depthwise_separable(conv: nn.Module, multiplier: int = 1) -> nn.Sequential:
         pw.weight.copy_(p.reshape(o, i * multiplier, *ones).float())
         if conv.bias is not None:
             pw.bias.copy_(conv.bias)
-    return nn.Sequential(dw, pw)
+    return Factorized("dsconv", conv, dw, pw)

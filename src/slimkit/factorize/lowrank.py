@@ -10,7 +10,8 @@ Rank selection (``rank``):
 
 A layer is only replaced when the factorized form measures fewer MACs and params than
 the original (``min_saving``); the others are listed as skipped with the reason. The
-result is the user's model with ``nn.Sequential`` pieces in place of the chosen layers;
+result is the user's model with ``Factorized`` pieces in place of the chosen layers (drop-in: they keep the
+replaced layer's attributes and give its dense weight);
 recovery (``finetune: {method: kd}``) follows in the recipe stage."""
 from __future__ import annotations
 

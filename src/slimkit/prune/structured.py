@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.context import Context
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, first_line
 from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
@@ -29,6 +29,8 @@ from ..evaluate.macs import count_macs, count_params
 from ..evaluate.metrics import held_in_split, split_score
 from ..core.graph import set_module
 from ..core.allocate import greedy_levels
+from ..core.rewrite import split_attention
+from .blocks import find_units
 from .channels import ChannelGraph
 from .importance import accumulate_gradients
 
@@ -474,10 +476,14 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     m = copy.deepcopy(model).eval()
     with torch.no_grad():
         ref_shape = tuple(m(*example).shape)
-    plan = analyse(m, example, cfg)
+    try:
+        plan = analyse(m, example, cfg)
+    except ConfigError as e:  # torch.fx cannot trace it: the block units of its torch.export capture
+        return _prune_units(model, m, cfg, ctx, example, ref_shape, first_line(e, 160))
     if not plan.groups and not (cfg.heads and plan.graph.attention):
         why = "; ".join(f"{k}: {v[0]}" for k, v in list(plan.skipped.items())[:4])
-        raise ConfigError(f"no channel group of {type(model).__name__} can be pruned safely ({why})")
+        return _prune_units(model, m, cfg, ctx, example, ref_shape,
+                            f"no channel group of {type(model).__name__} can be pruned safely ({why})")
     needs_labels = cfg.criterion == "taylor"
     if (cfg.sparse_epochs or cfg.allocation == "sensitivity" or needs_labels) and not ctx.has("train_data"):
         raise ConfigError("this configuration (sparse training / sensitivity / taylor) needs training data")
@@ -530,3 +536,90 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     if table:
         tables["Structured pruning: sensitivity (each group pruned alone, held-in data)"] = table
     return m
+
+
+# -- transformer and recurrent blocks (torch.export capture) -------------------------------------------------------
+
+def _prune_units(model: nn.Module, m: nn.Module, cfg: StructuredPruneConfig, ctx: Context, example, ref_shape,
+                 why_not_channels: str) -> nn.Module:
+    """Attention heads, feed-forward widths and recurrent hidden units (``blocks.py``), pruned at one share in
+    every unit set: ``ratio``, or the smallest share that removes ``target_macs`` of the MACs (bisection on
+    measured MACs). Heads use ``heads`` when it is set."""
+
+    split_attention(m)
+    units, skipped = find_units(m, example)
+    if not units:
+        raise ConfigError(f"{why_not_channels}; and no attention head, feed-forward width or recurrent unit was "
+                          "found to prune either" + (f" ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})"
+                                                     if skipped else ""))
+    if cfg.widths:
+        raise ConfigError("explicit widths name channel groups of a torch.fx graph; this model's prunable parts are "
+                          f"block units ({', '.join(u.name for u in units[:3])}...): use ratio or target_macs")
+    scores = {u.name: u.score(m) for u in units}
+
+    def keep_count(u, r: float) -> int:
+        share = cfg.heads if (u.kind == "heads" and cfg.heads) else min(r, cfg.max_ratio)
+        n = u.size - int(round(share * u.size))
+        if u.kind != "heads" and u.size >= 2 * cfg.round_to:
+            n = max(cfg.round_to, int(round(n / cfg.round_to)) * cfg.round_to)
+        return max(1, min(u.size, n))
+
+    def build(r: float) -> nn.Module:
+        out = copy.deepcopy(m)
+        for u in units:
+            keep = scores[u.name].argsort(descending=True)[:keep_count(u, r)].sort().values
+            u.apply(out, keep)
+        return out
+
+    one = tuple(t[:1] for t in example)
+    notes = []
+    if cfg.target_macs:
+        base = count_macs(m, one)
+        goal = (1 - cfg.target_macs) * base
+        lo, hi = 0.0, cfg.max_ratio
+        if count_macs(build(hi), one) > goal:
+            r = hi
+            notes.append(f"target_macs={cfg.target_macs} not reachable by block units at max_ratio={cfg.max_ratio}")
+        else:
+            for _ in range(10):
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if count_macs(build(mid), one) <= goal else (mid, hi)
+            r = hi
+    else:
+        r = cfg.ratio
+    if cfg.allocation != "uniform":
+        notes.append(f"allocation={cfg.allocation} applies to channel groups; block units use one share")
+    if cfg.criterion not in ("l1", "l2", "magnitude"):
+        notes.append(f"criterion={cfg.criterion} applies to channel groups; block units are scored by L2 norm")
+    if cfg.sparse_epochs:
+        notes.append("sparse training applies to channel groups; skipped for block units")
+    out = build(r)
+    out.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        try:
+            out_shape = tuple(out(*example).shape)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"the pruned model no longer runs ({first_line(e, 120)}); its forward probably "
+                              "hard-codes a width: exclude that block") from None
+    if out_shape != ref_shape:
+        raise ConfigError(f"pruning changed the output shape {ref_shape} -> {out_shape}")
+    kept = {u.name: (keep_count(u, r), u.size, u.kind) for u in units}
+    out.slimkit_info = {"units": {k: f"{a}/{b} {kind}" for k, (a, b, kind) in kept.items()}, "skipped": skipped,
+                        "share": round(r, 4), "graph": "torch.export", "why_not_channels": why_not_channels}
+    by_kind: dict = {}
+    for a, b, kind in kept.values():
+        k0 = by_kind.setdefault(kind, [0, 0])
+        k0[0], k0[1] = k0[0] + a, k0[1] + b
+    ctx.note(f"structured pruning of block units (torch.export capture; {why_not_channels[:120]}): share {r:.3f}; "
+             + ", ".join(f"{kind} {a}/{b} kept" for kind, (a, b) in by_kind.items())
+             + (f"; left alone: {'; '.join(f'{k} ({v})' for k, v in skipped.items())}" if skipped else "")
+             + (f"; {'; '.join(notes)}" if notes else ""))
+    for n in notes:
+        if "not reachable" in n:
+            ctx.warn(n)
+    for k, v in skipped.items():
+        ctx.warn(f"structured pruning left {k} whole: {v}")
+    tables = ctx.extras.setdefault("tables", {})
+    tables["Structured pruning: units kept per block"] = [{"block": k, "kind": kind, "kept": f"{a}/{b}"}
+                                                          for k, (a, b, kind) in kept.items()]
+    return out

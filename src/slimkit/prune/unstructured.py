@@ -14,6 +14,7 @@ from ..core.config import Config, check_choice, check_range
 from ..core.context import Context
 from ..core.errors import ConfigError
 from ..core.registry import register_technique
+from ..core.rewrite import split_attention
 from ..core.targets import Targets
 from .importance import CRITERIA, accumulate_gradients
 
@@ -37,7 +38,9 @@ class MagnitudePruneConfig(Config):
     scope: str = "global"  # global | layer
     criterion: str = "magnitude"  # magnitude | l2 | taylor | random
     pattern: str = ""  # "" (unstructured) or "N:M", e.g. "2:4"
-    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
+    # recurrent layers too: "90% sparsity" of a GRU model must not leave its GRU dense
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d", "GRU",
+                                                                               "LSTM"]))
 
     def validate(self) -> None:
         check_range("sparsity", self.sparsity, 0, 1, hi_open=True)
@@ -52,6 +55,31 @@ class MagnitudePruneConfig(Config):
                 raise ConfigError(f"pattern={self.pattern!r}: need 0 < N < M")
         if isinstance(self.targets, (dict, list, str)):
             self.targets = Targets.from_dict(self.targets)
+
+
+class _Param:
+    """One weight tensor of a layer, seen as a layer by the importance criteria (they read ``.weight``)."""
+
+    def __init__(self, module: nn.Module, pname: str):
+        self.module, self.pname = module, pname
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.pname)
+
+
+def weight_tensors(model: nn.Module, targets: Targets, what: str = "prune") -> list[tuple[str, nn.Module, str]]:
+    """(name, module, parameter) of every weight ``targets`` selects: Linear/Conv ``weight`` and each
+    ``weight_ih_l*``/``weight_hh_l*`` of the GRU/LSTM layers (named ``rnn.weight_hh_l0``)."""
+    out = []
+    for n, m in targets.select(model):
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            out.append((n, m, "weight"))
+        elif isinstance(m, nn.RNNBase):
+            out += [(f"{n}.{p}", m, p) for p in m._flat_weights_names if p.startswith("weight")]
+    if not out:
+        raise ConfigError(f"no Linear/Conv/GRU/LSTM layer matched the targets; nothing to {what}")
+    return out
 
 
 def weight_layers(model: nn.Module, targets: Targets, what: str = "prune") -> list[tuple[str, nn.Module]]:
@@ -77,8 +105,9 @@ class PrunedModel(nn.Module):
         """Make masks / codebooks permanent: a plain model, no reparametrization left."""
         # in place: modules under torch's pruning reparametrization cannot be deep-copied
         for mod in self.model.modules():
-            if hasattr(mod, "weight_mask"):
-                tprune.remove(mod, "weight")
+            for hook in list(mod._forward_pre_hooks.values()):
+                if isinstance(hook, tprune.BasePruningMethod):
+                    tprune.remove(mod, hook._tensor_name)
             if P.is_parametrized(mod, "weight"):
                 P.remove_parametrizations(mod, "weight", leave_parametrized=True)
         return self.model
@@ -94,13 +123,14 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
 def magnitude_prune(model: nn.Module, cfg: MagnitudePruneConfig, ctx: Context) -> PrunedModel:
     """Unstructured pruning with masks kept through fine-tuning."""
     m = copy.deepcopy(model)
-    layers = weight_layers(m, cfg.targets)
+    split_attention(m)  # MultiheadAttention reads its weights directly: as Linear calls, their masks apply
+    layers = weight_tensors(m, cfg.targets)
     if cfg.criterion == "taylor":
         if ctx.data is None or ctx.data.train is None or ctx.data.train.targets is None:
             raise ConfigError("taylor importance needs labelled training data")
         accumulate_gradients(m, ctx.data)
     fn = CRITERIA[cfg.criterion]
-    scores = {n: fn(mod, per="weight", seed=ctx.seed) for n, mod in layers}
+    scores = {n: fn(_Param(mod, p), per="weight", seed=ctx.seed) for n, mod, p in layers}
     masks = {}
     if cfg.pattern:
         n_, m_ = (int(v) for v in cfg.pattern.split(":"))
@@ -121,10 +151,10 @@ def magnitude_prune(model: nn.Module, cfg: MagnitudePruneConfig, ctx: Context) -
             if k:
                 mask.view(-1)[s.reshape(-1).argsort()[:k]] = 0
             masks[n] = mask
-    for n, mod in layers:
+    for n, mod, p in layers:
         if masks[n].sum() == 0:
             raise ConfigError(f"sparsity {cfg.sparsity} would remove every weight of {n}; lower it or use scope: layer")
-        tprune.custom_from_mask(mod, "weight", masks[n])
+        tprune.custom_from_mask(mod, p, masks[n])
     m.zero_grad(set_to_none=True)
     total = sum(int(masks[n].numel()) for n in masks)
     zeros = sum(int((masks[n] == 0).sum()) for n in masks)

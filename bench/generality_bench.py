@@ -1,0 +1,98 @@
+"""The foreign-architecture set x the recipes a user tries first: what each one does to models slimkit was not
+built around. Every cell is one ``slimkit compress`` process, run as a user runs it, so that its outcome is what the
+user sees (done, refused with a one-line error, or a crash), its figures come from its report.json (accuracy on
+the held-out split in ONNX Runtime, size and latency ratios against the original, measured side by side), and its
+tool cost is that process's wall time and peak resident memory.
+
+    python bench/generality_bench.py                                  # every foreign model x the default recipes
+    python bench/generality_bench.py --models hf-vit,gru --recipes int8-static,prune-structured-50
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from slimkit.zoo.foreign import FOREIGN
+
+RECIPES = ["int8-static", "int8-dynamic", "qat-4bit", "mixed-precision", "prune-structured-50", "lowrank-auto",
+           "prune-unstructured-90"]
+
+
+def run_cell(model: str, recipe: str, work: Path, runs: int) -> dict:
+    out = work / f"{model}-{recipe}"
+    cmd = [sys.executable, "-m", "slimkit", "compress", f"zoo:{model}", "--recipe", recipe, "--out", str(out),
+           "--runs", str(runs), "--quiet"]
+    t0 = time.perf_counter()
+    with open(work / "stdout", "wb") as so, open(work / "stderr", "wb") as se:
+        p = subprocess.Popen(cmd, stdout=so, stderr=se, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    rc = os.waitstatus_to_exitcode(status)
+    err = (work / "stderr").read_text(errors="replace").strip().splitlines()
+    row = {"model": model, "recipe": recipe, "rc": rc, "seconds": round(wall, 1),
+           "peak_mib": round(usage.ru_maxrss / 1024)}
+    if rc == 0:
+        rep = json.loads((out / "report.json").read_text())
+        b, c, r = rep["baseline"], rep["compressed"], rep["ratios"]
+        row.update(outcome="done", acc_before=b.get("accuracy"), acc_after=c.get("accuracy"),
+                   macs=r.get("macs"), size=r.get("size_bytes"), b1=r.get("latency_ms_p50_b1"),
+                   bN=r.get("latency_ms_p50_bN"),
+                   partial=[v for v in rep.get("verdicts", []) if v.startswith("partial:")],
+                   over_drop=any("MORE than" in v for v in rep.get("verdicts", [])))
+    else:
+        line = next((x for x in err if x.startswith("slimkit: error:")), None)
+        row.update(outcome="refused" if rc == 2 and line else "CRASH",
+                   message=(line or (err[-1] if err else f"exit {rc}"))[:220])
+    return row
+
+
+def fmt(row: dict) -> str:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    def x(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    if row["outcome"] != "done":
+        note = row["message"].replace("slimkit: error: ", "").replace("|", "/")
+        return (f"| {row['model']} | {row['recipe']} | {row['outcome']} | - | - | - | - | - | {row['seconds']:.0f} s"
+                f" / {row['peak_mib']} MiB | {note} |")
+    note = "; ".join(p.replace("partial: ", "").replace("|", "/") for p in row["partial"])
+    verdict = "done, drop beyond max_drop" if row["over_drop"] else "done"
+    return (f"| {row['model']} | {row['recipe']} | {verdict} | {pct(row['acc_before'])} -> {pct(row['acc_after'])} | "
+            f"{x(row['macs'])} | {x(row['size'])} | {x(row['b1'])} | {x(row['bN'])} | {row['seconds']:.0f} s / "
+            f"{row['peak_mib']} MiB | {note[:200]} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(FOREIGN))
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per latency figure")
+    ap.add_argument("--json", help="also write the rows here")
+    a = ap.parse_args()
+    rows = []
+    print("| model | recipe | outcome | accuracy (ORT, test) | MACs | size | ORT b1 | ORT bN | tool cost | "
+          "layers left alone / message |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as td:
+        for m in a.models.split(","):
+            for r in a.recipes.split(","):
+                row = run_cell(m, r, Path(td), a.runs)
+                rows.append(row)
+                print(fmt(row), flush=True)
+    done = sum(r["outcome"] == "done" for r in rows)
+    crashes = sum(r["outcome"] == "CRASH" for r in rows)
+    print(f"\n{done}/{len(rows)} done, {len(rows) - done - crashes} refused with a message, {crashes} crashed")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
