@@ -179,6 +179,23 @@ class InputQuantLayer(QuantLayer):
         super().__init__(layer, scheme)
         self.input_quant = ActQuant(group, keep_inputs)
         group.set_owner(self.input_quant)
+        self.output_quant: Optional[ActQuant] = None  # set where the output goes to float ops (an add, a pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.input_quant(x))
+        y = super().forward(self.input_quant(x))
+        return y if self.output_quant is None else self.output_quant(y)
+
+
+class OutputQuant(nn.Module):
+    """An activation module (ReLU, GELU...) followed by a fake-quantizer of its output: the Q after a layer's
+    activation that lets ONNX Runtime run that layer in int8 end to end (QLinearConv) when the activation feeds
+    float ops next. The wrapped module stays reachable as ``inner``."""
+
+    def __init__(self, inner: nn.Module, group: "QGroup"):
+        super().__init__()
+        self.inner = inner
+        self.quant = ActQuant(group)
+        group.set_owner(self.quant)
+
+    def forward(self, *x):
+        return self.quant(self.inner(*x))

@@ -26,7 +26,7 @@ from ..zoo.data import DataBundle
 from ..core import graph as G
 from ..core.rewrite import split_attention
 from .calibrate import CALIBRATORS
-from .modules import ActQuant, InputQuantLayer, QGroup, QuantLayer
+from .modules import ActQuant, InputQuantLayer, OutputQuant, QGroup, QuantLayer
 from .scheme import QScheme
 
 INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
@@ -326,6 +326,53 @@ def _skipped(model: nn.Module, quantized: list, cfg: StaticQuantConfig, cap) -> 
     return out
 
 
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU)
+
+
+def _place_output_quant(m: nn.Module, cap, quantized: list, folded: set, ascheme, cfg) -> list[str]:
+    """Quantize a layer's output (after its activation module, when it has one of its own) where that output goes
+    to float ops (a residual add, a pool) instead of straight into other quantized layers: without that Q, ONNX
+    Runtime keeps the layer in float behind a DequantizeLinear. Not the model's output (``quantize_output``)."""
+    qset = set(quantized)
+    anchors = {}
+    for node in cap.graph.nodes:
+        if node.op == "call_function" and G._op_name(node) in ("conv1d", "conv2d", "convolution", "linear"):
+            anchors.setdefault(cap.owner(node), node)
+    placed = []
+    for name in quantized:
+        node = anchors.get(name)
+        if node is None:
+            continue
+        target = name
+        while len(node.users) == 1:
+            nxt = next(iter(node.users))
+            owner = cap.owner(nxt)
+            if nxt.op != "call_function" or nxt.args[0] is not node:
+                break
+            if owner in folded:  # the BatchNorm folded into this layer: its op is gone from the model
+                node = nxt
+                continue
+            mod = m.get_submodule(owner) if owner and owner in cap.calls else None
+            if isinstance(mod, _ACTIVATIONS) and sum(1 for n in cap.calls[owner].nodes if n.op == "call_function") == 1:
+                node, target = nxt, owner
+            break
+        users = list(node.users)
+        if any(u.op == "output" for u in users) and not cfg.quantize_output:
+            continue
+        if users and all(u.op == "call_function" and cap.owner(u) in qset and u.args[0] is node
+                         and G._op_name(u) in ("conv1d", "conv2d", "convolution", "linear") for u in users):
+            continue  # the next layers' input quantizers already put a Q here
+        group = QGroup(ascheme, f"{target}.output")
+        if target == name:
+            layer = m.get_submodule(name)
+            layer.output_quant = ActQuant(group)
+            group.set_owner(layer.output_quant)
+        else:
+            G.set_module(m, target, OutputQuant(m.get_submodule(target), group))
+        placed.append(target)
+    return placed
+
+
 def _prepare_captured(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int, cap) -> QuantizedModel:
     """Module-level placement on a torch.export capture: BatchNorm folded into the convolution it follows (pairs
     from the ATen graph), every called Conv/Linear of the targets wrapped to fake-quantize its input and weight."""
@@ -351,7 +398,9 @@ def _prepare_captured(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int
         quantized.append(name)
     if not quantized:
         raise ConfigError("no Conv1d/Conv2d/Linear layer matched the targets; nothing to quantize")
+    outputs = _place_output_quant(m, cap, quantized, set(folded), ascheme, cfg)
     info = _info(cfg, wr, note, wbits, quantized, folded, "torch.export")
+    info["output_quantizers"] = outputs
     info["split_attention"] = cap.split_attention
     if cfg.equalize:
         info["equalize_skipped"] = "cross-layer equalization needs a torch.fx graph; this model was captured by torch.export"
