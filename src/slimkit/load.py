@@ -19,25 +19,13 @@ import torch.nn as nn
 
 from .core.errors import DataError, LoadError, ModelError, UnsafeFileError, first_line, user_frame
 from .core.checks import check_finite_weights
+from .core.graph import ProgramModule, fixed_batch, modules_from_program
 from .core.safeload import load_exported_program, no_unpickling
 from .zoo import data as D
 from .zoo.registry import ZOO, ZOO_DATA, get_zoo, load_zoo_model, zoo_data
 
 
-class ExportedModule(nn.Module):
-    """Holds the module of a ``torch.export`` program. Such modules refuse
-    ``.eval()``/``.train()`` (their mode is fixed at export), so the switch stops here."""
-
-    def __init__(self, gm: nn.Module):
-        super().__init__()
-        self.gm = gm
-
-    def train(self, mode: bool = True):  # noqa: D102 - see class docstring
-        self.training = mode
-        return self
-
-    def forward(self, *args):
-        return self.gm(*args)
+ExportedModule = ProgramModule  # the name earlier releases used
 
 
 @dataclasses.dataclass
@@ -78,7 +66,13 @@ def load_model(spec: Union[str, nn.Module], *, data: Optional[D.DataBundle] = No
         if not p.is_file():
             raise LoadError(f"model file not found: {p}")
         ep = load_exported_program(p, trust_pickle=trust_pickle)
-        return LoadedModel(spec, ExportedModule(ep.module()))
+        batch = fixed_batch(ep)
+        if batch is not None:
+            raise LoadError(f"{p} was exported with a fixed batch of {batch}: its reshapes hold that size, so it "
+                            "cannot run other batches; export it again with a dynamic batch: torch.export.export("
+                            "model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))")
+        # its layers as real modules again, so that every technique can reach them
+        return LoadedModel(spec, ProgramModule(modules_from_program(ep.module())))
     if p.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         if not p.is_file():
             raise LoadError(f"model file not found: {p}")

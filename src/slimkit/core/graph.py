@@ -13,11 +13,15 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, first_line, user_frame
 
+_A = torch.ops.aten
 PASSTHROUGH_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
-PASSTHROUGH_FUNCS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout}
+# the ATen forms appear in the graphs of .pt2 programs (modules_from_program)
+PASSTHROUGH_FUNCS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout, _A.view.default, _A.reshape.default,
+                     _A.flatten.using_ints, _A.max_pool2d.default, _A.max_pool1d.default, _A.dropout.default,
+                     _A.contiguous.default}
 PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "contiguous"}
 RELU_MODULES = (nn.ReLU, nn.ReLU6)
-RELU_FUNCS = {F.relu, torch.relu, F.relu6}
+RELU_FUNCS = {F.relu, torch.relu, F.relu6, _A.relu.default, _A.relu_.default}
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -228,3 +232,120 @@ def capture(model: nn.Module, example: tuple, *, what: str = "this technique") -
     raise ConfigError(f"cannot capture {type(model).__name__} with torch.export ({first_line(last, 150)})"
                       f"{user_frame(last, libraries=True)}; {what} needs a graph of the model: the ONNX-level "
                       "techniques (quantize.int8_dynamic, prune.unstructured) still apply") from None
+
+
+# ----------------------------------------------------------------------------- .pt2 programs as modules
+#
+# A torch.export program holds no nn.Linear: its graph calls ``aten.linear(x, weight, bias)`` on lifted
+# parameters. ``modules_from_program`` gives the layers back: each linear/convolution/batch-norm op whose weights
+# are the program's own (read by that op alone) becomes a call of a real module holding those parameters, in a
+# plain fx GraphModule (flat inputs, no pytree wrapper, no shape guards) that every technique can work on.
+
+_aten = torch.ops.aten
+
+
+def _attr(gm, node):
+    return gm.get_submodule(node.target.rpartition(".")[0]) if "." in node.target else gm
+
+
+def _owned(node, users=1) -> bool:
+    return isinstance(node, fx.Node) and node.op == "get_attr" and len(node.users) == users
+
+
+class ProgramModule(nn.Module):
+    """Holds the module of a loaded ``torch.export`` program (``modules_from_program``). Such modules refuse
+    ``.eval()``/``.train()`` (their mode is fixed at export), so the switch stops here. The ONNX exporter takes
+    the torch.export route for models that contain one (their graphs compute sizes from the batch)."""
+
+    def __init__(self, gm: nn.Module):
+        super().__init__()
+        self.gm = gm
+
+    def train(self, mode: bool = True):  # noqa: D102 - see class docstring
+        self.training = mode
+        return self
+
+    def forward(self, *args):
+        return self.gm(*args)
+
+
+def holds_program(model: nn.Module) -> bool:
+    return any(isinstance(m, ProgramModule) for m in model.modules())
+
+
+def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:
+    """The module of a loaded ``ExportedProgram`` (``ep.module()``) with its layers as real modules."""
+    graph = copy.deepcopy(gm.graph)
+    new = fx.GraphModule(gm, graph)
+    graph._codegen = fx.graph.CodeGen()  # flat positional inputs and outputs, traceable again
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target.startswith("_guards"):
+            graph.erase_node(node)
+        elif node.op == "call_function" and node.target is torch.ops.aten.sym_size.int:
+            # x.size(d), not the ATen op: the ONNX tracer records a Shape op for it instead of baking the example's
+            # size into every reshape (a .pt2 exported with a dynamic batch must stay dynamic in ONNX)
+            with graph.inserting_before(node):
+                size = graph.call_method("size", tuple(node.args))
+            size.meta = dict(node.meta)
+            node.replace_all_uses_with(size)
+            graph.erase_node(node)
+        elif node.op == "output" and isinstance(node.args[0], (tuple, list)) and len(node.args[0]) == 1:
+            node.args = (node.args[0][0],)  # one output: the tensor, not a 1-tuple
+    count = [0]
+
+    def install(node, mod, args) -> None:
+        w = node.args[1]
+        path = w.target.rpartition(".")[0] or f"layer_{count[0]}"
+        count[0] += 1
+        name = path if isinstance(new.get_submodule(path), nn.Module) and not list(
+            new.get_submodule(path).children()) else f"{path}_mod"
+        set_module(new, name, mod)
+        with graph.inserting_before(node):
+            call = graph.call_module(name, args)
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        t, a = node.target, node.args
+        if t is _aten.linear.default and _owned(a[1]) and (len(a) < 3 or a[2] is None or _owned(a[2])):
+            w = getattr(_attr(new, a[1]), a[1].target.rpartition(".")[2])
+            b = getattr(_attr(new, a[2]), a[2].target.rpartition(".")[2]) if len(a) > 2 and a[2] is not None else None
+            lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+            lin.weight = nn.Parameter(w.detach())
+            if b is not None:
+                lin.bias = nn.Parameter(b.detach())
+            install(node, lin, (a[0],))
+        elif t in (_aten.conv2d.default, _aten.conv1d.default) and _owned(a[1]) and \
+                (len(a) < 3 or a[2] is None or _owned(a[2])) and all(not isinstance(v, fx.Node) for v in a[3:]):
+            w = getattr(_attr(new, a[1]), a[1].target.rpartition(".")[2])
+            b = getattr(_attr(new, a[2]), a[2].target.rpartition(".")[2]) if len(a) > 2 and a[2] is not None else None
+            stride, padding, dilation, groups = (list(a[3:]) + [1, 0, 1, 1][len(a[3:]):])[:4]
+            cls = nn.Conv2d if t is _aten.conv2d.default else nn.Conv1d
+            conv = cls(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding,
+                       dilation=dilation, groups=groups, bias=b is not None)
+            conv.weight = nn.Parameter(w.detach())
+            if b is not None:
+                conv.bias = nn.Parameter(b.detach())
+            install(node, conv, (a[0],))
+    for node in list(graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            graph.erase_node(node)
+    graph.lint()
+    new.recompile()
+    new.delete_all_unused_submodules()
+    return new
+
+
+def fixed_batch(program) -> Optional[int]:
+    """The batch size a ``torch.export`` program was exported with when its first input's batch is fixed."""
+    user_inputs = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    for n in program.graph.nodes:
+        if n.op == "placeholder" and n.name in user_inputs:
+            val = n.meta.get("val")
+            if val is not None and getattr(val, "ndim", 0) and isinstance(val.shape[0], int):
+                return int(val.shape[0])
+            return None
+    return None

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from ..core.context import eval_mode
-from ..core.errors import ExportError
+from ..core.errors import ExportError, first_line
+from ..core.graph import holds_program
 from ..core.io import ONNX_STAMP_KEY, atomic_write_bytes
 from ..zoo.data import DataBundle
 
@@ -62,6 +63,8 @@ def ort_run(sess, inputs: Sequence[torch.Tensor]) -> np.ndarray:
 
 
 def _to_bytes(model: nn.Module, example: tuple, input_names, dynamic_axes, opset: int) -> bytes:
+    if holds_program(model):
+        return _to_bytes_dynamo(model, example, input_names, dynamic_axes, opset)
     buf = io.BytesIO()
     axes = {n: {0: "batch", **dynamic_axes.get(n, {})} for n in input_names}
     axes["output"] = {0: "batch"}
@@ -70,6 +73,21 @@ def _to_bytes(model: nn.Module, example: tuple, input_names, dynamic_axes, opset
         torch.onnx.export(model, example, buf, input_names=list(input_names), output_names=["output"],
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
     return buf.getvalue()
+
+
+def _to_bytes_dynamo(model: nn.Module, example: tuple, input_names, dynamic_axes, opset: int) -> bytes:
+    """A model built on a loaded .pt2 program: its graph computes reshapes from ``sym_size`` of the batch, which the
+    TorchScript exporter would bake in as the example's batch. The torch.export-based exporter keeps them symbolic."""
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1)
+    shapes = (tuple({0: batch, **{int(k): Dim(f"{n}_{v}", min=1) for k, v in dynamic_axes.get(n, {}).items()}}
+                    for n in input_names),)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        onx = torch.onnx.export(model, example, dynamo=True, dynamic_shapes=shapes, input_names=list(input_names),
+                                output_names=["output"], opset_version=max(opset, 18), verbose=False)
+    return onx.model_proto.SerializeToString()
 
 
 def export_onnx(model: nn.Module, data: DataBundle, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
@@ -165,7 +183,14 @@ def check_parity(model: nn.Module, onnx_model, data: DataBundle, *, samples: int
     split = data.test.slice(0, min(samples, len(data.test)))
     with eval_mode(model):
         ref = model(*split.inputs).float().numpy()
-    got = ort_run(sess, split.inputs).astype(np.float32)
+    try:
+        got = ort_run(sess, split.inputs).astype(np.float32)
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: the exported file does not run this batch
+        raise ExportError(f"the exported ONNX file does not run a batch of {len(split)} in ONNX Runtime "
+                          f"({first_line(e, 140)}): the export fixed a size that depends on the batch; nothing "
+                          "was written") from None
     if ref.shape != got.shape:
         raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}")
     err, cos = output_error(ref, got)

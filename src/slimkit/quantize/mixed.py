@@ -30,8 +30,8 @@ from ..core.progress import track
 from ..core.registry import register_technique
 from ..evaluate.metrics import held_in_split, split_score
 from ..core.allocate import greedy_levels
-from .static import (QuantizedModel, StaticQuantConfig, bias_correct, calibrate, capture_for_quantization,
-                     prepare_static)
+from .static import (QuantizedModel, StaticQuantConfig, note_coverage, bias_correct, calibrate,
+                     capture_for_quantization, prepare_static)
 
 
 @dataclasses.dataclass
@@ -79,12 +79,15 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
         return qm
 
     def drop(plan: dict) -> tuple[float, float]:
+        if layers and all(plan.get(n) == 32 for n in layers):
+            return 0.0, float("inf")  # every layer kept in float: the float model itself
         score, sqnr = split_score(build(plan), split, data, ref_out)
         return base_score - score, sqnr
 
     def within(d) -> bool:
         return d[0] <= cfg.max_drop and d[1] >= cfg.min_sqnr_db
 
+    layers: list = []
     layers = build({}).info["quantized_layers"]
     params = {n: m.weight.numel() for n, m in (cap.model if cap else model).named_modules() if n in layers}
     rows = []
@@ -142,7 +145,11 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
             if within(d):
                 plan, current = trial, d
     final = dataclasses.replace(cfg, per_layer_bits=plan)
+    if all(plan.get(n) == 32 for n in layers):
+        raise ConfigError(f"mixed precision kept every layer in float: quantizing any of {', '.join(layers[:4])} "
+                          f"drops the metric by more than max_drop={cfg.max_drop}; raise max_drop")
     qm = prepare_static(model, final, captured=cap)
+    note_coverage(qm, ctx)
     calibrate(qm, data, final, ranges=calibrated)
     if cfg.bias_correction:
         bias_correct(qm, data, final)

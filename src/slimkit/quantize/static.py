@@ -173,6 +173,11 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
     """The fake-quant model of ``model`` under ``cfg``; ``captured``: ``capture_for_quantization``'s result
     (computed here when "auto"; needs ``example``)."""
     check_finite_weights(model)
+    if G.holds_program(model):
+        raise ConfigError("static int8 of a loaded .pt2 program is not supported yet: its ONNX form must go through "
+                          "the torch.export-based exporter, which cannot carry slimkit's QDQ today; use "
+                          "quantize.int8_dynamic (recipe int8-dynamic), or load the model from Python code "
+                          "(pkg.module:factory)")
     if captured == "auto":
         captured = capture_for_quantization(model, cfg, example)
     if captured is not None:
@@ -588,7 +593,7 @@ def _qdq_parity(qm, blob: bytes, data: DataBundle):
 
 # ----------------------------------------------------------------------------- technique
 
-def _note_coverage(qm: QuantizedModel, ctx: Context) -> None:
+def note_coverage(qm: QuantizedModel, ctx: Context) -> None:
     """Say on the console and in the report which weight-bearing layers stayed float, and why."""
     skipped = qm.info.get("skipped_layers") or {}
     if qm.info.get("graph") == "torch.export":
@@ -609,7 +614,7 @@ def int8_static(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> Quant
     """int8 static PTQ: fold BN, (equalize), calibrate, bias-correct, fake-quant model exporting to QDQ."""
     keep = 64 if cfg.calibrator == "auto" or "auto" in cfg.per_layer.values() else 0
     qm = prepare_static(model, cfg, keep_inputs=keep, example=ctx.data.example_inputs(2))
-    _note_coverage(qm, ctx)
+    note_coverage(qm, ctx)
     calibrate(qm, ctx.data, cfg)
     if cfg.bias_correction:
         qm.info["bias_correction_max_shift"] = bias_correct(qm, ctx.data, cfg)
@@ -655,7 +660,7 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> QuantizedModel:
     from ..distill.finetune import Finetune
 
     qm = prepare_static(model, cfg, example=ctx.data.example_inputs(2))
-    _note_coverage(qm, ctx)
+    note_coverage(qm, ctx)
     calibrate(qm, ctx.data, cfg)
     if cfg.learn_scales:
         for q in qm.layers().values():
