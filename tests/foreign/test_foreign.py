@@ -228,3 +228,58 @@ def test_every_technique_works_or_refuses_in_one_line_on_a_hugging_face_vit(tech
     out = finalize() if callable(finalize) else out
     export_artifact(out, data, tmp_path / "m.onnx")
     assert _acc_ort(tmp_path / "m.onnx", data) >= 0.5
+
+
+# -- .pt2 programs ---------------------------------------------------------------------------------------------------
+
+def _save_pt2(model, data, path, dynamic=True):
+    x = data.example_inputs(2)
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    torch.export.save(torch.export.export(model, x, dynamic_shapes=shapes), path)
+
+
+def test_a_pt2_program_gets_real_layers_back_and_prunes_and_exports_at_any_batch(foreign, tmp_path):
+    from slimkit.load import load_model
+    from slimkit.prune.structured import StructuredPruneConfig, structured_prune
+    from slimkit.quantize.dynamic import DynamicQuantConfig, int8_dynamic
+
+    model, data = foreign("transformer-encoder")
+    _save_pt2(model, data, tmp_path / "m.pt2")
+    loaded = load_model(str(tmp_path / "m.pt2")).model
+    linears = [n for n, m in loaded.named_modules() if isinstance(m, nn.Linear)]
+    assert len(linears) >= 5  # linear1/linear2 of both layers and the head at least
+    x = data.test.inputs
+    with torch.no_grad():
+        assert torch.allclose(loaded(*x), model(*x), atol=1e-5)
+    pruned = structured_prune(loaded, StructuredPruneConfig(ratio=0.5), _ctx(loaded, data))
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in loaded.parameters())
+    export_artifact(pruned, data, tmp_path / "p.onnx")  # parity at a batch of 64 (exported at 2)
+    q = int8_dynamic(loaded, DynamicQuantConfig(), _ctx(loaded, data))
+    export_artifact(q, data, tmp_path / "q.onnx")
+    assert _acc_ort(tmp_path / "q.onnx", data) >= _acc_torch(model, data) - 0.02
+    with pytest.raises(ConfigError, match="pt2 program is not supported yet"):
+        from slimkit.quantize.static import StaticQuantConfig, int8_static
+
+        int8_static(loaded, StaticQuantConfig(), _ctx(loaded, data))
+
+
+def test_a_pt2_with_a_fixed_batch_is_refused_at_load(foreign, tmp_path):
+    from slimkit.core.errors import LoadError
+    from slimkit.load import load_model
+
+    model, data = foreign("gru")
+    _save_pt2(model, data, tmp_path / "fixed.pt2", dynamic=False)
+    with pytest.raises(LoadError, match="fixed batch of 2.*dynamic_shapes"):
+        load_model(str(tmp_path / "fixed.pt2"))
+
+
+def test_deep_networks_quantized_layer_by_layer_match_onnx_runtime(foreign, tmp_path):
+    """17 inverted-residual blocks: the int32 bias grid is simulated, so PyTorch and ONNX Runtime agree."""
+    from slimkit.quantize.static import StaticQuantConfig, int8_static
+
+    model, data = foreign("hf-mobilenetv2")
+    cfg = StaticQuantConfig(calibrator="minmax", bias_correction=False, calibration_samples=64)
+    qm = int8_static(model, cfg, _ctx(model, data))
+    export_artifact(qm, data, tmp_path / "q.onnx")  # raises if the QDQ file drifts from the fake-quant model
+    assert qm.info["parity_qdq_reference"]["max_abs_err"] < 0.05
+    assert _acc_ort(tmp_path / "q.onnx", data) >= _acc_torch(model, data) - 0.02
