@@ -229,7 +229,10 @@ def capture(model: nn.Module, example: tuple, *, what: str = "this technique") -
                 return Captured(export(m, example, dynamic_shapes=shapes, strict=False), m)
         except Exception as e:  # noqa: BLE001 - torch raises many types; classified in the message
             last = e
-    raise ConfigError(f"cannot capture {type(model).__name__} with torch.export ({first_line(last, 150)})"
+    why = first_line(last, 150)
+    if "data-dependent" in why or "GuardOnDataDependent" in type(last).__name__:
+        why = "it branches on the values of its input (data-dependent control flow)"
+    raise ConfigError(f"cannot capture {type(model).__name__} with torch.export ({why})"
                       f"{user_frame(last, libraries=True)}; {what} needs a graph of the model: the ONNX-level "
                       "techniques (quantize.int8_dynamic, prune.unstructured) still apply") from None
 
