@@ -144,6 +144,10 @@ def magnitude_prune(model: nn.Module, cfg: MagnitudePruneConfig, ctx: Context) -
         for n, sc in scores.items():
             masks[n] = flat[off:off + sc.numel()].reshape(sc.shape)
             off += sc.numel()
+            if masks[n].sum() == 0:  # one global ranking emptied a small layer: keep its strongest 2% alive
+                keep = max(1, int(0.02 * sc.numel()))
+                masks[n].view(-1)[sc.reshape(-1).argsort(descending=True)[:keep]] = 1
+                ctx.note(f"global pruning would have removed every weight of {n}; kept its {keep} largest")
     else:
         for n, s in scores.items():
             k = int(round(cfg.sparsity * s.numel()))
