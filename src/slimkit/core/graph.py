@@ -240,8 +240,8 @@ def capture(model: nn.Module, example: tuple, *, what: str = "this technique") -
 # ----------------------------------------------------------------------------- .pt2 programs as modules
 #
 # A torch.export program holds no nn.Linear: its graph calls ``aten.linear(x, weight, bias)`` on lifted
-# parameters. ``modules_from_program`` gives the layers back: each linear/convolution/batch-norm op whose weights
-# are the program's own (read by that op alone) becomes a call of a real module holding those parameters, in a
+# parameters. ``modules_from_program`` gives the layers back: each linear/convolution op whose weights are the
+# program's own (read by that op alone) becomes a call of a real module holding those parameters, in a
 # plain fx GraphModule (flat inputs, no pytree wrapper, no shape guards) that every technique can work on.
 
 _aten = torch.ops.aten
@@ -249,6 +249,13 @@ _aten = torch.ops.aten
 
 def _attr(gm, node):
     return gm.get_submodule(node.target.rpartition(".")[0]) if "." in node.target else gm
+
+
+def _params(gm, args):
+    """The (weight, bias) tensors behind the get_attr arguments of an ATen linear/convolution call."""
+    def fetch(n):
+        return getattr(_attr(gm, n), n.target.rpartition(".")[2])
+    return fetch(args[1]), (fetch(args[2]) if len(args) > 2 and args[2] is not None else None)
 
 
 def _owned(node, users=1) -> bool:
@@ -314,8 +321,7 @@ def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:
             continue
         t, a = node.target, node.args
         if t is _aten.linear.default and _owned(a[1]) and (len(a) < 3 or a[2] is None or _owned(a[2])):
-            w = getattr(_attr(new, a[1]), a[1].target.rpartition(".")[2])
-            b = getattr(_attr(new, a[2]), a[2].target.rpartition(".")[2]) if len(a) > 2 and a[2] is not None else None
+            w, b = _params(new, a)
             lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
             lin.weight = nn.Parameter(w.detach())
             if b is not None:
@@ -323,8 +329,7 @@ def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:
             install(node, lin, (a[0],))
         elif t in (_aten.conv2d.default, _aten.conv1d.default) and _owned(a[1]) and \
                 (len(a) < 3 or a[2] is None or _owned(a[2])) and all(not isinstance(v, fx.Node) for v in a[3:]):
-            w = getattr(_attr(new, a[1]), a[1].target.rpartition(".")[2])
-            b = getattr(_attr(new, a[2]), a[2].target.rpartition(".")[2]) if len(a) > 2 and a[2] is not None else None
+            w, b = _params(new, a)
             stride, padding, dilation, groups = (list(a[3:]) + [1, 0, 1, 1][len(a[3:]):])[:4]
             cls = nn.Conv2d if t is _aten.conv2d.default else nn.Conv1d
             conv = cls(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding,
