@@ -9,6 +9,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from .progress import info
+
 
 
 @dataclasses.dataclass
@@ -60,8 +62,6 @@ class Context:
 
     def warn(self, msg: str) -> None:
         """A partial result: kept for the report and printed now (one line on stderr)."""
-        from .progress import info
-
         stage = self.extras.get("stage")
         self.warnings.append(f"{stage}: {msg}" if stage else msg)
         self.notes.append(f"warning: {msg}")

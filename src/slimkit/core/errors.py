@@ -48,12 +48,14 @@ def user_frame(e: BaseException, *, libraries: bool = False) -> str:
     import os
     import traceback
 
-    skip = ("/torch/", "/slimkit/", "/typer/", "/click/", "/lib/python3.") + (() if libraries else ("/transformers/",))
+    ours = ("/torch/", "/slimkit/", "/typer/", "/click/") + (() if libraries else ("/transformers/",))
     for fr in reversed(traceback.extract_tb(e.__traceback__)):
         f = fr.filename.replace(os.sep, "/")
-        if not any(k in f for k in skip) or (libraries and "/site-packages/" in f and "/torch/" not in f
-                                              and "/slimkit/" not in f):
-            return f" (at {fr.filename}:{fr.lineno})"
+        if any(k in f for k in ours):
+            continue
+        if "/lib/python3." in f and not (libraries and "/site-packages/" in f):
+            continue  # the standard library, or an installed package when only the user's own code counts
+        return f" (at {fr.filename}:{fr.lineno})"
     return ""
 
 

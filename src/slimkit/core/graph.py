@@ -33,15 +33,6 @@ def trace(model: nn.Module) -> fx.GraphModule:
                           "control flow need the ONNX-level techniques (e.g. quantize.int8_dynamic)") from None
 
 
-def traceable(model: nn.Module) -> bool:
-    """Whether torch.fx can trace ``model`` symbolically (the module is not changed by trying)."""
-    try:
-        fx.symbolic_trace(model)
-        return True
-    except Exception:  # noqa: BLE001 - any failure means: capture it with torch.export instead
-        return False
-
-
 def module_of(gm: fx.GraphModule, node: fx.Node):
     return gm.get_submodule(node.target) if node.op == "call_module" else None
 
@@ -122,16 +113,18 @@ def input_covariances(model: nn.Module, split, names: list[str]) -> dict[str, to
 # data-dependent slicing, which every Hugging Face model has. torch.export (non-strict, dynamic batch) runs the
 # model's Python for real and records ATen ops, each tagged with the stack of modules that issued it
 # (``nn_module_stack``) and each parameter read with its owner; ``Captured`` turns that into the module-level view
-# the techniques need: which leaf modules are called, in what order, how often, which feeds which, and which
-# parameters are read directly by a parent's code instead of through their module's call.
+# the techniques need: which leaf modules are called, in what order, how often, which ATen ops each issued, and
+# which parameters are read directly by a parent's code instead of through their module's call.
 
-_CONV_OPS = {"conv1d", "conv2d", "convolution"}
+CONV_OPS = {"conv1d", "conv2d", "convolution"}
+LAYER_OPS = CONV_OPS | {"linear"}  # the ATen ops of the layers techniques replace
 _BN_OPS = {"_native_batch_norm_legit_no_training", "batch_norm", "_native_batch_norm_legit", "native_batch_norm"}
-_ANCHOR_OPS = _CONV_OPS | _BN_OPS | {"linear", "embedding", "layer_norm", "group_norm", "gru", "lstm", "rnn_tanh",
+_ANCHOR_OPS = CONV_OPS | _BN_OPS | {"linear", "embedding", "layer_norm", "group_norm", "gru", "lstm", "rnn_tanh",
                                      "addmm", "mm", "matmul"}
 
 
-def _op_name(node: fx.Node) -> str:
+def op_name(node: fx.Node) -> str:
+    """The ATen op of a node without overload: ``linear`` for ``aten.linear.default``."""
     t = node.target
     name = getattr(t, "__name__", str(t))
     return name.split(".")[0]
@@ -148,10 +141,11 @@ class ModuleCall:
 
 
 class Captured:
-    """A ``torch.export`` capture of a model and its module-level view (see the comment above)."""
+    """A ``torch.export`` capture of a model and its module-level view (see the comment above). ``model`` is the
+    copy that was captured (in eval mode, with the rewrites named in ``split_attention`` applied)."""
 
-    def __init__(self, program, model: nn.Module):
-        self.program = program
+    def __init__(self, program, model: nn.Module, split_attention: Optional[list] = None):
+        self.program, self.model, self.split_attention = program, model, split_attention or []
         self.graph = program.graph
         params = {s.arg.name: s.target for s in program.graph_signature.input_specs
                   if getattr(s.arg, "name", None) and s.target is not None}
@@ -178,7 +172,7 @@ class Captured:
                     continue
                 call = self.calls[path] = ModuleCall(path, type(mod).__name__)
             call.nodes.append(node)
-            if _op_name(node) in _ANCHOR_OPS:
+            if op_name(node) in _ANCHOR_OPS:
                 call.calls += 1
 
     def owner(self, node: fx.Node) -> str:
@@ -186,7 +180,7 @@ class Captured:
 
     def called(self, types: tuple) -> list[str]:
         """Names of the leaf modules of ``types`` that the model really calls (in call order)."""
-        return [c.name for c in self.calls.values() if c.calls and c.type_name in {t.__name__ for t in types}]
+        return [c.name for c in self.calls.values() if c.calls and isinstance(self.model.get_submodule(c.name), types)]
 
     def read_by_parent(self, name: str) -> str:
         """For a module whose weight is read by another module's code (``nn.MultiheadAttention`` reading its
@@ -199,10 +193,10 @@ class Captured:
         convolution feeds nothing else, and each module runs once: the pairs that fold."""
         pairs = []
         for node in self.graph.nodes:
-            if node.op != "call_function" or _op_name(node) not in _BN_OPS or not node.args:
+            if node.op != "call_function" or op_name(node) not in _BN_OPS or not node.args:
                 continue
             src = node.args[0]
-            if not isinstance(src, fx.Node) or _op_name(src) not in _CONV_OPS or len(src.users) != 1:
+            if not isinstance(src, fx.Node) or op_name(src) not in CONV_OPS or len(src.users) != 1:
                 continue
             conv, bn = self.owner(src), self.owner(node)
             if conv and bn and conv != bn and self.calls[conv].calls == 1 and self.calls[bn].calls == 1:
@@ -210,15 +204,20 @@ class Captured:
         return pairs
 
 
-def capture(model: nn.Module, example: tuple, *, what: str = "this technique") -> Captured:
+def capture(model: nn.Module, example: tuple, *, what: str = "this technique",
+            split_attention: bool = False) -> Captured:
     """``torch.export`` (non-strict) of ``model`` in eval mode on ``example`` with a dynamic batch dimension (a
     static one when the model fixes its batch); a one-line ``ConfigError`` naming the construct and the line of
-    code that stopped it otherwise. The user's model is not touched (a copy is captured)."""
+    code that stopped it otherwise. The user's model is not touched (a copy is captured); ``split_attention``
+    first replaces that copy's ``nn.MultiheadAttention`` layers by Linear-based ones (``core.rewrite``)."""
     import warnings
 
     from torch.export import Dim, export
 
+    from .rewrite import split_attention as split
+
     m = copy.deepcopy(model).eval()
+    split_names = split(m) if split_attention else []
     example = tuple(example)
     dyn = tuple({0: Dim("batch", min=1)} for _ in example) if all(t.shape[0] >= 2 for t in example) else None
     last: Optional[BaseException] = None
@@ -226,7 +225,7 @@ def capture(model: nn.Module, example: tuple, *, what: str = "this technique") -
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return Captured(export(m, example, dynamic_shapes=shapes, strict=False), m)
+                return Captured(export(m, example, dynamic_shapes=shapes, strict=False), m, split_names)
         except Exception as e:  # noqa: BLE001 - torch raises many types; classified in the message
             last = e
     why = first_line(last, 150)
@@ -244,7 +243,6 @@ def capture(model: nn.Module, example: tuple, *, what: str = "this technique") -
 # program's own (read by that op alone) becomes a call of a real module holding those parameters, in a
 # plain fx GraphModule (flat inputs, no pytree wrapper, no shape guards) that every technique can work on.
 
-_aten = torch.ops.aten
 
 
 def _attr(gm, node):
@@ -320,18 +318,18 @@ def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op != "call_function":
             continue
         t, a = node.target, node.args
-        if t is _aten.linear.default and _owned(a[1]) and (len(a) < 3 or a[2] is None or _owned(a[2])):
+        if t is _A.linear.default and _owned(a[1]) and (len(a) < 3 or a[2] is None or _owned(a[2])):
             w, b = _params(new, a)
             lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
             lin.weight = nn.Parameter(w.detach())
             if b is not None:
                 lin.bias = nn.Parameter(b.detach())
             install(node, lin, (a[0],))
-        elif t in (_aten.conv2d.default, _aten.conv1d.default) and _owned(a[1]) and \
+        elif t in (_A.conv2d.default, _A.conv1d.default) and _owned(a[1]) and \
                 (len(a) < 3 or a[2] is None or _owned(a[2])) and all(not isinstance(v, fx.Node) for v in a[3:]):
             w, b = _params(new, a)
             stride, padding, dilation, groups = (list(a[3:]) + [1, 0, 1, 1][len(a[3:]):])[:4]
-            cls = nn.Conv2d if t is _aten.conv2d.default else nn.Conv1d
+            cls = nn.Conv2d if t is _A.conv2d.default else nn.Conv1d
             conv = cls(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding,
                        dilation=dilation, groups=groups, bias=b is not None)
             conv.weight = nn.Parameter(w.detach())

@@ -153,7 +153,7 @@ def _single_user(node: fx.Node):
 def ffn_units(model: nn.Module, cap: G.Captured, exclude: set) -> list[Unit]:
     units = []
     for node in cap.graph.nodes:
-        if node.op != "call_function" or G._op_name(node) != "linear":
+        if node.op != "call_function" or G.op_name(node) != "linear":
             continue
         a = cap.owner(node)
         if not a or a in exclude or cap.calls[a].calls != 1:
@@ -163,7 +163,7 @@ def ffn_units(model: nn.Module, cap: G.Captured, exclude: set) -> list[Unit]:
             nxt = _single_user(cur)
             if nxt is None or nxt.op != "call_function":
                 break
-            op = G._op_name(nxt)
+            op = G.op_name(nxt)
             if op == "linear" and nxt.args[0] is cur:
                 b = cap.owner(nxt)
                 if b and b != a and b not in exclude and cap.calls[b].calls == 1:
@@ -206,10 +206,10 @@ def rnn_units(model: nn.Module, cap: G.Captured) -> tuple[list[Unit], dict]:
 
 def _rnn_consumer(cap: G.Captured, name: str):
     nodes = [n for n in cap.graph.nodes if n.op == "call_function" and cap.owner(n) == name
-             and G._op_name(n) in ("gru", "lstm")]
+             and G.op_name(n) in ("gru", "lstm")]
     if len(nodes) != 1:
         return None
-    outs = [u for u in nodes[0].users if G._op_name(u) == "getitem"]
+    outs = [u for u in nodes[0].users if G.op_name(u) == "getitem"]
     seq = [u for u in outs if u.args[1] == 0]
     if len(seq) != 1 or any(u.users for u in outs if u.args[1] != 0):
         return None  # the final hidden state is used too: its width would change under the user's code
@@ -218,7 +218,7 @@ def _rnn_consumer(cap: G.Captured, name: str):
         nxt = _single_user(cur)
         if nxt is None or nxt.op != "call_function":
             return None
-        op = G._op_name(nxt)
+        op = G.op_name(nxt)
         if op == "linear" and nxt.args[0] is cur:
             return cap.owner(nxt) or None
         if op not in _INDEXING or nxt.args[0] is not cur:

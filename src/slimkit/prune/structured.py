@@ -442,6 +442,18 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
     return counts_of(level), table
 
 
+def _check_runs(model: nn.Module, example, ref_shape: tuple, hard_coded: str) -> None:
+    """The pruned model still runs on ``example`` and gives the original's output shape; a one-line error if not."""
+    with torch.no_grad():
+        try:
+            out_shape = tuple(model(*example).shape)
+        except Exception as e:  # noqa: BLE001 - whatever the user's forward raises on the new widths
+            raise ConfigError(f"the pruned model no longer runs ({first_line(e, 120)}); its forward probably "
+                              f"hard-codes {hard_coded}") from None
+    if out_shape != ref_shape:
+        raise ConfigError(f"pruning changed the output shape {ref_shape} -> {out_shape}; exclude the output layer")
+
+
 @dataclasses.dataclass
 class WidthSearchConfig(StructuredPruneConfig):
     """Architecture search over the model's own channel widths (NAS): the planner draws, for every prunable channel
@@ -509,14 +521,7 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
         counts = {}
     m.zero_grad(set_to_none=True)
     heads = prune_heads(m, plan.graph.attention, cfg.heads) if cfg.heads else {}
-    with torch.no_grad():
-        try:
-            out_shape = tuple(m(*example).shape)
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"the pruned model no longer runs ({str(e).splitlines()[0][:120]}); its forward "
-                              "probably hard-codes a channel count: exclude that layer in targets") from None
-    if out_shape != ref_shape:
-        raise ConfigError(f"pruning changed the output shape {ref_shape} -> {out_shape}; exclude the output layer")
+    _check_runs(m, example, ref_shape, "a channel count: exclude that layer in targets")
     per_group = {"+".join(plan.groups[g]["producers"]): f"{counts[g]}/{plan.groups[g]['size']}" for g in counts}
     m.slimkit_info = {"channels": per_group, "skipped": plan.skipped, "heads": heads, "sensitivity": table,
                       "allocation": cfg.allocation, "criterion": cfg.criterion}
@@ -595,14 +600,7 @@ def _prune_units(model: nn.Module, m: nn.Module, cfg: StructuredPruneConfig, ctx
         notes.append("sparse training applies to channel groups; skipped for block units")
     out = build(r)
     out.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        try:
-            out_shape = tuple(out(*example).shape)
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"the pruned model no longer runs ({first_line(e, 120)}); its forward probably "
-                              "hard-codes a width: exclude that block") from None
-    if out_shape != ref_shape:
-        raise ConfigError(f"pruning changed the output shape {ref_shape} -> {out_shape}")
+    _check_runs(out, example, ref_shape, "a width: exclude that block")
     kept = {u.name: (keep_count(u, r), u.size, u.kind) for u in units}
     out.slimkit_info = {"units": {k: f"{a}/{b} {kind}" for k, (a, b, kind) in kept.items()}, "skipped": skipped,
                         "share": round(r, 4), "graph": "torch.export", "why_not_channels": why_not_channels}

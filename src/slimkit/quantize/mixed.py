@@ -87,7 +87,6 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
     def within(d) -> bool:
         return d[0] <= cfg.max_drop and d[1] >= cfg.min_sqnr_db
 
-    layers: list = []
     layers = build({}).info["quantized_layers"]
     params = {n: m.weight.numel() for n, m in (cap.model if cap else model).named_modules() if n in layers}
     rows = []

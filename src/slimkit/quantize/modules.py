@@ -162,12 +162,16 @@ class QuantLayer(LearnableScale):
         return torch.fake_quantize_per_tensor_affine(w, float(self.w_scale[0]), int(self.w_zero_point[0]), lo, hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m, w = self.layer, self.qweight()
+        return self._run(x, self.qweight(), self.layer.bias)
+
+    def _run(self, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+        """The wrapped layer's operation with weight ``w`` and bias ``b``."""
+        m = self.layer
         if isinstance(m, nn.Linear):
-            return F.linear(x, w, m.bias)
+            return F.linear(x, w, b)
         if isinstance(m, nn.Conv1d):
-            return F.conv1d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
-        return F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            return F.conv1d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
+        return F.conv2d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
 
 
 class InputQuantLayer(QuantLayer):
@@ -183,20 +187,14 @@ class InputQuantLayer(QuantLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_quant(x)
-        m, w = self.layer, self.qweight()
-        b = m.bias
+        b = self.layer.bias
         g = self.input_quant.group
         if b is not None and self.enabled and self.input_quant.mode == "quant" and not (self.learnable or g.learnable):
             # the deployed layer adds an int32 bias on the grid s_x * s_w (quantize_biases): simulate that rounding,
             # which deep networks otherwise accumulate into a visible gap between PyTorch and ONNX Runtime
             s = g.scale * (self.w_scale if self.scheme.granularity == "per_channel" else self.w_scale[0])
             b = torch.round(b / s) * s
-        if isinstance(m, nn.Linear):
-            y = F.linear(x, w, b)
-        elif isinstance(m, nn.Conv1d):
-            y = F.conv1d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
-        else:
-            y = F.conv2d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
+        y = self._run(x, self.qweight(), b)
         return y if self.output_quant is None else self.output_quant(y)
 
 

@@ -3,6 +3,7 @@ Conv1d/Conv2d/Linear models, traced with torch.fx, exported as ONNX QDQ that
 ONNX Runtime executes with its integer kernels (QLinearConv, QGemm, ...)."""
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import io
@@ -24,7 +25,6 @@ from ..core.targets import Targets
 from ..evaluate.environment import cpu_info
 from ..zoo.data import DataBundle
 from ..core import graph as G
-from ..core.rewrite import split_attention
 from .calibrate import CALIBRATORS
 from .modules import ActQuant, InputQuantLayer, OutputQuant, QGroup, QuantLayer
 from .scheme import QScheme
@@ -149,11 +149,7 @@ def capture_for_quantization(model: nn.Module, cfg: StaticQuantConfig, example) 
     if example is None:
         raise ConfigError(f"{type(model).__name__} cannot be traced by torch.fx and no example input was given "
                           "to capture it with torch.export")
-    m = copy.deepcopy(model).eval()
-    split = split_attention(m)
-    cap = G.capture(m, example, what="static quantization")
-    cap.model, cap.split_attention = m, split
-    return cap
+    return G.capture(model, example, what="static quantization", split_attention=True)
 
 
 def _fx_reaches_all(model: nn.Module, cfg: StaticQuantConfig) -> bool:
@@ -341,7 +337,7 @@ def _place_output_quant(m: nn.Module, cap, quantized: list, folded: set, ascheme
     qset = set(quantized)
     anchors = {}
     for node in cap.graph.nodes:
-        if node.op == "call_function" and G._op_name(node) in ("conv1d", "conv2d", "convolution", "linear"):
+        if node.op == "call_function" and G.op_name(node) in G.LAYER_OPS:
             anchors.setdefault(cap.owner(node), node)
     placed = []
     for name in quantized:
@@ -358,14 +354,14 @@ def _place_output_quant(m: nn.Module, cap, quantized: list, folded: set, ascheme
                 node = nxt
                 continue
             mod = m.get_submodule(owner) if owner and owner in cap.calls else None
-            if isinstance(mod, _ACTIVATIONS) and sum(1 for n in cap.calls[owner].nodes if n.op == "call_function") == 1:
+            if isinstance(mod, _ACTIVATIONS) and len(cap.calls[owner].nodes) == 1:  # its own, called once
                 node, target = nxt, owner
             break
         users = list(node.users)
         if any(u.op == "output" for u in users) and not cfg.quantize_output:
             continue
         if users and all(u.op == "call_function" and cap.owner(u) in qset and u.args[0] is node
-                         and G._op_name(u) in ("conv1d", "conv2d", "convolution", "linear") for u in users):
+                         and G.op_name(u) in G.LAYER_OPS for u in users):
             continue  # the next layers' input quantizers already put a Q here
         group = QGroup(ascheme, f"{target}.output")
         if target == name:
@@ -601,9 +597,7 @@ def note_coverage(qm: QuantizedModel, ctx: Context) -> None:
                  "layer" + (f" ({len(qm.info['split_attention'])} MultiheadAttention split into Linear layers)"
                             if qm.info.get("split_attention") else ""))
     if skipped:
-        kinds: dict = {}
-        for why in skipped.values():
-            kinds[why] = kinds.get(why, 0) + 1
+        kinds = collections.Counter(skipped.values())
         ctx.warn(f"quantized {len(qm.info['quantized_layers'])} layers; left {len(skipped)} in float: "
                  + "; ".join(f"{n}x {w}" for w, n in kinds.items()))
 

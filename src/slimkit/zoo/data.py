@@ -133,12 +133,16 @@ def digits_flat() -> DataBundle:
                       description="scikit-learn digits, 64 flat features, 1437 train / 360 test")
 
 
+DIGIT_LEVELS = 17  # digits' 8x8 pixels take the values 0..16: one token each in digits_tokens
+
+
 def digits_tokens() -> DataBundle:
     """digits at 8x8 read as a sequence of 64 tokens (pixel values 0..16), for text-style models."""
     d = digits(8)
+    top = DIGIT_LEVELS - 1
 
     def tok(s: DataSplit) -> DataSplit:
-        return DataSplit(torch.round((s.inputs[0].flatten(1) * 0.5 + 0.5) * 16).long().clamp(0, 16), s.targets)
+        return DataSplit(torch.round((s.inputs[0].flatten(1) * 0.5 + 0.5) * top).long().clamp(0, top), s.targets)
 
     return DataBundle("digits-tokens", "classification", tok(d.train), tok(d.test), input_names=("input_ids",),
                       num_classes=10, description="scikit-learn digits as 64 pixel tokens (17 values), 1437 / 360")

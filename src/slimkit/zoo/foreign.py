@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .data import DIGIT_LEVELS
+
 
 class Logits(nn.Module):
     """A Hugging Face model that returns a ``ModelOutput``, wrapped to return its logits (what slimkit needs)."""
@@ -49,7 +51,7 @@ def _hf_image(kind: str) -> nn.Module:
 def _hf_text(kind: str) -> nn.Module:
     import transformers as T
 
-    common = dict(vocab_size=TOKENS, max_position_embeddings=64, num_labels=10)
+    common = dict(vocab_size=DIGIT_LEVELS, max_position_embeddings=64, num_labels=10)
     if kind == "bert":
         m = T.BertForSequenceClassification(T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                                          intermediate_size=64, hidden_dropout_prob=0.0,
@@ -61,9 +63,6 @@ def _hf_text(kind: str) -> nn.Module:
     else:  # pragma: no cover
         raise ValueError(kind)
     return Logits(m, "input_ids")
-
-
-TOKENS = 17  # digits' 8x8 pixels take the values 0..16: one token each
 
 
 class InvertedResidualNet(nn.Module):
