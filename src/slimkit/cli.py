@@ -329,7 +329,7 @@ def profile(model: str = typer.Argument(..., help="MODEL spec (see slimkit --hel
             batch: Optional[int] = typer.Option(None, "--batch", help=BATCH_HELP),
             runs: int = typer.Option(30, "--runs", min=20, help="Timed runs at batch 1 (>= 20, after warm-up)."),
             runtime: str = typer.Option("ort", "--runtime", help="Runtimes to measure side by side: ort, litert, "
-                                                                 "litert-builtin, tflm (comma-separated)."),
+                                                                 "litert-builtin, tflm, executorch (comma-separated)."),
             int8: bool = typer.Option(False, "--int8", help="Also measure a fully-int8 artifact in each runtime "
                                                            "(PT2E, calibrated on the data's calibration split)."),
             board: Optional[str] = typer.Option(None, "--board", help="For tflm: a board to check the fit against "
@@ -481,15 +481,15 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
            force: bool = typer.Option(False, "--force", help="Replace an existing file that slimkit did not write "
                                                              "(an input is never replaced)."),
            as_json: bool = typer.Option(False, "--json", help="Print the result (file, size, parity) as JSON."),
-           runtime: str = typer.Option("ort", "--runtime", help="ort (ONNX), litert (.tflite) or tflm (int8 .tflite "
-                                                                "plus OUT_data.cc/.h for firmware)."),
-           int8: bool = typer.Option(False, "--int8", help="litert: a fully-int8 .tflite (PT2E, calibrated on the "
-                                                           "data's calibration split)."),
-           batch: int = typer.Option(1, "--batch", min=1, help="litert/tflm: the batch size the .tflite is exported "
-                                                               "for (static)."),
+           runtime: str = typer.Option("ort", "--runtime", help="ort (ONNX), litert (.tflite), executorch (.pte) or "
+                                                                "tflm (int8 .tflite plus OUT_data.cc/.h for firmware)."),
+           int8: bool = typer.Option(False, "--int8", help="litert/executorch: a fully-int8 artifact (the runtime's "
+                                                           "PT2E quantizer, calibrated on the data's calibration split)."),
+           batch: int = typer.Option(1, "--batch", min=1, help="litert/tflm/executorch: the batch size the artifact is "
+                                                               "exported for (static)."),
            trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model .pt file.")) -> None:
     """Export to ONNX (dynamic batch) and check parity against PyTorch in ONNX Runtime; a failed check writes nothing.
-    With --runtime litert or tflm, export a .tflite instead, checked the same way in that runtime.
+    With --runtime litert, tflm or executorch, export a .tflite / .pte instead, checked the same way in that runtime.
 
     Parity is checked on real inputs from DATA: maximum absolute error and
     minimum cosine between PyTorch and ONNX Runtime outputs. The file is written
@@ -501,6 +501,7 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
       slimkit export model.pt2 --data npz:data.npz --out model.onnx
       slimkit export zoo:digits-cnn --runtime litert --int8 --out digits_int8.tflite
       slimkit export zoo:digits-cnn --runtime tflm --out model.tflite     (+ model_data.cc/.h)
+      slimkit export zoo:digits-cnn --runtime executorch --int8 --out digits_int8.pte
     """
     from .core.io import check_output_file
     from .export.onnx import export_onnx
@@ -604,7 +605,7 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
                  None, "--checkpoint-dir", help="Write a checkpoint after every training epoch here; run the same "
                                                 "command again to resume an interrupted run."),
              runtime: str = typer.Option("ort", "--runtime", help="Also export to and measure in: litert, "
-                                                                  "litert-builtin, tflm (comma-separated; ONNX Runtime "
+                                                                  "litert-builtin, tflm, executorch (comma-separated; ONNX Runtime "
                                                                   "always)."),
              board: Optional[str] = typer.Option(None, "--board", help="For tflm: cortex-m4, cortex-m7, esp32-s3 or "
                                                                        "ram=256KB,flash=1MB."),

@@ -156,8 +156,8 @@ def test_compress_to_every_runtime(tmp_path, digits_mlp):
     assert 'id="runtimes"' in html and 'data-figure="runtimes"' in html
 
 
-def test_quantized_recipe_to_litert_is_refused_before_work(tmp_path):
-    res = CliRunner().invoke(app, ["-q", "compress", "zoo:digits-mlp", "--recipe", "int8-static", "--out",
+def test_onnx_only_quantizer_to_litert_is_refused_before_work(tmp_path):
+    res = CliRunner().invoke(app, ["-q", "compress", "zoo:digits-mlp", "--recipe", "int8-dynamic", "--out",
                                    str(tmp_path / "o"), "--runtime", "litert"])
     assert res.exit_code == 2 and "exports to ONNX only" in res.stderr and not (tmp_path / "o").exists()
 

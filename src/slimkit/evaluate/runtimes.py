@@ -66,7 +66,7 @@ def measure_runtimes(model, data: DataBundle, runtimes: Sequence, *, workdir: st
         sess = rt.open(art, threads)
         out = _outputs(sess, data, 1 if not rt.batch_n else 256)
         m = {"runtime": rt.name, "precision": prec, "size_bytes": Path(art.path).stat().st_size, "model": name,
-             "artifact": str(art.path),
+             "artifact": str(art.path), "quantizer": art.quantizer or ("slimkit" if prec == "int8" else ""),
              "version": rt.version(), "ops": rt.ops(art)}
         m.update(task_metrics(out, data, ref))
         n = min(64, len(ref))
@@ -115,6 +115,8 @@ def measure_runtimes(model, data: DataBundle, runtimes: Sequence, *, workdir: st
                 r[k] = m[k] / rows[base][k]
         m["vs_" + base.replace(" ", "_")] = r
         fp = rows.get(lbl[: lbl.rindex("int8")] + "fp32") if lbl.endswith("int8") else None
+        if fp is None and m["precision"] == "int8":  # slimkit's int8 model has no fp32 form: the original's
+            fp = next((o for o in rows.values() if o["runtime"] == m["runtime"] and o["precision"] == "fp32"), None)
         if m["precision"] == "int8" and fp is not None and fp is not m:
             m["vs_same_runtime_fp32"] = {k: m[k] / fp[k] for k in ("latency_ms_p50_b1", "latency_ms_p50_bN",
                                                                    "size_bytes") if k in m and k in fp}

@@ -82,14 +82,20 @@ def _check_args(model, recipe, data) -> Recipe:
                       f"{type(recipe).__name__}")
 
 
+#: quantizers whose result is ONNX-only (ONNX Runtime kernels the on-device runtimes do not have)
+ONNX_ONLY = {"quantize.int4_weights": "int4 weight-only (MatMulNBits)",
+             "quantize.int8_dynamic": "dynamic int8 (DynamicQuantizeLinear)"}
+
+
 def check_runtime_recipe(recipe: Recipe, runtimes: Sequence) -> list:
-    """The on-device runtimes a recipe's result can go to (before any work): slimkit's int8 simulations export to
-    ONNX only so far."""
+    """The on-device runtimes a recipe's result can go to (before any work): slimkit's static int8, QAT and mixed
+    precision lower to every runtime; int4 weight-only and dynamic int8 export to ONNX only."""
     runtimes = [rt for rt in runtimes if rt.name != "ort"]
-    if runtimes and any(t.type.startswith("quantize.") for st in recipe.stages for t in st.techniques):
-        raise ConfigError(f"recipe {recipe.name} quantizes with slimkit's int8, which exports to ONNX only so far; "
-                          f"for {', '.join(r.name for r in runtimes)} use a float recipe (pruning, low-rank, "
-                          "distillation): the runtime's int8 artifact is made from it")
+    bad = [t.type for st in recipe.stages for t in st.techniques if t.type in ONNX_ONLY]
+    if runtimes and bad:
+        raise ConfigError(f"recipe {recipe.name} uses {ONNX_ONLY[bad[0]]} ({bad[0]}), which exports to ONNX only; "
+                          f"for {', '.join(r.name for r in runtimes)} use quantize.int8_static, quantize.qat or "
+                          "quantize.mixed_precision, or a float recipe (each runtime's stock int8 is made from it)")
     return runtimes
 
 
@@ -134,19 +140,24 @@ def _on_device(baseline, work, data, runtimes, tmp: Path, *, threads, batch, run
     from ..evaluate.runtimes import measure_runtimes
     from ..runtimes import get_runtime
     from ..runtimes import tflm as tflm_mod
+    from ..runtimes.base import lowers
 
     ort = get_runtime("ort")
-    plan = [("baseline", ort, "fp32")]
+    quantized = lowers(work)  # slimkit's int8: the same integer model in every runtime, beside the stock int8
+    plan = [("baseline", ort, "fp32")] + ([("compressed", ort, "int8")] if quantized else [])
     for rt in runtimes:
         for prec in (["int8"] if rt.name == "tflm" else ["fp32", "int8"]):
-            plan += [("baseline", rt, prec), ("compressed", rt, prec)]
+            plan.append(("baseline", rt, prec))
+            if prec == "int8" or not quantized:
+                plan.append(("compressed", rt, prec))
     res = measure_runtimes({"baseline": baseline, "compressed": work}, data, runtimes, workdir=tmp / "work" / "rt",
                            threads=threads, batch=batch, runs=runs, board=board, plan=plan)
     for lbl, m in res["rows"].items():
         if m["model"] != "compressed":
             continue
-        if m["runtime"] == "litert":
-            shutil.copyfile(m["artifact"], tmp / ("model.tflite" if m["precision"] == "fp32" else "model_int8.tflite"))
+        if m["runtime"] in ("litert", "executorch"):
+            suffix = Path(m["artifact"]).suffix
+            shutil.copyfile(m["artifact"], tmp / (f"model{suffix}" if m["precision"] == "fp32" else f"model_int8{suffix}"))
         if m["runtime"] == "tflm":
             from ..runtimes.base import Artifact
 

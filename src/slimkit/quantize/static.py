@@ -131,6 +131,12 @@ class QuantizedModel(nn.Module):
     def slimkit_export(self, data: DataBundle, path, **kw):
         return export_qdq(self, data, path, **kw)
 
+    def slimkit_lower(self, data: DataBundle, **kw) -> nn.Module:
+        """The same int8 model as quantize/dequantize ops (PT2E form) for LiteRT, TFLM and ExecuTorch."""
+        from .lower import lower_quantized
+
+        return lower_quantized(self, data, **kw)
+
 
 def _calibration_split(data: DataBundle, n: int):
     split = data.calib

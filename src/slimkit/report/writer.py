@@ -145,8 +145,9 @@ RUNTIME_HEADER = ["artifact", "metric", "size", "b1 p50 (ms)", "b1 vs ORT fp32",
 def runtime_note(rt: dict) -> str:
     st = rt.get("settings", {})
     return (f"Every artifact timed interleaved in one process ({st.get('threads')} thread(s), batch N = "
-            f"{st.get('batch_N')}); ratios against {rt.get('baseline')}. int8 rows are the runtime's own PT2E int8 "
-            "path; TFLM runs one sample at a time (no batch N).")
+            f"{st.get('batch_N')}); ratios against {rt.get('baseline')}. int8 rows say whose numbers they hold: "
+            "(slimkit) is slimkit's own quantized model lowered unchanged to the runtime, (stock) the runtime's PT2E "
+            "quantizer run on the float model; TFLM runs one sample at a time (no batch N).")
 
 
 def runtime_rows(rt: dict) -> list[list[str]]:
@@ -157,7 +158,8 @@ def runtime_rows(rt: dict) -> list[list[str]]:
     for lbl, m in rt.get("rows", {}).items():
         r = m.get("vs_" + base.replace(" ", "_"), {})
         same = (m.get("vs_same_runtime_fp32") or {}).get("latency_ms_p50_b1")
-        rows.append([lbl, fmt(m.get(key), kind), fmt(m.get("size_bytes"), "bytes"), fmt(m.get("latency_ms_p50_b1"), "ms"),
+        who = f" ({m['quantizer']})" if m.get("precision") == "int8" and m.get("quantizer") else ""
+        rows.append([lbl + who, fmt(m.get(key), kind), fmt(m.get("size_bytes"), "bytes"), fmt(m.get("latency_ms_p50_b1"), "ms"),
                      fmt_ratio(r["latency_ms_p50_b1"]) if "latency_ms_p50_b1" in r else "",
                      fmt(m.get("latency_ms_p50_bN"), "ms") if m.get("latency_ms_p50_bN") else "-",
                      fmt_ratio(r["latency_ms_p50_bN"]) if "latency_ms_p50_bN" in r else "-",

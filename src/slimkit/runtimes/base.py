@@ -9,7 +9,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..core.errors import ConfigError, LoadError, did_you_mean
+from ..core.errors import ConfigError, ExportError, LoadError, did_you_mean
 
 
 @dataclasses.dataclass
@@ -20,6 +20,10 @@ class Artifact:
     runtime: str
     precision: str  # fp32 | int8
     batch: Optional[int] = None
+    #: who chose the int8 numbers: "slimkit" (its own calibration, lowered) or "stock" (the runtime's quantizer)
+    quantizer: str = ""
+    #: the export's own check against the model it came from (int8: ``check_int8``)
+    parity: dict = dataclasses.field(default_factory=dict)
 
 
 class Session:
@@ -54,6 +58,65 @@ class Runtime:
             raise LoadError(f"runtime {self.name} needs {self.module}: {self.pip}") from None
 
 
+def lowers(model) -> bool:
+    """Is ``model`` slimkit's quantized simulation that lowers to an int8 program (``slimkit_lower``)?"""
+    return callable(getattr(model, "slimkit_lower", None))
+
+
+def check_plain(model, runtime: str) -> None:
+    """Refuse slimkit's ONNX-only quantized models (int4 weights, dynamic int8) for an on-device runtime."""
+    if callable(getattr(model, "slimkit_export", None)) and not lowers(model):
+        raise ExportError(f"this model is slimkit's ONNX-only quantization (int4 weights or dynamic int8), which "
+                          f"does not lower to {runtime}; use quantize.int8_static, quantize.qat or "
+                          "quantize.mixed_precision, or export the float model with --int8")
+
+
+def calibration_batches(data, batch: int, limit: int = 256):
+    """Input tuples of exactly ``batch`` samples (a static-batch graph takes nothing else) covering the first
+    ``limit`` samples of the calibration split; a split smaller than one batch is repeated to fill it."""
+    calib = data.calib
+    n = min(len(calib), limit)
+    idx = torch.arange(max(n, batch) // batch * batch + (batch if max(n, batch) % batch else 0)) % n
+    for i in range(0, len(idx), batch):
+        yield tuple(t[idx[i:i + batch]] for t in calib.inputs)
+
+
+#: an int8 artifact must agree with the model it was made from on this share of top-1 predictions (64 test samples)
+MIN_INT8_AGREEMENT = 0.95
+
+
+@torch.no_grad()
+def check_int8(sess: "Session", model, data, label: str) -> dict:
+    """An int8 artifact against the model it came from (slimkit's simulation, or the float model for a stock
+    quantizer) on up to 64 test samples: top-1 agreement for classification, cosine otherwise. Raises before the
+    caller writes anything."""
+    from ..core.context import eval_mode
+
+    b = getattr(sess, "batch", 1) or 1  # an artifact of a fixed batch runs whole batches
+    n = min(max(64 // b, 1) * b, len(data.test) // b * b)
+    if n == 0:
+        return {}
+    split = data.test.slice(0, n)
+    with eval_mode(model):
+        ref = model(*split.inputs).float().numpy()
+    got = np.concatenate([sess.run(x) for x, _ in split.batches(b)])
+    err = float(np.max(np.abs(got - ref)))
+    res = {"max_abs_err": err}
+    if data.task == "classification":
+        agree = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+        res["top1_agreement"] = agree
+        if agree < MIN_INT8_AGREEMENT:
+            raise ExportError(f"{label} agrees with the model it came from on only {agree:.1%} of top-1 predictions "
+                              f"(max abs err {err:.3g}); nothing written")
+    else:
+        a, b = got.reshape(len(got), -1), ref.reshape(len(ref), -1)
+        cos = float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+        res["cosine"] = cos
+        if cos < 0.99:
+            raise ExportError(f"{label} output has cosine {cos:.4f} to the model it came from; nothing written")
+    return res
+
+
 _RUNTIMES: dict[str, Runtime] = {}
 
 
@@ -63,7 +126,7 @@ def register_runtime(rt: Runtime) -> Runtime:
 
 
 def _load() -> None:
-    from . import litert, ort, tflm  # noqa: F401 - registration side effects (cheap: the heavy imports are lazy)
+    from . import executorch, litert, ort, tflm  # noqa: F401 - registration side effects (cheap: the heavy imports are lazy)
 
 
 def get_runtime(name: str) -> Runtime:

@@ -2,11 +2,13 @@
 (no TensorFlow needed), ``ai-edge-litert`` runs it (XNNPACK delegate, or the reference kernels for
 ``litert-builtin``).
 
-int8 here is the stock path: torch.export -> PT2E ``prepare_pt2e`` with litert-torch's ``PT2EQuantizer``
-(symmetric per-channel weights, per-tensor activations) calibrated on the data's calibration split ->
-``convert_pt2e`` -> a fully-int8 ``.tflite`` with int8 input and output. The artifact is exported for batch 1 (the
-phone case); batch N runs by resizing the input tensor. The model must be a plain float module: slimkit's own
-quantized wrappers go to ONNX (carrying slimkit's calibration into the PT2E flow is future work).
+int8 comes two ways. slimkit's own (a model quantized by ``quantize.int8_static``, ``quantize.qat`` or
+``quantize.mixed_precision``): its simulation is lowered to quantize/dequantize ops with slimkit's scales and codes
+(``quantize/lower.py``) and the converter fuses them into int8 kernels, so its calibrators, bias correction,
+equalization and QAT carry over unchanged. The stock path for a float model: torch.export -> PT2E ``prepare_pt2e``
+with litert-torch's ``PT2EQuantizer`` (symmetric per-channel weights, per-tensor activations) calibrated on the
+data's calibration split -> ``convert_pt2e``. Either way a fully-int8 ``.tflite`` with int8 input and output. An
+artifact is exported for one batch size (batch 1 for the phone case; one more for batch-N timing).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import torch
 from ..core.context import eval_mode
 from ..core.errors import ExportError, first_line
 from ..core.io import GENERATED_TAG, atomic_write_bytes, scratch
-from .base import Artifact, Runtime, Session, register_runtime
+from .base import (Artifact, Runtime, Session, calibration_batches, check_int8, check_plain, lowers,
+                   register_runtime)
 
 PIP = "pip install 'slimkit[litert]' (litert-torch and ai-edge-litert)"
 
@@ -49,48 +52,69 @@ def _quiet():
         logging.disable(old)
 
 
-def _plain(model: torch.nn.Module) -> None:
-    if callable(getattr(model, "slimkit_export", None)):
-        raise ExportError("this model is slimkit's quantized simulation, which exports to ONNX only; for LiteRT, "
-                          "export the float model with --int8 (the PT2E int8 path)")
+def _static_int8_config():
+    from litert_torch.quantize import pt2e_quantizer, quant_config
+
+    q = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    return q, quant_config.QuantConfig(pt2e_quantizer=q)
+
+
+def stock_int8(model, data, batch: int, quantizer):
+    """The stock PT2E flow: ``quantizer`` annotates the captured graph, observers calibrate on the calibration
+    split (at most 256 samples), ``convert_pt2e`` writes the Q/DQ graph."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    example = data.example_inputs(batch)
+    prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
+    for x in calibration_batches(data, batch):
+        prepared(*x)
+    return convert_pt2e(prepared, fold_quantize=False)
 
 
 def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifact:
     """A ``.tflite`` for exactly ``batch`` samples (the converter bakes the batch into reshapes; export one per
-    batch size you run)."""
+    batch size you run). slimkit's quantized models (int8 static, QAT, mixed precision) lower with their own
+    scales and codes (``precision`` is then int8, checked against slimkit's simulation before anything is written);
+    a float model is exported in fp32, or in int8 by the stock PT2E quantizer."""
     with _quiet():
         import litert_torch
 
-    _plain(model)
-    finalize = getattr(model, "slimkit_finalize", None)
-    if callable(finalize):
-        model = finalize()
+    check_plain(model, "LiteRT")
+    slimkit_int8 = lowers(model)
+    if slimkit_int8:
+        precision = "int8"
+    else:
+        finalize = getattr(model, "slimkit_finalize", None)
+        model = finalize() if callable(finalize) else model
     example = data.example_inputs(batch)
     try:
         with eval_mode(model), torch.no_grad(), _quiet():
             if precision == "int8":
-                from litert_torch.quantize import pt2e_quantizer, quant_config
-                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-                q = pt2e_quantizer.PT2EQuantizer().set_global(
-                    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-                prepared = prepare_pt2e(torch.export.export(model, example).module(), q)
-                calib = data.calib
-                for i in range(0, min(len(calib), 256) - batch + 1, batch):
-                    prepared(*calib.slice(i, i + batch).inputs)
-                converted = convert_pt2e(prepared, fold_quantize=False)
-                edge = litert_torch.convert(converted, example, quant_config=quant_config.QuantConfig(pt2e_quantizer=q))
+                q, qc = _static_int8_config()
+                prog = model.slimkit_lower(data) if slimkit_int8 else stock_int8(model, data, batch, q)
+                edge = litert_torch.convert(prog, example, quant_config=qc)
             else:
                 edge = litert_torch.convert(model, example)
             with scratch() as d:
                 tmp = Path(d) / "m.tflite"
                 edge.export(str(tmp))
                 blob = tmp.read_bytes()
+    except ExportError:
+        raise
     except Exception as e:  # noqa: BLE001 - the converter raises many types; name the failure in one line
         raise ExportError(f"LiteRT conversion failed ({type(e).__name__}: {first_line(e, 160)}); an operator the "
                           "converter does not support is the usual cause") from None
+    art = Artifact(Path(path), "litert", precision, batch, "slimkit" if slimkit_int8 else
+                   ("stock" if precision == "int8" else ""))
+    if slimkit_int8:
+        with scratch() as d:
+            tmp = Path(d) / "m.tflite"
+            tmp.write_bytes(blob)
+            art.parity = check_int8(LiteRTSession(Artifact(tmp, "litert", "int8", batch), 1, False), model, data,
+                                    "LiteRT int8 (slimkit)")
     atomic_write_bytes(path, blob + stamp())
-    return Artifact(Path(path), "litert", precision, batch)
+    return art
 
 
 def stamp() -> bytes:

@@ -154,7 +154,7 @@ class TFLMSession(Session):
 def export(model, data, path, precision: str = "int8", batch: int = 1) -> Artifact:
     """TFLM runs integer models: the fully-int8 LiteRT artifact (batch 1)."""
     art = litert.export(model, data, path, "int8", 1)
-    return Artifact(art.path, "tflm", "int8", 1)
+    return Artifact(art.path, "tflm", "int8", 1, art.quantizer, art.parity)
 
 
 def c_array(model_bytes: bytes, arena_bytes: int, name: str = "g_model") -> tuple[str, str]:
