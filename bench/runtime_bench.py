@@ -1,11 +1,14 @@
-"""Zoo models in every runtime, side by side in one process per model: ONNX Runtime fp32 (the reference), LiteRT fp32
-and int8 (XNNPACK delegate), LiteRT's reference kernels, TFLM int8 (batch 1, arena measured, fit on a Cortex-M4
-board), and a structured-pruned (prune-structured-50 recipe) model in LiteRT int8 against the ORT fp32 original.
+"""Zoo models in every runtime, side by side in one process per model: ONNX Runtime fp32 (the reference), LiteRT
+(XNNPACK delegate, and its reference kernels), ExecuTorch (XNNPACK delegate), TFLM (batch 1, arena measured, fit on
+a Cortex-M4 board), each in fp32 where it runs float, in the runtime's stock int8 (its PT2E quantizer on the float
+model, calibrated on the calibration split) and in slimkit's int8 (the int8-static recipe's quantized model, lowered
+to each runtime with its own scales and codes); then a structured-pruned (prune-structured-50 recipe) model, float
+and with slimkit's int8 on top, against the ORT fp32 original.
 
-The int8 rows are the stock PT2E path (litert-torch's PT2EQuantizer, calibrated on the calibration split): slimkit's
-own int8 (its calibrators, bias correction, equalization) exports to ONNX only so far.
+MiniLM (``--only minilm``, not in the default set: about 10 minutes): the sentence embedder in LiteRT fp32, stock
+int8 and slimkit int8, as cosine similarity to PyTorch's embeddings on held-out sentences.
 
-    python bench/runtime_bench.py [--only digits-cnn,digits-mlp,mnist1d-cnn,pruned] [--threads 1]
+    python bench/runtime_bench.py [--only digits-cnn,digits-mlp,mnist1d-cnn,pruned,minilm] [--threads 1]
 """
 from __future__ import annotations
 
@@ -22,15 +25,18 @@ def table(title: str, res: dict) -> str:
     key, base = res["metric"], res["baseline"]
     lines = [f"#### {title} (batch N = {res['settings']['batch_N']}, {res['settings']['threads']} thread(s); ratios vs "
              f"{base})", "",
-             f"| artifact | {key} | size (KB) | b1 p50 (ms) | b1 vs {base} | bN p50 (ms) | bN vs {base} | "
-             "TFLM arena (KB) | Cortex-M4 (256 KB / 1 MB) |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| artifact | {key} | top-1 agreement | size (KB) | b1 p50 (ms) | b1 vs {base} | bN p50 (ms) | "
+             f"bN vs {base} | peak mem b1 (MB) | TFLM arena (KB) | Cortex-M4 (256 KB / 1 MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for lbl, m in res["rows"].items():
         r = next((v for k, v in m.items() if k.startswith("vs_") and k != "vs_same_runtime_fp32"), {})
         acc = f"{100 * m[key]:.2f}%" if key == "accuracy" else f"{m[key]:.4f}"
         bn = m.get("latency_ms_p50_bN")
-        cells = [lbl, acc, f"{m['size_bytes'] / 1024:.1f}", f"{m['latency_ms_p50_b1']:.3f}",
+        agree = m.get("top1_agreement")
+        cells = [lbl, acc, f"{100 * agree:.1f}%" if agree is not None else "-", f"{m['size_bytes'] / 1024:.1f}", f"{m['latency_ms_p50_b1']:.3f}",
                  f"{r.get('latency_ms_p50_b1', 1):.2f}x", f"{bn:.3f}" if bn else "-",
                  f"{r.get('latency_ms_p50_bN', 1):.2f}x" if bn else "-",
+                 f"{m['peak_mem_delta_bytes_b1'] / 2 ** 20:.1f}" if m.get("peak_mem_delta_bytes_b1") else "-",
                  f"{m['arena_bytes'] / 1024:.2f}" if m.get("arena_bytes") else "-",
                  ("fits" if m["board"]["fits"] else "does NOT fit") if m.get("board") else "-"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -44,16 +50,22 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     args = ap.parse_args()
     only = args.only.split(",")
-    rts = parse_runtimes("ort,litert,litert-builtin,tflm")
+    rts = parse_runtimes("ort,litert,litert-builtin,executorch,tflm")
+    ort, lit, bi, et, tflm = rts
     b = board("cortex-m4")
     out = []
     for name in ("digits-cnn", "digits-mlp", "mnist1d-cnn"):
         if name not in only:
             continue
         lm, data = resolve(f"zoo:{name}")
+        sk = slimkit_int8(lm.model, data)
+        plan = [("fp32", ort, "fp32"), ("slimkit int8", ort, "int8")]
+        for rt in (lit, bi, et):
+            plan += [("fp32", rt, "fp32"), ("stock int8", rt, "int8"), ("slimkit int8", rt, "int8")]
+        plan += [("stock int8", tflm, "int8"), ("slimkit int8", tflm, "int8")]
         with tempfile.TemporaryDirectory() as d:
-            res = measure_runtimes(lm.model, data, rts, workdir=d, threads=args.threads, runs=args.runs, int8=True,
-                                   board=b)
+            res = measure_runtimes({"fp32": lm.model, "stock int8": lm.model, "slimkit int8": sk}, data, rts,
+                                   workdir=d, threads=args.threads, runs=args.runs, board=b, plan=plan)
         out.append(table(f"zoo:{name}", res))
         print(out[-1], flush=True)
     if "pruned" in only:
@@ -61,14 +73,63 @@ def main() -> None:
 
         lm, data = resolve("zoo:digits-cnn")
         pruned = compress(lm.model, "prune-structured-50", data, measure=False).model
-        ort, lit, tflm = rts[0], rts[1], rts[3]
+        sk = slimkit_int8(pruned, data)
         plan = [("original", ort, "fp32"), ("original", lit, "int8"), ("pruned", lit, "fp32"), ("pruned", lit, "int8"),
-                ("pruned", tflm, "int8")]
+                ("pruned + slimkit int8", lit, "int8"), ("pruned", et, "fp32"), ("pruned + slimkit int8", et, "int8"),
+                ("pruned + slimkit int8", tflm, "int8")]
         with tempfile.TemporaryDirectory() as d:
-            res = measure_runtimes({"original": lm.model, "pruned": pruned}, data, rts, workdir=d, threads=args.threads,
-                                   runs=args.runs, board=b, plan=plan)
-        out.append(table("zoo:digits-cnn, prune-structured-50 then LiteRT int8, vs the ORT fp32 original", res))
+            res = measure_runtimes({"original": lm.model, "pruned": pruned, "pruned + slimkit int8": sk}, data, rts,
+                                   workdir=d, threads=args.threads, runs=args.runs, board=b, plan=plan)
+        out.append(table("zoo:digits-cnn, prune-structured-50 then int8, vs the ORT fp32 original", res))
         print(out[-1], flush=True)
+    if "minilm" in only:
+        print(minilm(lit), flush=True)
+
+
+def minilm(lit, n: int = 32) -> str:
+    """MiniLM in LiteRT: each artifact's embeddings against PyTorch's (cosine), size, export time."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from slimkit.core.context import Context
+    from slimkit.quantize.static import StaticQuantConfig, int8_static
+
+    lm, data = resolve("zoo:minilm")
+    split = data.test.slice(0, n)
+    with torch.no_grad():
+        ref = lm.model.eval()(*split.inputs).numpy()
+    cfg = StaticQuantConfig(bias_correction=False, calibration_samples=64, weight_range="full")
+    lines = [f"#### zoo:minilm in LiteRT (batch 1; cosine to PyTorch's embeddings on {n} test sentences)", "",
+             "| artifact | cos mean | cos min | size (MB) | export (s) | result |", "|---|---|---|---|---|---|"]
+    for label, make, prec in (("fp32", lambda: lm.model, "fp32"), ("stock int8 (PT2E)", lambda: lm.model, "int8"),
+                              ("slimkit int8 (static, min-max/auto, 8-bit weights)",
+                               lambda: int8_static(lm.model, cfg, Context(data=data)), "int8")):
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                art = lit.export(make(), data, f"{d}/m.tflite", prec, batch=1)
+                got = lit.open(art, 1).run(split.inputs)
+                size = art.path.stat().st_size / 1e6
+            except Exception as e:  # noqa: BLE001 - a failure is a row of the table
+                lines.append(f"| {label} | - | - | - | {time.perf_counter() - t0:.1f} | {str(e)[:160]} |")
+                continue
+        a, b = got.reshape(n, -1), ref.reshape(n, -1)
+        cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        lines.append(f"| {label} | {cos.mean():.4f} | {cos.min():.4f} | {size:.1f} | {time.perf_counter() - t0:.1f} | "
+                     f"{'converts' if cos.mean() >= 0.99 else 'converts, below cos 0.99'} |")
+    return "\n".join(lines)
+
+
+def slimkit_int8(model, data):
+    """The int8-static recipe's quantized model (slimkit's calibrators, bias correction)."""
+    from slimkit.core.context import Context
+    from slimkit.core.registry import get_technique
+    from slimkit.pipeline import Recipe
+
+    step = Recipe.load("int8-static").stages[0].techniques[0]
+    return get_technique(step.type).apply(model, step.config, Context(data=data))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ def test_compress_int8_static_to_litert_tflm_executorch(tmp_path):
                 "compressed: executorch int8"):
         assert rows[lbl]["quantizer"] == "slimkit" and rows[lbl]["accuracy"] >= base - 0.02, lbl
     assert rows["baseline: litert int8"]["quantizer"] == "stock"
+    for lbl in ("compressed: litert int8", "compressed: executorch int8", "baseline: executorch fp32"):
+        assert rows[lbl]["peak_mem_delta_bytes_b1"] > 0, lbl  # measured in a fresh process per artifact
     assert "(slimkit)" in (out / "report.md").read_text()
 
 

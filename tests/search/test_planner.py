@@ -31,15 +31,19 @@ def study(tmp_path_factory, digits_cnn, digits):
 
 
 def test_space_comes_from_the_registry():
-    from slimkit.core.registry import list_techniques
+    from slimkit.core.registry import get_technique, list_techniques
 
     sp = SearchSpace.from_registry()
     held = {c.technique for _, choices in sp.slots for c in choices}
     assert held == {t.name for t in list_techniques() if t.config_cls.TUNABLE is not None}
     assert [s for s, _ in sp.slots] == ["prune", "factorize", "quantize"]
-    # other runtimes: slimkit's int8 does not export there, the runtime's own precision is searched instead
+    # other runtimes: the quantizers that lower there (static int8) stay, the ONNX-only ones go; a candidate
+    # without a quantizer draws the runtime's own precision
     lite = SearchSpace.from_registry(runtime="litert")
-    assert "quantize" not in dict(lite.slots) and lite.precisions == ("fp32", "int8")
+    ort_q = {c.technique for c in dict(sp.slots)["quantize"]}
+    lite_q = {c.technique for c in dict(lite.slots)["quantize"]}
+    assert "quantize.int8_static" in lite_q and lite_q == {n for n in ort_q if not get_technique(n).onnx_only}
+    assert lite.precisions == ("fp32", "int8")
     with pytest.raises(ConfigError, match="unknown technique 'prune.structurd'.*did you mean"):
         SearchSpace.from_registry(["prune.structurd"])
     with pytest.raises(ConfigError, match="has no field"):

@@ -20,13 +20,16 @@ class Technique:
     needs: tuple[str, ...] = ()
     summary: str = ""
     family: str = ""
+    #: its result runs only in ONNX Runtime (kernels the on-device runtimes lack): why, in a few words; "" = it
+    #: exports to every runtime
+    onnx_only: str = ""
 
 
 _REGISTRY: dict[str, Technique] = {}
 
 
 def register_technique(name: str, config_cls: type[Config], *, needs: Iterable[str] = (), summary: str = "",
-                       family: str = ""):
+                       family: str = "", onnx_only: str = ""):
     """Decorator: register ``fn(model, config, ctx) -> model`` under ``name``."""
     needs = tuple(needs)
     bad = [n for n in needs if n not in NEEDS]
@@ -37,7 +40,7 @@ def register_technique(name: str, config_cls: type[Config], *, needs: Iterable[s
         if name in _REGISTRY and _REGISTRY[name].apply is not fn:
             raise ValueError(f"technique {name!r} registered twice")
         _REGISTRY[name] = Technique(name, config_cls, fn, needs, summary or (fn.__doc__ or "").strip().split("\n")[0],
-                                    family or name.split(".")[0])
+                                    family or name.split(".")[0], onnx_only)
         return fn
 
     return deco

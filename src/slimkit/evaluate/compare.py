@@ -26,7 +26,7 @@ from . import energy as E
 from .environment import environment
 from .latency import quantiles, ort_runner, summarize, time_interleaved, torch_runner, torch_threads
 from .macs import count_macs, count_nonzero_params, count_params
-from .memory import peak_memory_onnx
+from .memory import peak_memory
 from .metrics import primary_metric, task_metrics
 
 #: Metric keys compared as "candidate / baseline" ratios.
@@ -150,7 +150,7 @@ def _compare(candidates, data, *, workdir, threads, batch, runs, check_parity, m
             m["torch_metrics"] = task_metrics(torch_out, data, ref_out)
         m["energy_mj_est"] = E.energy_mj(m["macs"], m["weight_bytes"], ws["int8_fraction"])
         if measure_memory:
-            m.update(peak_memory_onnx(c.onnx_path, exN, threads))
+            m.update(peak_memory(c.onnx_path, exN, threads))
         m.update(c.extra)
         results[c.label] = m
     if timing:

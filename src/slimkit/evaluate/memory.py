@@ -15,15 +15,17 @@ import torch
 from ..core.io import scratch
 
 
-def peak_memory_onnx(onnx_path: str | os.PathLike, inputs: Sequence[torch.Tensor], threads: int = 1) -> dict:
-    """Run the ONNX model on ``inputs`` in a fresh Python process; return
-    ``peak_mem_bytes`` (whole process) and ``peak_mem_delta_bytes`` (above the
-    process after importing numpy and onnxruntime)."""
+def peak_memory(path: str | os.PathLike, inputs: Sequence[torch.Tensor], threads: int = 1,
+                     runtime: str = "ort") -> dict:
+    """Run the model file on ``inputs`` in a fresh Python process; return ``peak_mem_bytes`` (whole process) and
+    ``peak_mem_delta_bytes`` (above the process after importing numpy and the runtime). ``runtime``: ``ort`` for an
+    ONNX file, ``litert`` for a .tflite (run on its own input shape), ``executorch`` for a .pte."""
     with scratch() as d:
         npz = Path(d) / "inputs.npz"
         np.savez(npz, *[t.detach().cpu().numpy() for t in inputs])
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        r = subprocess.run([sys.executable, str(Path(__file__).with_name("memprobe.py")), str(onnx_path), str(npz), str(threads)],
+        r = subprocess.run([sys.executable, str(Path(__file__).with_name("memprobe.py")), str(path), str(npz), str(threads),
+                            runtime],
                            capture_output=True, text=True, env=env, timeout=600)
     if r.returncode != 0:
         return {"peak_mem_bytes": None, "peak_mem_delta_bytes": None,

@@ -1,7 +1,8 @@
 """One model in several runtimes, measured side by side in one process: each runtime's artifact is exported,
 parity-checked against PyTorch, scored on the held-out test split, sized, and timed interleaved with every other
-artifact at batch 1 and batch N; ratios are against ONNX Runtime fp32 (the first row) and, for int8 rows, against
-the same runtime's fp32 artifact. TFLM rows add the measured minimum tensor arena and a board fit verdict."""
+artifact at batch 1 and batch N, its peak memory measured in a fresh process (batch 1); ratios are against ONNX
+Runtime fp32 (the first row) and, for int8 rows, against the same runtime's fp32 artifact. TFLM rows add the measured
+minimum tensor arena and a board fit verdict (the arena is TFLM's memory figure)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +17,7 @@ from ..core.progress import info
 from ..zoo.data import DataBundle
 from .compare import default_batch
 from .latency import quantiles, summarize, time_interleaved
+from .memory import peak_memory
 from .metrics import primary_metric, task_metrics
 
 #: a float artifact must match PyTorch to this (relative to the output scale) on 64 test samples
@@ -79,6 +81,10 @@ def measure_runtimes(model, data: DataBundle, runtimes: Sequence, *, workdir: st
         else:
             if data.task == "classification":
                 m["top1_agreement"] = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
+        if rt.name != "tflm":  # a fresh process runs the batch-1 artifact: its peak resident memory
+            mem = peak_memory(art.path, data.example_inputs(1), threads, runtime=rt.name)
+            m["peak_mem_bytes_b1"] = mem.get("peak_mem_bytes")
+            m["peak_mem_delta_bytes_b1"] = mem.get("peak_mem_delta_bytes")
         if rt.name == "tflm":
             sample = sess.quantize_input(data.test.inputs[0][:1])
             m["arena_bytes"] = tflm_mod.min_arena(art.path, sample)
@@ -110,8 +116,8 @@ def measure_runtimes(model, data: DataBundle, runtimes: Sequence, *, workdir: st
     base = next(iter(rows))
     for lbl, m in rows.items():
         r = {}
-        for k in ("latency_ms_p50_b1", "latency_ms_p50_bN", "size_bytes"):
-            if k in m and k in rows[base]:
+        for k in ("latency_ms_p50_b1", "latency_ms_p50_bN", "size_bytes", "peak_mem_delta_bytes_b1"):
+            if m.get(k) and rows[base].get(k):
                 r[k] = m[k] / rows[base][k]
         m["vs_" + base.replace(" ", "_")] = r
         fp = rows.get(lbl[: lbl.rindex("int8")] + "fp32") if lbl.endswith("int8") else None

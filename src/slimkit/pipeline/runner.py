@@ -82,18 +82,13 @@ def _check_args(model, recipe, data) -> Recipe:
                       f"{type(recipe).__name__}")
 
 
-#: quantizers whose result is ONNX-only (ONNX Runtime kernels the on-device runtimes do not have)
-ONNX_ONLY = {"quantize.int4_weights": "int4 weight-only (MatMulNBits)",
-             "quantize.int8_dynamic": "dynamic int8 (DynamicQuantizeLinear)"}
-
-
 def check_runtime_recipe(recipe: Recipe, runtimes: Sequence) -> list:
     """The on-device runtimes a recipe's result can go to (before any work): slimkit's static int8, QAT and mixed
     precision lower to every runtime; int4 weight-only and dynamic int8 export to ONNX only."""
     runtimes = [rt for rt in runtimes if rt.name != "ort"]
-    bad = [t.type for st in recipe.stages for t in st.techniques if t.type in ONNX_ONLY]
+    bad = [get_technique(t.type) for st in recipe.stages for t in st.techniques if get_technique(t.type).onnx_only]
     if runtimes and bad:
-        raise ConfigError(f"recipe {recipe.name} uses {ONNX_ONLY[bad[0]]} ({bad[0]}), which exports to ONNX only; "
+        raise ConfigError(f"recipe {recipe.name} uses {bad[0].onnx_only} ({bad[0].name}), which exports to ONNX only; "
                           f"for {', '.join(r.name for r in runtimes)} use quantize.int8_static, quantize.qat or "
                           "quantize.mixed_precision, or a float recipe (each runtime's stock int8 is made from it)")
     return runtimes

@@ -261,7 +261,8 @@ def _upgrade_to_8bit(m: nn.Module, float_weights: dict[str, torch.Tensor], ref: 
 
 
 @register_technique("quantize.int4_weights", Int4WeightConfig,
-                    summary="weight-only int4 (group-wise, packed) for Linear + embeddings -> ORT MatMulNBits")
+                    summary="weight-only int4 (group-wise, packed) for Linear + embeddings -> ORT MatMulNBits",
+                    onnx_only="int4 weight-only (ONNX Runtime's MatMulNBits)")
 def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4Model:
     """Weight-only int4, group-wise, packed two codes per byte; optionally a few sensitive layers at 8 bits."""
     check_finite_weights(model)

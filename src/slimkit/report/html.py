@@ -446,7 +446,7 @@ within ±{int(NOISE * 100)}% are shown grey: that is the run-to-run noise on a s
  if srows else '<p>No compression stages (the model as it is).</p>'}
 {f'<h3>Notes</h3><ul>{notes}</ul>' if notes else ''}
 <h3>Recipe</h3><pre class="scroll"><code>{esc(recipe_yaml)}</code></pre></section>
-{''.join(f'<section id="runtimes"><h2>{esc(t)}</h2><p class="muted">{esc(note)}</p>{table(hdr, rows, text_cols=(9,))}'
+{''.join(f'<section id="runtimes"><h2>{esc(t)}</h2><p class="muted">{esc(note)}</p>{table(hdr, rows, text_cols=(len(hdr) - 1,))}'
          f'</section>' for t, note, hdr, rows in extra_tables)}
 {f'<section id="tables"><h2>Technique tables</h2>{tables_html}</section>' if md_tables else ''}
 <section id="settings"><h2>Measurement and environment</h2>

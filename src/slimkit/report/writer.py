@@ -139,7 +139,7 @@ def to_markdown(report: dict) -> str:
 
 
 RUNTIME_HEADER = ["artifact", "metric", "size", "b1 p50 (ms)", "b1 vs ORT fp32", "bN p50 (ms)", "bN vs ORT fp32",
-                  "int8 vs same runtime fp32 (b1)", "TFLM arena", "board"]
+                  "int8 vs same runtime fp32 (b1)", "peak memory (b1, above imports)", "TFLM arena", "board"]
 
 
 def runtime_note(rt: dict) -> str:
@@ -163,7 +163,9 @@ def runtime_rows(rt: dict) -> list[list[str]]:
                      fmt_ratio(r["latency_ms_p50_b1"]) if "latency_ms_p50_b1" in r else "",
                      fmt(m.get("latency_ms_p50_bN"), "ms") if m.get("latency_ms_p50_bN") else "-",
                      fmt_ratio(r["latency_ms_p50_bN"]) if "latency_ms_p50_bN" in r else "-",
-                     fmt_ratio(same) if same else "", fmt(m.get("arena_bytes"), "bytes") if m.get("arena_bytes") else "",
+                     fmt_ratio(same) if same else "",
+                     fmt(m.get("peak_mem_delta_bytes_b1"), "bytes") if m.get("peak_mem_delta_bytes_b1") else "",
+                     fmt(m.get("arena_bytes"), "bytes") if m.get("arena_bytes") else "",
                      (m.get("board") or {}).get("verdict", "")])
     return rows
 

@@ -20,7 +20,7 @@ from ..evaluate import energy as E
 from ..evaluate.compare import default_batch, onnx_weight_stats
 from ..evaluate.latency import summarize, time_interleaved
 from ..evaluate.macs import count_macs, count_params
-from ..evaluate.memory import peak_memory_onnx
+from ..evaluate.memory import peak_memory
 from ..evaluate.metrics import primary_metric, task_metrics
 from ..runtimes import get_runtime
 from ..zoo.data import DataBundle
@@ -52,7 +52,7 @@ class Meter:
         self.original = self._figures(baseline, art, self.base_sess, "fp32")
         self.original.update(self._time({"x": self.base_sess}, {"x": self.base_sess} if self.batch_n else {})["x"])
         if memory:
-            self.original["peak_mem_bytes"] = peak_memory_onnx(art.path, self.exN, threads).get("peak_mem_bytes")
+            self.original["peak_mem_bytes"] = peak_memory(art.path, self.exN, threads).get("peak_mem_bytes")
         self._n = 0
 
     # -----------------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ class Meter:
 
             m["arena_bytes"] = tflm_mod.min_arena(art.path, sess.quantize_input(self.test.test.inputs[0][:1]))
         if self.memory and self.rt.name == "ort":
-            m["peak_mem_bytes"] = peak_memory_onnx(art.path, self.exN, self.threads).get("peak_mem_bytes")
+            m["peak_mem_bytes"] = peak_memory(art.path, self.exN, self.threads).get("peak_mem_bytes")
         ratios = {}
         for obj, k in OBJECTIVES.items():
             b = base_now.get(k, self.original.get(k))

@@ -39,7 +39,7 @@ from ..core.errors import ConfigError, OutputError, SlimkitError, first_line
 from ..core.io import (atomic_write_text, check_output_dir, is_slimkit_folder, publish_dir, scratch_dir,
                        sweep_stale, write_output_marker)
 from ..core.progress import headline, info, muted
-from ..evaluate.memory import peak_memory_onnx
+from ..evaluate.memory import peak_memory
 from ..pipeline.recipe import Recipe
 from ..pipeline.runner import apply_recipe, check_needs, compress
 from ..zoo.data import DataBundle
@@ -715,7 +715,7 @@ def _write_variants(out_dir: Path, rows, k, c, rt, report_data, threads, meter) 
                 fname = f"v{i}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', recipe.name)}{rt.suffix}"
                 art = rt.export(work, report_data, tmp / fname, r.get("precision", "fp32"),
                                 **({} if rt.name == "ort" else {"batch": 1}))
-            mem = peak_memory_onnx(art.path, meter.ex1, threads).get("peak_mem_bytes") if rt.name == "ort" else None
+            mem = peak_memory(art.path, meter.ex1, threads).get("peak_mem_bytes") if rt.name == "ort" else None
             rows.append({"file": fname, "name": recipe.name, "trial": r["number"], "runtime": rt.name,
                          "metric": meter.key, "value": r["test"], "val": r["val"],
                          "latency_ms_p50_b1": r.get("latency_ms_p50_b1"), "latency_ms_p50_bN": r.get("latency_ms_p50_bN"),

@@ -4,9 +4,9 @@ A candidate is a recipe of ordered slots: **prune -> factorize -> recover (KD fi
 technique (or none) per slot, each with the values of the fields its config declares tunable
 (``Config.TUNABLE``). A technique joins the planner by declaring ``TUNABLE`` on its config; nothing here names a
 technique. The order is fixed where it matters: channels and ranks are removed and recovered before the weights
-are quantized (a quantized model is not trained further here). For on-device runtimes other than ONNX Runtime,
-slimkit's int8 simulations do not export yet, so the quantize slot becomes the runtime's own precision choice
-(fp32, or its PT2E int8)."""
+are quantized (a quantized model is not trained further here). For on-device runtimes other than ONNX Runtime the
+quantize slot holds the quantizers that lower to them (static int8, QAT, mixed precision: slimkit's int8 model in
+the runtime), and a candidate without one draws the runtime's precision (fp32, or its stock PT2E int8)."""
 from __future__ import annotations
 
 import dataclasses
@@ -101,14 +101,13 @@ class SearchSpace:
                 chosen[name] = ranges
         slots = []
         for slot, families in SLOTS:
-            if slot == "quantize" and runtime != "ort":
-                continue
-            opts = [Choice(n, r) for n, r in sorted(chosen.items()) if get_technique(n).family in families]
+            opts = [Choice(n, r) for n, r in sorted(chosen.items()) if get_technique(n).family in families
+                    and (runtime == "ort" or not get_technique(n).onnx_only)]
             if opts:
                 slots.append((slot, opts))
         if not slots:
-            raise ConfigError("space: no technique to search for this runtime (slimkit's quantizers export to ONNX "
-                              "Runtime only; add a pruning or factorization technique)")
+            raise ConfigError("space: no technique to search for this runtime (int4 weights and dynamic int8 run in "
+                              "ONNX Runtime only; add a pruning, factorization or static int8 technique)")
         precisions = ("fp32",) if runtime == "ort" else ("int8",) if runtime == "tflm" else ("fp32", "int8")
         return cls(slots, finetune, precisions)
 
@@ -130,8 +129,12 @@ class SearchSpace:
             stages.append(Stage("reduce", reduce_steps, ft if ft.epochs > 0 else None))
         if quant_steps:
             stages.append(Stage("quantize", quant_steps))
-        precision = trial.suggest_categorical("precision", list(self.precisions)) if len(self.precisions) > 1 \
-            else self.precisions[0]
+        if quant_steps and "int8" in self.precisions:  # slimkit's own int8 model, lowered to the runtime
+            precision = "int8"
+        elif len(self.precisions) > 1:
+            precision = trial.suggest_categorical("precision", list(self.precisions))
+        else:
+            precision = self.precisions[0]
         name = "+".join(_label(s, c.ranges) for st in stages for s in st.techniques
                         for _, cs in self.slots for c in cs if c.technique == s.type) or "original"
         ft = next((st.finetune for st in stages if st.finetune is not None), None)
