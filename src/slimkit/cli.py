@@ -386,13 +386,15 @@ def _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, a
     kind = "pct" if key == "accuracy" else "f4"
     base = res["baseline"]
     typer.echo(f"{lm.name} on {bundle.name}: {threads} thread(s), batch N = {res['settings']['batch_N']}; ratios vs "
-               f"{base}")
-    typer.echo(f"{'artifact':<22} {key:>10} {'size':>10} {'b1 ms':>9} {'b1 x':>7} {'bN ms':>9} {'bN x':>7} {'arena':>9}")
+               f"{base}; peak mem: a fresh process running the batch-1 artifact, above the runtime's imports")
+    typer.echo(f"{'artifact':<22} {key:>10} {'size':>10} {'b1 ms':>9} {'b1 x':>7} {'bN ms':>9} {'bN x':>7} "
+               f"{'peak mem':>10} {'arena':>9}")
     for lbl, m in res["rows"].items():
         r = m.get("vs_" + base.replace(" ", "_"), {})
         typer.echo(f"{lbl:<22} {fmt(m.get(key), kind):>10} {fmt(m['size_bytes'], 'bytes'):>10} "
                    f"{m.get('latency_ms_p50_b1', float('nan')):>9.3f} {r.get('latency_ms_p50_b1', float('nan')):>6.2f}x "
                    f"{m.get('latency_ms_p50_bN', float('nan')):>9.3f} {r.get('latency_ms_p50_bN', float('nan')):>6.2f}x "
+                   f"{fmt(m.get('peak_mem_delta_bytes_b1'), 'bytes') if m.get('peak_mem_delta_bytes_b1') else '':>10} "
                    f"{fmt(m.get('arena_bytes'), 'bytes') if m.get('arena_bytes') else '':>9}")
         if m.get("board"):
             typer.echo(f"  {m['board']['verdict']}")
