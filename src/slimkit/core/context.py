@@ -22,7 +22,7 @@ class Context:
     deterministic; ``log`` is where techniques write notes for the report.
     """
 
-    data: Optional[Any] = None  # a slimkit.zoo.data.DataBundle (not imported: core sits below the zoo)
+    data: Optional[Any] = None  # a slimkit.core.data.DataBundle (Any: context.py is imported by data users)
     teacher: Optional[torch.nn.Module] = None
     seed: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)

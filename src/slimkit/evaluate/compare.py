@@ -21,7 +21,7 @@ from ..core.context import eval_mode
 from ..core.io import ZSTD_LEVEL
 from ..core.progress import info
 from ..export.onnx import export_onnx, ort_run, ort_session
-from ..zoo.data import DataBundle
+from ..core.data import DataBundle
 from . import energy as E
 from .environment import environment
 from .latency import quantiles, ort_runner, summarize, time_interleaved, torch_runner, torch_threads

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..core.errors import DataError
-from ..zoo.data import DataBundle
+from ..core.data import DataBundle
 
 
 def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:

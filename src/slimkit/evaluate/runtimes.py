@@ -14,7 +14,7 @@ import torch
 from ..core.context import eval_mode, torch_threads
 from ..core.errors import ExportError
 from ..core.progress import info
-from ..zoo.data import DataBundle
+from ..core.data import DataBundle
 from .compare import default_batch
 from .latency import quantiles, summarize, time_interleaved
 from .memory import peak_memory

@@ -17,7 +17,7 @@ from ..core.context import eval_mode
 from ..core.errors import ExportError, first_line
 from ..core.graph import holds_program
 from ..core.io import ONNX_STAMP_KEY, atomic_write_bytes
-from ..zoo.data import DataBundle
+from ..core.data import DataBundle
 
 DEFAULT_OPSET = 17
 

@@ -27,7 +27,7 @@ from ..evaluate.energy import SOURCE as ENERGY_SOURCE
 from ..evaluate.macs import count_macs, count_nonzero_params, count_params, macs_by_layer
 from ..evaluate.metrics import task_metrics
 from ..export.onnx import export_artifact, export_onnx
-from ..zoo.data import DataBundle
+from ..core.data import DataBundle
 from .recipe import Recipe
 
 @dataclasses.dataclass

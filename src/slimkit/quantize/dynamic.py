@@ -25,7 +25,7 @@ from ..export.onnx import write_onnx
 from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
-from ..zoo.data import DataBundle
+from ..core.data import DataBundle
 from .gptq import gptq_codes
 from ..core.graph import input_covariances, set_module
 from ..core.checks import check_finite_weights

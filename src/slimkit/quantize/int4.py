@@ -27,7 +27,7 @@ from ..export.onnx import write_onnx
 from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
-from ..zoo.data import DataBundle
+from ..core.data import DataBundle
 from ..zoo.train import predict
 from .dynamic import DynQuantModel, _plain_gemm, select_linears, value_key
 from .gptq import gptq_codes

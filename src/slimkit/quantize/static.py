@@ -23,7 +23,7 @@ from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..evaluate.environment import cpu_info
-from ..zoo.data import DataBundle
+from ..core.data import DataBundle
 from ..core import graph as G
 from .calibrate import CALIBRATORS
 from .modules import ActQuant, InputQuantLayer, OutputQuant, QGroup, QuantLayer

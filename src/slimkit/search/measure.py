@@ -23,7 +23,7 @@ from ..evaluate.macs import count_macs, count_params
 from ..evaluate.memory import peak_memory
 from ..evaluate.metrics import primary_metric, task_metrics
 from ..runtimes import get_runtime
-from ..zoo.data import DataBundle
+from ..core.data import DataBundle
 
 #: objective name -> the measured figure it minimises (a ratio to the original in ONNX Runtime fp32)
 OBJECTIVES = {"latency_b1": "latency_ms_p50_b1", "latency_bN": "latency_ms_p50_bN", "size": "size_bytes",

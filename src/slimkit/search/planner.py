@@ -42,7 +42,7 @@ from ..core.progress import headline, info, muted
 from ..evaluate.memory import peak_memory
 from ..pipeline.recipe import Recipe
 from ..pipeline.runner import apply_recipe, check_needs, compress
-from ..zoo.data import DataBundle
+from ..core.data import DataBundle
 from .measure import OBJECTIVES, Meter
 from .space import SearchSpace
 
