@@ -81,6 +81,17 @@ def calibration_batches(data, batch: int, limit: int = 256):
         yield tuple(t[idx[i:i + batch]] for t in calib.inputs)
 
 
+def stock_int8(model, data, batch: int, quantizer, *, fold_quantize: bool = True):
+    """A runtime's stock PT2E flow on a float model: ``quantizer`` annotates the captured graph, observers calibrate
+    on the calibration split (``calibration_batches``), ``convert_pt2e`` writes the Q/DQ graph."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(torch.export.export(model, data.example_inputs(batch)).module(), quantizer)
+    for x in calibration_batches(data, batch):
+        prepared(*x)
+    return convert_pt2e(prepared, fold_quantize=fold_quantize)
+
+
 #: an int8 artifact must agree with the model it was made from on this share of top-1 predictions (64 test samples)
 MIN_INT8_AGREEMENT = 0.95
 
@@ -126,7 +137,7 @@ def register_runtime(rt: Runtime) -> Runtime:
 
 
 def _load() -> None:
-    from . import executorch, litert, ort, tflm  # noqa: F401 - registration side effects (cheap: the heavy imports are lazy)
+    from . import executorch, litert, ort, tflm  # noqa: F401 - registration (cheap: heavy imports are lazy)
 
 
 def get_runtime(name: str) -> Runtime:

@@ -20,8 +20,7 @@ import torch
 from ..core.context import eval_mode
 from ..core.errors import ExportError, first_line
 from ..core.io import GENERATED_TAG, atomic_write_bytes
-from .base import (Artifact, Runtime, Session, calibration_batches, check_int8, check_plain, lowers,
-                   register_runtime)
+from .base import Artifact, Runtime, Session, check_int8, check_plain, lowers, register_runtime, stock_int8
 
 PIP = "pip install 'slimkit[executorch]' (executorch; install torch first)"
 
@@ -43,14 +42,9 @@ def _quiet():
 def _stock_int8(model, data, batch: int):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    example = data.example_inputs(batch)
-    prepared = prepare_pt2e(torch.export.export(model, example).module(), q)
-    for x in calibration_batches(data, batch):
-        prepared(*x)
-    return convert_pt2e(prepared)
+    return stock_int8(model, data, batch, XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)))
 
 
 def _program(module, example) -> bytes:

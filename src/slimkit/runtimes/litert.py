@@ -23,8 +23,7 @@ import torch
 from ..core.context import eval_mode
 from ..core.errors import ExportError, first_line
 from ..core.io import GENERATED_TAG, atomic_write_bytes, scratch
-from .base import (Artifact, Runtime, Session, calibration_batches, check_int8, check_plain, lowers,
-                   register_runtime)
+from .base import Artifact, Runtime, Session, check_int8, check_plain, lowers, register_runtime, stock_int8
 
 PIP = "pip install 'slimkit[litert]' (litert-torch and ai-edge-litert)"
 
@@ -60,18 +59,6 @@ def _static_int8_config():
     return q, quant_config.QuantConfig(pt2e_quantizer=q)
 
 
-def stock_int8(model, data, batch: int, quantizer):
-    """The stock PT2E flow: ``quantizer`` annotates the captured graph, observers calibrate on the calibration
-    split (at most 256 samples), ``convert_pt2e`` writes the Q/DQ graph."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    example = data.example_inputs(batch)
-    prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
-    for x in calibration_batches(data, batch):
-        prepared(*x)
-    return convert_pt2e(prepared, fold_quantize=False)
-
-
 def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifact:
     """A ``.tflite`` for exactly ``batch`` samples (the converter bakes the batch into reshapes; export one per
     batch size you run). slimkit's quantized models (int8 static, QAT, mixed precision) lower with their own
@@ -92,7 +79,8 @@ def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifa
         with eval_mode(model), torch.no_grad(), _quiet():
             if precision == "int8":
                 q, qc = _static_int8_config()
-                prog = model.slimkit_lower(data) if slimkit_int8 else stock_int8(model, data, batch, q)
+                prog = (model.slimkit_lower(data) if slimkit_int8  # litert-torch takes unfolded weights
+                        else stock_int8(model, data, batch, q, fold_quantize=False))
                 edge = litert_torch.convert(prog, example, quant_config=qc)
             else:
                 edge = litert_torch.convert(model, example)
