@@ -5,8 +5,9 @@ model, calibrated on the calibration split) and in slimkit's int8 (the int8-stat
 to each runtime with its own scales and codes); then a structured-pruned (prune-structured-50 recipe) model, float
 and with slimkit's int8 on top, against the ORT fp32 original.
 
-MiniLM (``--only minilm``, not in the default set: about 10 minutes): the sentence embedder in LiteRT fp32, stock
-int8 and slimkit int8, as cosine similarity to PyTorch's embeddings on held-out sentences.
+MiniLM (``--only minilm``, not in the default set: about 10 minutes): the sentence embedder in LiteRT fp32, float16
+weights, int8 weight-only, dynamic-range int8, stock static int8 and slimkit static int8, as cosine similarity to
+PyTorch's embeddings on held-out sentences.
 
     python bench/runtime_bench.py [--only digits-cnn,digits-mlp,mnist1d-cnn,pruned,minilm] [--threads 1]
 """
@@ -103,7 +104,10 @@ def minilm(lit, n: int = 32) -> str:
     cfg = StaticQuantConfig(bias_correction=False, calibration_samples=64, weight_range="full")
     lines = [f"#### zoo:minilm in LiteRT (batch 1; cosine to PyTorch's embeddings on {n} test sentences)", "",
              "| artifact | cos mean | cos min | size (MB) | export (s) | result |", "|---|---|---|---|---|---|"]
-    for label, make, prec in (("fp32", lambda: lm.model, "fp32"), ("stock int8 (PT2E)", lambda: lm.model, "int8"),
+    for label, make, prec in (("fp32", lambda: lm.model, "fp32"), ("fp16 weights", lambda: lm.model, "fp16"),
+                              ("int8 weight-only", lambda: lm.model, "int8-weights"),
+                              ("int8 dynamic-range", lambda: lm.model, "int8-dynamic"),
+                              ("stock int8 (PT2E)", lambda: lm.model, "int8"),
                               ("slimkit int8 (static, min-max/auto, 8-bit weights)",
                                lambda: int8_static(lm.model, cfg, Context(data=data)), "int8")):
         t0 = time.perf_counter()

@@ -332,6 +332,9 @@ def profile(model: str = typer.Argument(..., help="MODEL spec (see slimkit --hel
                                                                  "litert-builtin, tflm, executorch (comma-separated)."),
             int8: bool = typer.Option(False, "--int8", help="Also measure a fully-int8 artifact in each runtime "
                                                            "(PT2E, calibrated on the data's calibration split)."),
+            precision: Optional[str] = typer.Option(None, "--precision", help="With --runtime: the precisions to "
+                                                    "measure where a runtime exports them (comma-separated): fp32, "
+                                                    "int8, and for LiteRT int8-dynamic, int8-weights, fp16."),
             board: Optional[str] = typer.Option(None, "--board", help="For tflm: a board to check the fit against "
                                                                       "(cortex-m4, cortex-m7, esp32-s3, or "
                                                                       "ram=256KB,flash=1MB)."),
@@ -354,14 +357,16 @@ def profile(model: str = typer.Argument(..., help="MODEL spec (see slimkit --hel
     from .load import resolve
 
     _options(threads, batch, runs)
-    if runtime != "ort" or int8 or board:
-        return _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, as_json, trust_pickle)
+    if runtime != "ort" or int8 or board or precision:
+        return _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, as_json, trust_pickle,
+                                 precision)
     _start()
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
     _measure([Candidate(lm.name, lm.model, lm.onnx_path)], bundle, threads, batch, runs, as_json)
 
 
-def _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, as_json, trust_pickle) -> None:
+def _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, as_json, trust_pickle,
+                      precision=None) -> None:
     from .core.io import scratch
     from .evaluate.runtimes import measure_runtimes
     from .load import resolve
@@ -369,6 +374,11 @@ def _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, a
     from .runtimes.tflm import board as parse_board
 
     rts = parse_runtimes(runtime)  # installed? (before any work)
+    precs = [p.strip() for p in precision.split(",") if p.strip()] if precision else None
+    for p in precs or ():
+        if not any(p in rt.precisions for rt in rts):
+            raise ConfigError(f"--precision {p}: none of {', '.join(r.name for r in rts)} exports it; they export "
+                              + "; ".join(f"{r.name}: {', '.join(r.precisions)}" for r in rts))
     b = parse_board(board) if board else None
     _start()
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
@@ -376,7 +386,7 @@ def _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, a
         raise SlimkitError("--runtime needs a PyTorch model (each runtime's artifact is exported from it)")
     with scratch() as d:
         res = measure_runtimes(lm.model, bundle, rts, workdir=d, threads=threads, batch=batch, runs=runs, int8=int8,
-                               board=b)
+                               board=b, precisions=precs)
     if as_json:
         typer.echo(json.dumps(jsonable(res), indent=2))
         return
@@ -487,6 +497,8 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
                                                                 "tflm (int8 .tflite plus OUT_data.cc/.h for firmware)."),
            int8: bool = typer.Option(False, "--int8", help="litert/executorch: a fully-int8 artifact (the runtime's "
                                                            "PT2E quantizer, calibrated on the data's calibration split)."),
+           precision: Optional[str] = typer.Option(None, "--precision", help="litert: fp32, int8 (= --int8), "
+                                                   "int8-dynamic, int8-weights or fp16 (weights for embedding models)."),
            batch: int = typer.Option(1, "--batch", min=1, help="litert/tflm/executorch: the batch size the artifact is "
                                                                "exported for (static)."),
            trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a full-model .pt file.")) -> None:
@@ -510,8 +522,11 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
     from .load import resolve
 
     out = check_output_file(out, inputs=_spec_paths(model, data), force=force)  # before any work
+    if runtime.strip() == "ort" and precision not in (None, "fp32"):
+        raise ConfigError(f"--precision {precision}: the ONNX export is fp32; slimkit's int8 ONNX comes from "
+                          "`slimkit compress --recipe int8-static` (or int8-dynamic, int4-weights)")
     if runtime.strip() != "ort":
-        return _export_runtime(model, data, out, runtime, int8, batch, force, as_json, trust_pickle)
+        return _export_runtime(model, data, out, runtime, int8, batch, force, as_json, trust_pickle, precision)
     _start(out.parent)
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
     if lm.model is None:
@@ -526,7 +541,7 @@ def export(model: str = typer.Argument(..., help="MODEL spec."),
 
 
 def _export_runtime(model, data, out: Path, runtime: str, int8: bool, batch: int, force: bool, as_json: bool,
-                    trust_pickle: bool) -> None:
+                    trust_pickle: bool, precision: Optional[str] = None) -> None:
     import numpy as np
     import torch
 
@@ -543,7 +558,8 @@ def _export_runtime(model, data, out: Path, runtime: str, int8: bool, batch: int
     rt = rts[0]
     if out.suffix != rt.suffix:
         raise ConfigError(f"--out {out}: a {rt.name} artifact is a {rt.suffix} file")
-    precision = "int8" if (int8 or rt.name == "tflm") else "fp32"
+    precision = precision or ("int8" if (int8 or rt.name == "tflm") else "fp32")
+    rt.check_precision(precision)
     extra = [out.with_name(out.stem + "_data.cc"), out.with_name(out.stem + "_data.h")] if rt.name == "tflm" else []
     for e in extra:
         check_output_file(e, inputs=_spec_paths(model, data), force=force)
@@ -569,8 +585,14 @@ def _export_runtime(model, data, out: Path, runtime: str, int8: bool, batch: int
             agree = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
             result["top1_agreement"] = agree
             if agree < 0.95:
-                raise ExportError(f"{rt.name} int8 agrees with PyTorch on only {agree:.1%} of top-1 predictions; "
-                                  "nothing written")
+                raise ExportError(f"{rt.name} {precision} agrees with PyTorch on only {agree:.1%} of top-1 "
+                                  "predictions; nothing written")
+        else:
+            a, r = got.reshape(len(got), -1), ref.reshape(len(ref), -1)
+            cos = float(np.mean(np.sum(a * r, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1) + 1e-12)))
+            result["cosine"] = cos
+            if cos < 0.99:
+                raise ExportError(f"{rt.name} {precision} output has cosine {cos:.4f} to PyTorch's; nothing written")
         if rt.name == "tflm":
             result["arena_bytes"] = tflm_mod.min_arena(art.path, sess.quantize_input(bundle.test.inputs[0][:1]))
         blob = art.path.read_bytes()
@@ -584,6 +606,7 @@ def _export_runtime(model, data, out: Path, runtime: str, int8: bool, batch: int
         typer.echo(json.dumps(jsonable(result), indent=2))
         return
     check = (f"max abs err {result['parity_max_abs_err']:.3g}" if "parity_max_abs_err" in result
+             else f"cosine {result['cosine']:.4f}" if "cosine" in result
              else f"top-1 agreement {result.get('top1_agreement', float('nan')):.1%}")
     typer.echo(f"wrote {out} ({result['size_bytes']:,} bytes, {rt.name} {precision}, batch {batch}); parity: {check}"
                + (f"; arena {result['arena_bytes']:,} bytes; wrote {extra[0].name}, {extra[1].name}"

@@ -183,3 +183,21 @@ def test_export_runtime_cli(tmp_path, digits_mlp):
     res = CliRunner().invoke(app, ["-q", "export", "zoo:digits-mlp", "--runtime", "litert", "--out",
                                    str(tmp_path / "m.onnx")])
     assert res.exit_code == 2 and "a litert artifact is a .tflite file" in res.stderr
+
+
+def test_litert_weight_formats(tmp_path, digits_mlp, digits):
+    lit = get_runtime("litert")
+    fp = lit.export(digits_mlp, digits, tmp_path / "f.tflite", "fp32", batch=1)
+    with torch.no_grad():
+        ref = digits_mlp.eval()(*digits.test.inputs).numpy()
+    for prec, max_share in (("fp16", 0.55), ("int8-dynamic", 0.35), ("int8-weights", 0.35)):
+        art = lit.export(digits_mlp, digits, tmp_path / f"{prec}.tflite", prec, batch=1)
+        assert art.precision == prec and art.quantizer == "stock"
+        assert art.path.stat().st_size < fp.path.stat().st_size * max_share, prec
+        got = lit.open(art, 1).run(digits.test.inputs)
+        if prec == "fp16":
+            assert np.max(np.abs(got - ref)) < 0.05 * max(1.0, float(np.abs(ref).max()))
+        assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.98, prec
+    res = CliRunner().invoke(app, ["-q", "export", "zoo:digits-mlp", "--runtime", "executorch", "--precision", "fp16",
+                                   "--out", str(tmp_path / "x.pte")])
+    assert res.exit_code == 2 and "exports fp32, int8, not 'fp16'" in res.stderr and not (tmp_path / "x.pte").exists()

@@ -28,19 +28,23 @@ def _outputs(sess, data: DataBundle, chunk: int) -> np.ndarray:
     return np.concatenate([sess.run(x) for x, _ in data.test.batches(chunk)])
 
 
-def plan_for(runtimes: Sequence, int8: bool) -> list[tuple]:
+def plan_for(runtimes: Sequence, int8: bool, precisions: Optional[Sequence[str]] = None) -> list[tuple]:
     """(runtime, precision) pairs: fp32 everywhere but TFLM (integer only); int8 too where asked (not ORT: slimkit's
-    own int8 for ORT comes from the quantize techniques)."""
+    own int8 for ORT comes from the quantize techniques). ``precisions``: the ones to measure where a runtime
+    exports them (e.g. fp32,int8-dynamic,fp16 for LiteRT); ORT always measures fp32 (the reference)."""
     plan = []
     for rt in runtimes:
-        precs = ["int8"] if rt.name == "tflm" else (["fp32", "int8"] if int8 and rt.name != "ort" else ["fp32"])
+        if precisions:
+            precs = [p for p in precisions if p in rt.precisions] or list(rt.precisions[:1])
+        else:
+            precs = ["int8"] if rt.name == "tflm" else (["fp32", "int8"] if int8 and rt.name != "ort" else ["fp32"])
         plan += [(rt, p) for p in precs]
     return plan
 
 
 def measure_runtimes(model, data: DataBundle, runtimes: Sequence, *, workdir: str | Path,
                      threads: int = 1, batch: Optional[int] = None, runs: int = 30, int8: bool = False,
-                     board=None, plan: Optional[list] = None) -> dict:
+                     board=None, plan: Optional[list] = None, precisions: Optional[Sequence[str]] = None) -> dict:
     """``model``: one module, or {name: module} to measure several models (e.g. the original and a pruned one) in
     the same run; ``plan``: explicit (model name, runtime, precision) triples instead of every model x runtime."""
     from ..runtimes import tflm as tflm_mod
@@ -55,7 +59,7 @@ def measure_runtimes(model, data: DataBundle, runtimes: Sequence, *, workdir: st
         with eval_mode(m), torch.no_grad():
             refs[name] = torch.cat([m(*x) for x, _ in data.test.batches(256)]).float().numpy()
     if plan is None:
-        plan = [(name, rt, p) for name in models for rt, p in plan_for(runtimes, int8)]
+        plan = [(name, rt, p) for name in models for rt, p in plan_for(runtimes, int8, precisions)]
     rows, sessions, owners = {}, {}, {}
     for name, rt, prec in plan:
         model, ref = models[name], refs[name]
@@ -120,10 +124,11 @@ def measure_runtimes(model, data: DataBundle, runtimes: Sequence, *, workdir: st
             if m.get(k) and rows[base].get(k):
                 r[k] = m[k] / rows[base][k]
         m["vs_" + base.replace(" ", "_")] = r
-        fp = rows.get(lbl[: lbl.rindex("int8")] + "fp32") if lbl.endswith("int8") else None
-        if fp is None and m["precision"] == "int8":  # slimkit's int8 model has no fp32 form: the original's
+        prec = m["precision"]
+        fp = rows.get(lbl[: lbl.rindex(prec)] + "fp32") if prec != "fp32" and lbl.endswith(prec) else None
+        if fp is None and prec != "fp32":  # slimkit's int8 model has no fp32 form: the original's
             fp = next((o for o in rows.values() if o["runtime"] == m["runtime"] and o["precision"] == "fp32"), None)
-        if m["precision"] == "int8" and fp is not None and fp is not m:
+        if prec != "fp32" and fp is not None and fp is not m:
             m["vs_same_runtime_fp32"] = {k: m[k] / fp[k] for k in ("latency_ms_p50_b1", "latency_ms_p50_bN",
                                                                    "size_bytes") if k in m and k in fp}
     return {"metric": key, "baseline": base, "rows": rows,

@@ -50,6 +50,12 @@ class Runtime:
     ops: Callable  # (artifact) -> list[str]
     version: Callable  # () -> str
     batch_n: bool = True  # can it run batch N (microcontroller interpreters run one sample)
+    #: the precisions its export writes from a float model (slimkit's int8 model is int8 in every runtime)
+    precisions: tuple = ("fp32", "int8")
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            raise ConfigError(f"runtime {self.name} exports {', '.join(self.precisions)}, not {precision!r}")
 
     def require(self) -> None:
         try:

@@ -59,6 +59,20 @@ def _static_int8_config():
     return q, quant_config.QuantConfig(pt2e_quantizer=q)
 
 
+#: precisions of a float model in LiteRT: fp32, fully-int8 (PT2E, calibrated), and three weight formats made by
+#: litert-torch's ai-edge-quantizer recipes: dynamic-range int8 (int8 weights, activations quantized at run time),
+#: int8 weight-only (dequantized to float at load) and float16 weights; the last three serve embedding models,
+#: whose activations static int8 does not capture (MiniLM: see docs/BENCHMARKS.md)
+PRECISIONS = ("fp32", "int8", "int8-dynamic", "int8-weights", "fp16")
+
+
+def _recipe(precision: str):
+    from litert_torch.generative.quantize import quant_recipes
+
+    return {"int8-dynamic": quant_recipes.full_dynamic_recipe, "int8-weights": quant_recipes.full_weight_only_recipe,
+            "fp16": quant_recipes.full_fp16_recipe}[precision]()
+
+
 def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifact:
     """A ``.tflite`` for exactly ``batch`` samples (the converter bakes the batch into reshapes; export one per
     batch size you run). slimkit's quantized models (int8 static, QAT, mixed precision) lower with their own
@@ -77,7 +91,11 @@ def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifa
     example = data.example_inputs(batch)
     try:
         with eval_mode(model), torch.no_grad(), _quiet():
-            if precision == "int8":
+            if precision not in PRECISIONS:
+                raise ExportError(f"LiteRT exports {', '.join(PRECISIONS)}, not {precision!r}")
+            if precision in ("int8-dynamic", "int8-weights", "fp16"):
+                edge = litert_torch.convert(model, example, quant_config=_recipe(precision))
+            elif precision == "int8":
                 q, qc = _static_int8_config()
                 prog = (model.slimkit_lower(data) if slimkit_int8  # litert-torch takes unfolded weights
                         else stock_int8(model, data, batch, q, fold_quantize=False))
@@ -94,7 +112,7 @@ def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifa
         raise ExportError(f"LiteRT conversion failed ({type(e).__name__}: {first_line(e, 160)}); an operator the "
                           "converter does not support is the usual cause") from None
     art = Artifact(Path(path), "litert", precision, batch, "slimkit" if slimkit_int8 else
-                   ("stock" if precision == "int8" else ""))
+                   ("stock" if precision != "fp32" else ""))
     if slimkit_int8:
         with scratch() as d:
             tmp = Path(d) / "m.tflite"
@@ -184,6 +202,8 @@ def version() -> str:
 
 
 register_runtime(Runtime("litert", ".tflite", "LiteRT (TensorFlow Lite), XNNPACK delegate", "ai_edge_litert", PIP,
-                         export, lambda a, threads=1: LiteRTSession(a, threads, True), ops, version))
+                         export, lambda a, threads=1: LiteRTSession(a, threads, True), ops, version,
+                         precisions=PRECISIONS))
 register_runtime(Runtime("litert-builtin", ".tflite", "LiteRT, reference (builtin) kernels", "ai_edge_litert", PIP,
-                         export, lambda a, threads=1: LiteRTSession(a, threads, False), ops, version))
+                         export, lambda a, threads=1: LiteRTSession(a, threads, False), ops, version,
+                         precisions=PRECISIONS))

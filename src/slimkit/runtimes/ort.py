@@ -44,4 +44,4 @@ def _version() -> str:
 
 register_runtime(Runtime("ort", ".onnx", "ONNX Runtime, CPU execution provider", "onnxruntime",
                          "pip install onnxruntime", _export, lambda a, threads=1: _OrtSession(a.path, threads), _ops,
-                         _version))
+                         _version, precisions=("fp32",)))  # ORT's int8 comes from slimkit's quantize techniques

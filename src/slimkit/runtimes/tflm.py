@@ -211,4 +211,4 @@ def version() -> str:
 
 register_runtime(Runtime("tflm", ".tflite", "TensorFlow Lite Micro (microcontrollers), int8, one sample at a time",
                          "tflite_micro", PIP, export, lambda a, threads=1: TFLMSession(a, threads), litert.ops, version,
-                         batch_n=False))
+                         batch_n=False, precisions=("int8",)))
