@@ -609,7 +609,8 @@ def note_coverage(qm: QuantizedModel, ctx: Context) -> None:
 
 
 @register_technique("quantize.int8_static", StaticQuantConfig, needs=("calibration_data",),
-                    summary="int8 static PTQ (per-channel weights, calibrated u8 activations) -> ONNX QDQ int8")
+                    summary="int8 static PTQ (per-channel weights, calibrated u8 activations) -> ONNX QDQ int8, "
+                            "lowered unchanged to LiteRT/TFLM/ExecuTorch")
 def int8_static(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> QuantizedModel:
     """int8 static PTQ: fold BN, (equalize), calibrate, bias-correct, fake-quant model exporting to QDQ."""
     keep = 64 if cfg.calibrator == "auto" or "auto" in cfg.per_layer.values() else 0
@@ -653,7 +654,8 @@ class QATConfig(StaticQuantConfig):
 
 
 @register_technique("quantize.qat", QATConfig, needs=("calibration_data", "train_data", "teacher"),
-                    summary="quantization-aware training (STE, learnable LSQ scales, KD recovery) -> ONNX QDQ int8")
+                    summary="quantization-aware training (STE, learnable LSQ scales, KD recovery) -> ONNX QDQ int8 "
+                            "and the on-device runtimes")
 def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> QuantizedModel:
     """QAT: calibrate like PTQ, then train through the fake-quant ops, then freeze."""
     from ..distill.trainer import recover
