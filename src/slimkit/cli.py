@@ -551,6 +551,7 @@ def _export_runtime(model, data, out: Path, runtime: str, int8: bool, batch: int
     from .load import resolve
     from .runtimes import parse_runtimes
     from .runtimes import tflm as tflm_mod
+    from .runtimes.base import check_int8
 
     rts = parse_runtimes(runtime)
     if len(rts) != 1:
@@ -570,29 +571,19 @@ def _export_runtime(model, data, out: Path, runtime: str, int8: bool, batch: int
     with scratch() as d:
         art = rt.export(lm.model, bundle, Path(d) / f"m{rt.suffix}", precision, batch=batch)
         sess = rt.open(art, 1)
-        split = bundle.test.slice(0, min(64 // batch * batch or batch, len(bundle.test)))
-        with eval_mode(lm.model), torch.no_grad():
-            ref = lm.model(*split.inputs).float().numpy()
-        got = np.concatenate([sess.run(x) for x, _ in split.batches(batch)])[: len(ref)]
         result = {"out": str(out), "runtime": rt.name, "precision": precision, "batch": batch,
                   "size_bytes": art.path.stat().st_size, "ops": rt.ops(art)}
         if precision == "fp32":
+            split = bundle.test.slice(0, min(64 // batch * batch or batch, len(bundle.test)))
+            with eval_mode(lm.model), torch.no_grad():
+                ref = lm.model(*split.inputs).float().numpy()
+            got = np.concatenate([sess.run(x) for x, _ in split.batches(batch)])[: len(ref)]
             err = float(np.max(np.abs(got - ref)))
             result["parity_max_abs_err"] = err
             if err > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
                 raise ExportError(f"{rt.name} output disagrees with PyTorch (max abs err {err:.3g}); nothing written")
-        elif bundle.task == "classification":
-            agree = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
-            result["top1_agreement"] = agree
-            if agree < 0.95:
-                raise ExportError(f"{rt.name} {precision} agrees with PyTorch on only {agree:.1%} of top-1 "
-                                  "predictions; nothing written")
-        else:
-            a, r = got.reshape(len(got), -1), ref.reshape(len(ref), -1)
-            cos = float(np.mean(np.sum(a * r, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1) + 1e-12)))
-            result["cosine"] = cos
-            if cos < 0.99:
-                raise ExportError(f"{rt.name} {precision} output has cosine {cos:.4f} to PyTorch's; nothing written")
+        else:  # top-1 agreement (classification) or cosine (embeddings) with the float model, or one error line
+            result.update(check_int8(sess, lm.model, bundle, f"{rt.name} {precision}"))
         if rt.name == "tflm":
             result["arena_bytes"] = tflm_mod.min_arena(art.path, sess.quantize_input(bundle.test.inputs[0][:1]))
         blob = art.path.read_bytes()

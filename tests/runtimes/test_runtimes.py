@@ -110,20 +110,22 @@ def test_profile_runtimes_cli(digits_mlp):
     assert "vs_same_runtime_fp32" in rows["litert int8"]
 
 
-def test_missing_extra_is_one_line(monkeypatch):
+@pytest.mark.parametrize("package,runtime,extra", [("ai_edge_litert", "litert", "slimkit[litert]"),
+                                                    ("executorch", "executorch", "slimkit[executorch]")])
+def test_missing_extra_is_one_line(monkeypatch, package, runtime, extra):
     import slimkit.runtimes.base as base
 
     real = base.importlib.import_module
 
     def fake(name, *a, **kw):
-        if name == "ai_edge_litert":
+        if name == package:
             raise ImportError(name)
         return real(name, *a, **kw)
 
     monkeypatch.setattr(base.importlib, "import_module", fake)
-    res = CliRunner().invoke(app, ["-q", "profile", "zoo:digits-mlp", "--runtime", "litert"])
+    res = CliRunner().invoke(app, ["-q", "profile", "zoo:digits-mlp", "--runtime", runtime])
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.exit_code == 2 and len(lines) == 1 and "pip install" in lines[0], res.stderr
+    assert res.exit_code == 2 and len(lines) == 1 and "pip install" in lines[0] and extra in lines[0], res.stderr
 
 
 def test_unknown_runtime_is_one_line():

@@ -129,18 +129,3 @@ def test_compress_int8_static_to_litert_tflm_executorch(tmp_path):
         assert rows[lbl]["peak_mem_delta_bytes_b1"] > 0, lbl  # measured in a fresh process per artifact
     assert "(slimkit)" in (out / "report.md").read_text()
 
-
-def test_missing_executorch_is_one_line(monkeypatch):
-    import slimkit.runtimes.base as base
-
-    real = base.importlib.import_module
-
-    def fake(name, *a, **kw):
-        if name == "executorch":
-            raise ImportError(name)
-        return real(name, *a, **kw)
-
-    monkeypatch.setattr(base.importlib, "import_module", fake)
-    res = CliRunner().invoke(app, ["-q", "profile", "zoo:digits-mlp", "--runtime", "executorch"])
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.exit_code == 2 and len(lines) == 1 and "slimkit[executorch]" in lines[0], res.stderr

@@ -72,7 +72,7 @@ def measure_runtimes(model, data: DataBundle, runtimes: Sequence, *, workdir: st
         sess = rt.open(art, threads)
         out = _outputs(sess, data, 1 if not rt.batch_n else 256)
         m = {"runtime": rt.name, "precision": prec, "size_bytes": Path(art.path).stat().st_size, "model": name,
-             "artifact": str(art.path), "quantizer": art.quantizer or ("slimkit" if prec == "int8" else ""),
+             "artifact": str(art.path), "quantizer": art.quantizer,
              "version": rt.version(), "ops": rt.ops(art)}
         m.update(task_metrics(out, data, ref))
         n = min(64, len(ref))

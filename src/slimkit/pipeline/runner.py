@@ -86,7 +86,7 @@ def check_runtime_recipe(recipe: Recipe, runtimes: Sequence) -> list:
     """The on-device runtimes a recipe's result can go to (before any work): slimkit's static int8, QAT and mixed
     precision lower to every runtime; int4 weight-only and dynamic int8 export to ONNX only."""
     runtimes = [rt for rt in runtimes if rt.name != "ort"]
-    bad = [get_technique(t.type) for st in recipe.stages for t in st.techniques if get_technique(t.type).onnx_only]
+    bad = [t for t in (get_technique(s.type) for st in recipe.stages for s in st.techniques) if t.onnx_only]
     if runtimes and bad:
         raise ConfigError(f"recipe {recipe.name} uses {bad[0].onnx_only} ({bad[0].name}), which exports to ONNX only; "
                           f"for {', '.join(r.name for r in runtimes)} use quantize.int8_static, quantize.qat or "

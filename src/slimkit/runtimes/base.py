@@ -1,8 +1,11 @@
 """The runtime contract and registry."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import io
+import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -64,6 +67,33 @@ class Runtime:
             raise LoadError(f"runtime {self.name} needs {self.module}: {self.pip}") from None
 
 
+@contextlib.contextmanager
+def quiet(stdout: bool = True):
+    """Silence what converters and native runtimes print (progress, absl logs, CPU probing, failed allocations) at
+    the file-descriptor level, Python warnings logged through ``logging`` included; ``stdout=False`` keeps stdout."""
+    import logging
+
+    fds = (1, 2) if stdout else (2,)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved = [os.dup(fd) for fd in fds]
+    old = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+        with contextlib.ExitStack() as st:
+            if stdout:
+                st.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            st.enter_context(contextlib.redirect_stderr(io.StringIO()))
+            yield
+    finally:
+        for fd, sv in zip(fds, saved):
+            os.dup2(sv, fd)
+            os.close(sv)
+        os.close(devnull)
+        logging.disable(old)
+
+
 def lowers(model) -> bool:
     """Is ``model`` slimkit's quantized simulation that lowers to an int8 program (``slimkit_lower``)?"""
     return callable(getattr(model, "slimkit_lower", None))
@@ -82,7 +112,7 @@ def calibration_batches(data, batch: int, limit: int = 256):
     ``limit`` samples of the calibration split; a split smaller than one batch is repeated to fill it."""
     calib = data.calib
     n = min(len(calib), limit)
-    idx = torch.arange(max(n, batch) // batch * batch + (batch if max(n, batch) % batch else 0)) % n
+    idx = torch.arange(-(-max(n, batch) // batch) * batch) % n  # whole batches, wrapping around the split
     for i in range(0, len(idx), batch):
         yield tuple(t[idx[i:i + batch]] for t in calib.inputs)
 
@@ -98,15 +128,25 @@ def stock_int8(model, data, batch: int, quantizer, *, fold_quantize: bool = True
     return convert_pt2e(prepared, fold_quantize=fold_quantize)
 
 
+def export_form(model, runtime: str):
+    """(the module to convert, whether it is slimkit's int8 model): slimkit's quantized models lower as they are;
+    ONNX-only ones are refused; other models are finalized (pruning masks made permanent) first."""
+    check_plain(model, runtime)
+    if lowers(model):
+        return model, True
+    finalize = getattr(model, "slimkit_finalize", None)
+    return (finalize() if callable(finalize) else model), False
+
+
 #: an int8 artifact must agree with the model it was made from on this share of top-1 predictions (64 test samples)
 MIN_INT8_AGREEMENT = 0.95
 
 
 @torch.no_grad()
 def check_int8(sess: "Session", model, data, label: str) -> dict:
-    """An int8 artifact against the model it came from (slimkit's simulation, or the float model for a stock
-    quantizer) on up to 64 test samples: top-1 agreement for classification, cosine otherwise. Raises before the
-    caller writes anything."""
+    """A quantized artifact (int8, or a weight format) against the model it came from (slimkit's simulation, or the
+    float model for a stock quantizer) on up to 64 test samples: top-1 agreement for classification, cosine
+    otherwise. Raises before the caller writes anything."""
     from ..core.context import eval_mode
 
     b = getattr(sess, "batch", 1) or 1  # an artifact of a fixed batch runs whole batches

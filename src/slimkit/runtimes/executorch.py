@@ -10,8 +10,6 @@ at other batch sizes ("Attempted to resize a bounded tensor"), so a ``.pte`` is 
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +18,9 @@ import torch
 from ..core.context import eval_mode
 from ..core.errors import ExportError, first_line
 from ..core.io import GENERATED_TAG, atomic_write_bytes
-from .base import Artifact, Runtime, Session, check_int8, check_plain, lowers, register_runtime, stock_int8
+from .base import Artifact, Runtime, Session, check_int8, export_form, quiet, register_runtime, stock_int8
 
 PIP = "pip install 'slimkit[executorch]' (executorch; install torch first)"
-
-
-@contextlib.contextmanager
-def _quiet():
-    """ExecuTorch's C++ runtime logs CPU probing lines on stderr when it starts."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    saved = os.dup(2)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _stock_int8(model, data, batch: int):
@@ -58,20 +42,16 @@ def _program(module, example) -> bytes:
 def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifact:
     """A ``.pte`` for exactly ``batch`` samples; slimkit's quantized models lower with their own int8 numbers."""
     try:
-        with _quiet():  # its import of torchao logs deprecation warnings
+        with quiet(stdout=False):  # its import of torchao logs deprecation warnings
             import executorch.exir  # noqa: F401
     except ImportError:
         raise ExportError(f"runtime executorch needs executorch: {PIP}") from None
-    check_plain(model, "ExecuTorch")
-    slimkit_int8 = lowers(model)
+    model, slimkit_int8 = export_form(model, "ExecuTorch")
     if slimkit_int8:
         precision = "int8"
-    else:
-        finalize = getattr(model, "slimkit_finalize", None)
-        model = finalize() if callable(finalize) else model
     example = data.example_inputs(batch)
     try:
-        with eval_mode(model), torch.no_grad(), _quiet():
+        with eval_mode(model), torch.no_grad(), quiet(stdout=False):
             if precision == "int8":
                 prog = model.slimkit_lower(data, fold_weights=True) if slimkit_int8 else _stock_int8(model, data, batch)
             else:
@@ -101,7 +81,7 @@ class ExecuTorchSession(Session):
     def __init__(self, source, batch: int, threads: int = 1):
         from executorch.runtime import Runtime as ETRuntime
 
-        with _quiet():
+        with quiet(stdout=False):
             from executorch.extension.pybindings import portable_lib
 
             portable_lib._unsafe_reset_threadpool(int(threads))

@@ -12,9 +12,6 @@ artifact is exported for one batch size (batch 1 for the phone case; one more fo
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,32 +20,9 @@ import torch
 from ..core.context import eval_mode
 from ..core.errors import ExportError, first_line
 from ..core.io import GENERATED_TAG, atomic_write_bytes, scratch
-from .base import Artifact, Runtime, Session, check_int8, check_plain, lowers, register_runtime, stock_int8
+from .base import Artifact, Runtime, Session, check_int8, export_form, quiet, register_runtime, stock_int8
 
 PIP = "pip install 'slimkit[litert]' (litert-torch and ai-edge-litert)"
-
-
-@contextlib.contextmanager
-def _quiet():
-    """litert-torch prints progress and absl logs on stdout/stderr; keep the command line's own output clean."""
-    import logging
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    saved = os.dup(1), os.dup(2)
-    old = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-        os.close(devnull)
-        logging.disable(old)
 
 
 def _static_int8_config():
@@ -78,19 +52,15 @@ def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifa
     batch size you run). slimkit's quantized models (int8 static, QAT, mixed precision) lower with their own
     scales and codes (``precision`` is then int8, checked against slimkit's simulation before anything is written);
     a float model is exported in fp32, or in int8 by the stock PT2E quantizer."""
-    with _quiet():
+    with quiet():
         import litert_torch
 
-    check_plain(model, "LiteRT")
-    slimkit_int8 = lowers(model)
+    model, slimkit_int8 = export_form(model, "LiteRT")
     if slimkit_int8:
         precision = "int8"
-    else:
-        finalize = getattr(model, "slimkit_finalize", None)
-        model = finalize() if callable(finalize) else model
     example = data.example_inputs(batch)
     try:
-        with eval_mode(model), torch.no_grad(), _quiet():
+        with eval_mode(model), torch.no_grad(), quiet():
             if precision not in PRECISIONS:
                 raise ExportError(f"LiteRT exports {', '.join(PRECISIONS)}, not {precision!r}")
             if precision in ("int8-dynamic", "int8-weights", "fp16"):
@@ -136,7 +106,7 @@ class LiteRTSession(Session):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         kw = {} if delegate else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-        with _quiet():
+        with quiet():
             self.it = Interpreter(model_path=str(art.path), num_threads=threads, **kw)
             self.it.allocate_tensors()
         self.inp = self.it.get_input_details()
@@ -179,7 +149,7 @@ class LiteRTSession(Session):
 def ops(art: Artifact) -> list[str]:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    with _quiet():
+    with quiet():
         it = Interpreter(model_path=str(art.path),
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     return sorted({o["op_name"] for o in it._get_ops_details()})
@@ -189,7 +159,7 @@ def tensor_types(art: Artifact) -> dict[str, str]:
     """Tensor name -> dtype for the weights and activations of the artifact (int8 checks)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    with _quiet():
+    with quiet():
         it = Interpreter(model_path=str(art.path),
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     return {d["name"]: np.dtype(d["dtype"]).name for d in it.get_tensor_details()}

@@ -27,7 +27,7 @@ def _export(model, data, path, precision: str = "fp32", batch=None) -> Artifact:
     from ..export.onnx import export_artifact
 
     export_artifact(model, data, Path(path))
-    return Artifact(Path(path), "ort", precision)
+    return Artifact(Path(path), "ort", precision, quantizer="slimkit" if precision == "int8" else "")
 
 
 def _ops(art: Artifact) -> list[str]:

@@ -5,9 +5,7 @@ board's RAM and flash; and the C array firmware embeds (``model_data.cc``/``.h``
 a constant), written as TFLM users write it by hand."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +14,7 @@ import numpy as np
 from ..core.errors import ConfigError
 from ..core.io import atomic_write_text
 from . import litert
-from .base import Artifact, Runtime, Session, register_runtime
+from .base import Artifact, Runtime, Session, quiet, register_runtime
 
 PIP = "pip install --pre 'tflite-micro' (or 'slimkit[mcu]')"
 
@@ -56,20 +54,6 @@ def _bytes(s: str) -> int:
         if s.endswith(unit):
             return int(float(s[: -len(unit)]) * mul)
     return int(s)
-
-
-@contextlib.contextmanager
-def _silent_stderr():
-    """TFLM prints every failed allocation of the arena search on stderr."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    saved = os.dup(2)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _interp(path: Path, arena: int):
@@ -112,7 +96,7 @@ class TFLMSession(Session):
     def __init__(self, art: Artifact, threads: int = 1, arena: Optional[int] = None):
         self.art = art
         self.arena = arena or 1024 * 1024
-        with _silent_stderr():
+        with quiet(stdout=False):  # TFLM prints every failed allocation of the arena search
             self.it = _interp(art.path, self.arena)
         self.inp = self.it.get_input_details(0)
         self.out = self.it.get_output_details(0)
