@@ -27,23 +27,30 @@ def _row(name, r, key="accuracy"):
             f"{'yes' if r.get('feasible') or r.get('drop_ok') else 'no'} |")
 
 
-def run(model: str, trials: int, objective: str, max_drop: float) -> str:
+def run(model: str, trials: int, objective: str, max_drop: float, val_from: str = "auto",
+        samplers: tuple = ("tpe", "random")) -> str:
     lm, data = resolve(f"zoo:{model}", None)
-    lines = [f"#### zoo:{model}: {trials} trials, objective {objective}, max drop {max_drop} pt (1 thread; ratios vs "
-             "the original in ONNX Runtime fp32, timed interleaved)", ""]
+    lines = [f"#### zoo:{model}: {trials} trials, objective {objective}, max drop {max_drop} pt, validation from "
+             f"{val_from} (1 thread; ratios vs the original in ONNX Runtime fp32, timed interleaved)", ""]
     results = {}
-    for sampler in ("tpe", "random"):
+    for sampler in samplers:
         with tempfile.TemporaryDirectory() as td:
             t0 = time.perf_counter()
             res = optimize(lm.model, data, out=Path(td) / "o", trials=trials, objective=objective, max_drop=max_drop,
-                           sampler=sampler, references=sampler == "tpe", model_spec=f"zoo:{model}", seed=0)
+                           sampler=sampler, references=sampler == "tpe", model_spec=f"zoo:{model}", seed=0,
+                           val_from=val_from)
             results[sampler] = (res, time.perf_counter() - t0)
-    res, wall = results["tpe"]
+            if sampler == samplers[0]:
+                import json
+
+                orig_val = json.loads((Path(td) / "o" / "pareto.json").read_text())["original"]["val"]
+    res, wall = results[samplers[0]]
     orig = next(iter(res.trials), {})
     lines += ["| candidate | val | test | ORT b1 | ORT bN | size | within max drop (val) |",
               "|---|---|---|---|---|---|---|"]
     meter_orig = res.report.get("baseline", {}) if res.report else {}
-    lines.append(f"| original | | {100 * meter_orig.get('accuracy', float('nan')):.2f}% | 1.000x | 1.000x | 1.000x | |")
+    lines.append(f"| original | {100 * orig_val:.2f}% | {100 * meter_orig.get('accuracy', float('nan')):.2f}% | 1.000x "
+                 "| 1.000x | 1.000x | |")
     for ref in res.references:
         if ref.get("state") == "COMPLETE":
             lines.append(_row(f"built-in {ref['name']}", ref))
@@ -51,8 +58,8 @@ def run(model: str, trials: int, objective: str, max_drop: float) -> str:
             lines.append(f"| built-in {ref['name']} | did not apply: {ref.get('reason', '')[:80]} | | | | | |")
     for p in res.front:
         lines.append(_row(f"front: trial {p['number']} {p['name']}", p))
-    best_r = choose(results["random"][0].trials)
-    lines.append(_row(f"**chosen (TPE)**: trial {res.best['number']} {res.best['name']}", res.best))
+    best_r = choose(results["random"][0].trials) if "random" in results else None
+    lines.append(_row(f"**chosen ({samplers[0]})**: trial {res.best['number']} {res.best['name']}", res.best))
     if best_r:
         lines.append(_row(f"chosen (random search): trial {best_r['number']} {best_r['name']}", best_r))
     comp = res.report["ratios"] if res.report else {}
@@ -91,7 +98,7 @@ def run_nas(model: str, trials: int, objective: str, max_drop: float) -> str:
         res = optimize(lm.model, data, out=Path(td) / "o", trials=trials, objective=objective, max_drop=max_drop,
                        space=space, references=False, model_spec=f"zoo:{model}", seed=0)
         wall = time.perf_counter() - t0
-        search, report = carve_validation(data, 0.2, 0)
+        search, report, _ = carve_validation(data, None, 0, "auto")
         meter = Meter(lm.model, search, report, "ort", workdir=Path(td) / "m")
         teacher = copy.deepcopy(lm.model).eval()
         rows = []
@@ -128,12 +135,14 @@ def main() -> None:
     ap.add_argument("--objective", default="latency_bN")
     ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--nas", action="store_true", help="the width-NAS study vs the distill-student recipe instead")
+    ap.add_argument("--val-from", default="auto", help="auto | train | test | val (slimkit optimize --val-from)")
+    ap.add_argument("--samplers", default="tpe,random")
     a = ap.parse_args()
     for m in a.models.split(","):
         if a.nas:
             print(run_nas(m, a.trials, a.objective, a.max_drop), flush=True)
             continue
-        print(run(m, a.trials, a.objective, a.max_drop), flush=True)
+        print(run(m, a.trials, a.objective, a.max_drop, a.val_from, tuple(a.samplers.split(","))), flush=True)
         print()
 
 

@@ -703,8 +703,15 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
              sampler: str = typer.Option("tpe", "--sampler", help="tpe, nsga2 or random (the baseline to beat)."),
              variants: int = typer.Option(0, "--variants", help="Export K models along the front to OUT/variants "
                                                                 "with manifest.json and the on-device selector."),
-             val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the training split carved "
-                                                                            "off to decide on (0.05-0.5)."),
+             val_from: str = typer.Option("auto", "--val-from", help="Where the validation split the choice is made "
+                                                                     "on comes from: val (the data's own x_val/y_val "
+                                                                     "or ROOT/val), train (carved from the training "
+                                                                     "split, which the original was trained on), test "
+                                                                     "(carved from the test split, figures stated on "
+                                                                     "the rest); auto: val if given, else train."),
+             val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Share of that split carved off "
+                                                                                   "to decide on (0.05-0.5; default "
+                                                                                   "0.2 of train, 0.5 of test)."),
              references: bool = typer.Option(True, "--references/--no-references",
                                              help="Measure the built-in recipes beside the search (reference points "
                                                   "of the front)."),
@@ -722,7 +729,7 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
 
     Candidates are recipes (prune -> factorize -> KD recovery -> quantize) drawn from every registered technique
     that declares tunable fields; each is built, exported and timed interleaved with the original. The choice is
-    made on a validation split of the training data; the front and the report state held-out test figures. The
+    made on a validation split (--val-from), the front and the report state held-out test figures. The
     study is kept in OUT/study.journal: run the same command again to continue it (after a kill, at most the trial
     in flight is lost).
 
@@ -742,8 +749,12 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
     seconds = _duration(time_limit)
     if not isinstance(workers, int) or not 1 <= workers <= max(1, 4 * (os.cpu_count() or 1)):
         raise ConfigError(f"--workers {workers} is outside 1..{4 * (os.cpu_count() or 1)}")
-    if not 0.05 <= val_fraction <= 0.5:
+    if val_fraction is not None and not 0.05 <= val_fraction <= 0.5:
         raise ConfigError(f"--val-fraction {val_fraction} must be within 0.05..0.5")
+    from .search.planner import VAL_SOURCES
+
+    if val_from not in VAL_SOURCES:
+        raise ConfigError(f"--val-from {val_from!r} is not one of {', '.join(VAL_SOURCES)}")
     _check_out(out, inputs)
     _options(threads, batch, runs)
     SearchSpace.from_registry(space, runtime=runtime)
@@ -771,7 +782,7 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
         res = run(lm.model, bundle, out=out, max_drop=max_drop, objective=objective, budget=budget, runtime=runtime,
                   trials=trials, time_limit=seconds, seed=seed, storage=storage, space=space, sampler=sampler,
                   variants=variants, threads=threads, batch=batch, runs=runs, references=references,
-                  val_fraction=val_fraction, model_spec=model, command=_command_line(), inputs=inputs, board=brd, worker=worker,
+                  val_fraction=val_fraction, val_from=val_from, model_spec=model, command=_command_line(), inputs=inputs, board=brd, worker=worker,
                   wait_for=wait_for)
     finally:
         for h in helpers:

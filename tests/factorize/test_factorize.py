@@ -47,6 +47,21 @@ def test_full_rank_is_exact_and_error_grows_as_rank_drops():
     torch.testing.assert_close(tucker2_conv(conv1, 16, 4)(x1), conv1(x1), atol=1e-5, rtol=1e-4)
 
 
+def test_tucker_ranks_that_bound_each_other_are_trimmed_not_a_crash():
+    """Asking (16, 4) of a Conv1d(12 -> 16, k=3) (a pruned layer in a planner trial): the output factor comes from
+    an (o, r_in * k) = (16, 12) unfolding, so rank 16 has no vectors to fill it; the factorization keeps 12 and
+    still runs, close to the layer."""
+    torch.manual_seed(0)
+    conv, x = nn.Conv1d(12, 16, 3, padding=1), torch.randn(4, 12, 30)
+    f = tucker2_conv(conv, 16, 4)
+    assert f[1].out_channels == 12 and f[1].in_channels == 4
+    assert f(x).shape == conv(x).shape
+    low = tucker2_conv(conv, 3, 12)  # the other way round: r_in <= r_out * k = 9
+    assert low[1].in_channels == 9 and low(x).shape == conv(x).shape
+    full = tucker2_conv(conv, 16, 12)
+    torch.testing.assert_close(full(x), conv(x), atol=1e-4, rtol=1e-4)
+
+
 def test_depthwise_separable_is_exact_for_a_separable_kernel_and_exports(tmp_path):
     g = torch.Generator().manual_seed(1)
     conv = nn.Conv2d(6, 10, 3, padding=1)

@@ -59,6 +59,27 @@ def test_int8_onnx_matches_fake_quant_model_tightly(digits_cnn, digits, tmp_path
     assert qm.info["parity_qdq_reference"]["ok"]
 
 
+def test_tight_qdq_check_refuses_a_file_whose_arithmetic_differs(digits_cnn, digits, tmp_path):
+    """The exported QDQ arithmetic is compared with the simulation: the file as written passes; the same file with
+    one weight's dequantization scale off by 30% (a file that no longer computes what was simulated) fails."""
+    from onnx import numpy_helper
+
+    from slimkit.quantize.static import _qdq_parity, export_qdq
+
+    qm = int8_static(digits_cnn, StaticQuantConfig(calibrator="minmax"), Context(data=digits))
+    export_qdq(qm, digits, tmp_path / "q.onnx", check=False)
+    good = _qdq_parity(qm, (tmp_path / "q.onnx").read_bytes(), digits)
+    assert good.ok, good
+    m = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: i for i in m.graph.initializer}
+    dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+              and inits[n.input[0]].data_type == onnx.TensorProto.INT8)
+    scale = inits[dq.input[1]]
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 1.3, scale.name))
+    bad = _qdq_parity(qm, m.SerializeToString(), digits)
+    assert not bad.ok, bad
+
+
 def test_full_range_weights_saturate_on_avx2_and_parity_catches_it(digits_cnn, digits, tmp_path):
     from slimkit.evaluate.environment import cpu_info
     from slimkit.core.errors import ExportError

@@ -120,6 +120,40 @@ def test_budget_parser():
             parse_budget(bad)
 
 
+def _rows(split):
+    return {tuple(r) for r in split.inputs[0].reshape(len(split), -1).tolist()}
+
+
+def test_validation_sources_never_overlap_what_trains_or_what_is_reported(digits, tmp_path):
+    """train: the validation rows leave the training split; test: they leave the test split and the figures are
+    stated on the rest; val: the data's own validation split (npz x_val/y_val) is used as it is."""
+    import numpy as np
+
+    from slimkit.search.planner import carve_validation
+    from slimkit.zoo.data import from_npz
+
+    for source, pool in (("train", digits.train), ("test", digits.test)):
+        search, report, about = carve_validation(digits, None, 0, source)
+        val, train, stated = _rows(search.test), _rows(search.train), _rows(report.test)
+        assert about["source"] == source and len(search.test) == about["samples"]
+        assert val <= _rows(pool) and not val & train and not val & stated
+        assert _rows(report.train) == train  # best/ is rebuilt on the rows the trials trained on
+        assert len(search.test) == round(len(pool) * (0.2 if source == "train" else 0.5))
+    assert len(carve_validation(digits, None, 0, "test")[1].test) == len(digits.test) - 180
+    assert carve_validation(digits, None, 0, "auto")[2]["source"] == "train"  # no validation split of its own
+    f = tmp_path / "d.npz"
+    x, y = digits.train.inputs[0].numpy(), digits.train.targets.numpy()
+    np.savez(f, x=x[:1000], y=y[:1000], x_val=x[1000:], y_val=y[1000:], x_test=digits.test.inputs[0].numpy(),
+             y_test=digits.test.targets.numpy())
+    bundle = from_npz(str(f))
+    search, report, about = carve_validation(bundle, None, 0, "auto")
+    assert about["source"] == "val" and len(search.test) == len(x) - 1000 and len(search.train) == 1000
+    assert len(report.test) == len(digits.test)
+    np.savez(f, x=x, y=y, x_val=x[:5])
+    with pytest.raises(Exception, match="x_val is given without x_test"):
+        from_npz(str(f))
+
+
 # --------------------------------------------------------------------------- CLI: refusals, resume, workers
 
 def _cli(*args):
@@ -136,6 +170,8 @@ def _cli(*args):
     (["--variants", "1"], "--variants 1"),
     (["--space", "quantize.int9"], "unknown technique"),
     (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the database|cannot open the study"),
+    (["--val-from", "dev"], "--val-from 'dev' is not one of"),
+    (["--val-from", "val"], "has no validation split"),
 ])
 def test_refusals_are_one_line_before_work(tmp_path, args, msg):
     code, text = _cli("optimize", "zoo:digits-cnn", "--out", tmp_path / "o", "--trials", 1, "--no-references", *args)

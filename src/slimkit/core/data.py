@@ -73,6 +73,9 @@ class DataBundle:
     num_classes: Optional[int] = None
     description: str = ""
     augment: Optional[str] = None  # label-preserving augmentation recovery training may use: shift2d | shift1d
+    #: a validation split the user's model was not trained on (npz ``x_val``/``y_val``, folder ``ROOT/val``): the
+    #: planner decides on it when given (``slimkit optimize --val-from``)
+    val: Optional[DataSplit] = None
 
     def __post_init__(self) -> None:
         if self.calib is None and self.train is not None:
@@ -83,7 +86,7 @@ class DataBundle:
             self.calib = self.test
         if len(self.input_names) != len(self.test.inputs):
             raise DataError(f"{self.name}: {len(self.input_names)} input names for {len(self.test.inputs)} inputs")
-        for split_name, split in (("train", self.train), ("test", self.test)):
+        for split_name, split in (("train", self.train), ("test", self.test), ("val", self.val)):
             if split is None:
                 continue
             for t in split.inputs:

@@ -148,6 +148,12 @@ def tucker2_conv(conv: nn.Module, r_out: int, r_in: int, sweeps: int = 5) -> "Fa
     if not (1 <= r_out <= lo and 1 <= r_in <= li):
         raise ConfigError(f"Tucker ranks ({r_out}, {r_in}) are outside 1..{lo} / 1..{li} for this convolution")
     o, i = conv.out_channels, conv.in_channels
+    # the two ranks bound each other: HOOI takes the output factor from an (o, r_in * k) unfolding and the input
+    # factor from an (i, r_out * k) one, so a larger rank has no singular vectors to fill it (a pruned Conv1d with
+    # 12 inputs asked for (16, 4) at k = 3); the extra rank would carry nothing, so it is dropped
+    k = math.prod(conv.kernel_size)
+    r_out = min(r_out, r_in * k)
+    r_in = min(r_in, r_out * k)
     w = conv.weight.detach().double()
     u_out, core, u_in = tucker2(w, r_out, r_in, sweeps)
     ones = (1,) * (w.dim() - 2)

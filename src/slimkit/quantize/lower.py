@@ -55,8 +55,8 @@ class QDQ(nn.Module):
 
 class QDQLayer(nn.Module):
     """A quantized Conv/Linear: its int8 weight codes (per output channel) dequantized into the float op, with the
-    input and output quantizers slimkit placed around it. The bias stays float: the converters quantize it to
-    int32 on the grid s_x * s_w, which slimkit's simulation already rounds to."""
+    input and output quantizers slimkit placed around it. The bias is the simulation's (already on the int32 grid
+    s_x * s_w, :meth:`QuantLayer.sim_bias`), in float: the converters quantize it to those same codes."""
 
     def __init__(self, ql: QuantLayer, name: str, fold: bool = False):
         super().__init__()
@@ -79,6 +79,8 @@ class QDQLayer(nn.Module):
                              if fold else w.clone())
         self.input_q = QDQ.of(ql.input_quant) if isinstance(ql, InputQuantLayer) and ql.input_quant.mode == "quant" \
             else None
+        b = ql.sim_bias(ql.input_quant if isinstance(ql, InputQuantLayer) else ql.__dict__.get("_input_aq"))
+        self.register_buffer("b", None if b is None else b.detach().clone())
         oq = getattr(ql, "output_quant", None)
         self.output_q = QDQ.of(oq) if oq is not None and oq.mode == "quant" else None
 
@@ -89,7 +91,7 @@ class QDQLayer(nn.Module):
         codes = self.w if self.fold else q.quantize_per_channel(self.w, self.w_scale, self.w_zp, 0, -127, 127,
                                                                  torch.int8)
         w = q.dequantize_per_channel(codes, self.w_scale, self.w_zp, 0, -127, 127, torch.int8)
-        y = QuantLayer._run(self, x, w, self.layer.bias)
+        y = QuantLayer._run(self, x, w, self.b)
         return y if self.output_q is None else self.output_q(y)
 
 

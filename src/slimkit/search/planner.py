@@ -122,25 +122,57 @@ def parse_budget(text: str) -> list[Limit]:
 
 # ----------------------------------------------------------------------------------------------- data splits
 
-def carve_validation(data: DataBundle, fraction: float, seed: int) -> tuple[DataBundle, DataBundle]:
-    """(search, report): the search bundle trains on the training split minus a seeded validation share and
-    scores on that share; the report bundle trains on the same rows and scores on the untouched test split."""
+VAL_SOURCES = ("auto", "val", "train", "test")
+
+
+def carve_validation(data: DataBundle, fraction: Optional[float], seed: int,
+                     source: str = "auto") -> tuple[DataBundle, DataBundle, dict]:
+    """(search, report, about): the search bundle trains candidates and scores them on the validation split (the
+    decision); the report bundle trains on the same rows and scores on a disjoint held-out split (stated only).
+
+    ``source``: ``val`` (the bundle's own validation split, which the user's model was not trained on), ``train`` (a
+    seeded ``fraction`` of the training split, default 0.2: the original was usually trained on those rows, so its
+    validation figure is optimistic and saturates on easy data), ``test`` (a seeded ``fraction`` of the test split,
+    default 0.5, reported on the rest: both halves are unseen by the original and by every candidate), ``auto``
+    (``val`` when the bundle has one, else ``train``). ``about`` says which, for the report."""
+    if source not in VAL_SOURCES:
+        raise ConfigError(f"--val-from {source!r} is not one of {', '.join(VAL_SOURCES)}")
+    if source == "auto":
+        source = "val" if data.val is not None else "train"
+    if source == "val" and data.val is None:
+        raise ConfigError(f"--val-from val: {data.name} has no validation split (npz: save x_val/y_val; image "
+                          "folder: ROOT/val/<class>); or use --val-from train|test")
     if data.train is None or len(data.train) < 10:
-        raise ConfigError(f"optimize needs training data to carve a validation split from; {data.name} has "
-                          f"{0 if data.train is None else len(data.train)} training samples")
-    n = len(data.train)
-    k = max(1, int(round(n * fraction)))
+        raise ConfigError(f"optimize needs training data to recover candidates on (and to carve a validation split "
+                          f"from); {data.name} has {0 if data.train is None else len(data.train)} training samples")
     g = torch.Generator().manual_seed(10_007 + seed)
-    perm = torch.randperm(n, generator=g)
-    train, val = data.train.take(perm[k:]), data.train.take(perm[:k])
+    train, test = data.train, data.test
+    if source == "val":
+        val = data.val
+        note = "the data's own validation split"
+    else:
+        frac = fraction if fraction is not None else (0.5 if source == "test" else 0.2)
+        pool = data.train if source == "train" else data.test
+        if len(pool) < 10:
+            raise ConfigError(f"--val-from {source}: the {source} split of {data.name} has only {len(pool)} samples")
+        k = max(1, int(round(len(pool) * frac)))
+        perm = torch.randperm(len(pool), generator=g)
+        val, rest = pool.take(perm[:k]), pool.take(perm[k:])
+        if source == "train":
+            train = rest
+            note = (f"{k} samples carved from the training split, which the original was trained on: its validation "
+                    "figure is optimistic (give a validation split, or --val-from test)")
+        else:
+            test = rest
+            note = f"{k} samples carved from the test split; the figures stated come from the other {len(rest)}"
     m = min(len(train), 256)
     calib = train.take(torch.randperm(len(train), generator=g)[:m])
     common = dict(input_names=data.input_names, dynamic_axes=data.dynamic_axes, num_classes=data.num_classes,
                   augment=data.augment)
     search = DataBundle(data.name, data.task, train, val, calib=calib,
-                        description=f"{data.name}: validation share of the training split ({k} samples)", **common)
-    report = DataBundle(data.name, data.task, train, data.test, calib=calib, description=data.description, **common)
-    return search, report
+                        description=f"{data.name}: validation split ({len(val)} samples, {source})", **common)
+    report = DataBundle(data.name, data.task, train, test, calib=calib, description=data.description, **common)
+    return search, report, {"source": source, "samples": len(val), "test_samples": len(test), "note": note}
 
 
 def fingerprint_model(model: nn.Module) -> str:
@@ -213,7 +245,8 @@ def optimize(model: nn.Module, data: DataBundle, *, out: str | os.PathLike, max_
              objective: str = "latency_b1", budget: str = "", runtime: str = "ort", trials: int = 20,
              time_limit: Optional[float] = None, seed: int = 0, storage: Optional[str] = None, space: Any = None,
              sampler: str = "tpe", variants: int = 0, threads: int = 1, batch: Optional[int] = None, runs: int = 30,
-             references: bool = True, val_fraction: float = 0.2, model_spec: str = "", command: str = "",
+             references: bool = True, val_fraction: Optional[float] = None, val_from: str = "auto",
+             model_spec: str = "", command: str = "",
              inputs: Sequence = (), board=None, worker: int = 0, finish: bool = True,
              wait_for=None) -> OptimizeResult:
     """Search compressed versions of ``model`` under the budget and write the result to ``out`` (see the module
@@ -253,8 +286,12 @@ def optimize(model: nn.Module, data: DataBundle, *, out: str | os.PathLike, max_
         raise ConfigError(f"--sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
     if not isinstance(variants, int) or variants < 0 or variants == 1 or variants > 16:
         raise ConfigError(f"--variants {variants!r}: give 0 (none) or 2..16 models along the front")
-    if not 0.05 <= val_fraction <= 0.5:
+    if val_fraction is not None and not 0.05 <= val_fraction <= 0.5:
         raise ConfigError(f"val_fraction {val_fraction} must be within 0.05..0.5")
+    if val_from not in VAL_SOURCES:
+        raise ConfigError(f"--val-from {val_from!r} is not one of {', '.join(VAL_SOURCES)}")
+    if val_from == "val" and data.val is None:
+        carve_validation(data, val_fraction, seed, val_from)  # the one-line refusal, before any work
     limits = parse_budget(budget)
     for lim in limits:
         if lim.key == "ram" and runtime == "litert":
@@ -273,7 +310,8 @@ def optimize(model: nn.Module, data: DataBundle, *, out: str | os.PathLike, max_
         return _optimize(model, data, out_dir, sp=sp, max_drop=float(max_drop), objective=objective, limits=limits,
                          rt=rt, trials=trials, time_limit=time_limit, seed=seed, storage=storage,
                          sampler=sampler, variants=variants, threads=threads, batch=batch, runs=runs,
-                         references=references, val_fraction=val_fraction, model_spec=model_spec,
+                         references=references, val_fraction=val_fraction, val_from=val_from,
+                         model_spec=model_spec,
                          command=command, board=board, worker=worker, finish=finish,
                          wait_for=wait_for)
 
@@ -292,7 +330,8 @@ def _check_out(out, inputs) -> Path:
 
 
 def _optimize(model, data, out_dir: Path, *, sp, max_drop, objective, limits, rt, trials, time_limit, seed, storage,
-              sampler, variants, threads, batch, runs, references, val_fraction, model_spec, command, board, worker,
+              sampler, variants, threads, batch, runs, references, val_fraction, val_from, model_spec, command,
+              board, worker,
               finish, wait_for=None) -> OptimizeResult:
     import optuna
 
@@ -301,7 +340,9 @@ def _optimize(model, data, out_dir: Path, *, sp, max_drop, objective, limits, rt
     sweep_stale(out_dir, out_dir.parent)
     identity = {"model": fingerprint_model(model), "data": fingerprint_data(data), "space": sp.fingerprint(),
                 "objective": objective, "runtime": rt.name, "max_drop": max_drop,
-                "budget": [lim.text for lim in limits], "seed": seed, "val_fraction": val_fraction}
+                "budget": [lim.text for lim in limits], "seed": seed, "val_fraction": val_fraction,
+                "val_from": "val" if val_from == "auto" and data.val is not None else
+                "train" if val_from == "auto" else val_from}
     st, where = open_storage(storage, out_dir)
     study = _open_study(st, where, identity, sampler, seed + worker * 7919, trials)
     if not is_slimkit_folder(out_dir):
@@ -310,7 +351,7 @@ def _optimize(model, data, out_dir: Path, *, sp, max_drop, objective, limits, rt
     if worker == 0 and storage is None:
         _fail_dead_trials(study, st)
 
-    search, report_data = carve_validation(data, val_fraction, seed)
+    search, report_data, about_val = carve_validation(data, val_fraction, seed, val_from)
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -356,8 +397,9 @@ def _optimize(model, data, out_dir: Path, *, sp, max_drop, objective, limits, rt
                  "references": [_plot_point(r, objective, meter.key) for r in refs if r.get("state") == "COMPLETE"],
                  "planner": {"trials": len(done), "chosen": best["number"], "max_drop": max_drop,
                              "budget": [lim.text for lim in limits], "runtime": rt.name, "sampler": sampler,
-                             "validation_samples": len(search.test), "decided_on": "validation split of the "
-                             "training data; the figures stated come from the held-out test split"}}
+                             "validation_samples": len(search.test), "validation_source": about_val["source"],
+                             "decided_on": f"validation split: {about_val['note']}; the figures stated come from "
+                             f"held-out data ({about_val['test_samples']} samples)"}}
         res = compress(model, recipe, report_data, out=out_dir / "best", model_spec=model_spec, threads=threads,
                        batch=batch, runs=runs, seed=seed, runtimes=[rt] if rt.name != "ort" else (),
                        board=board, command=command, extra_report=extra)
@@ -432,6 +474,7 @@ def _run_trials(study, sp, c, trials, time_limit, out_dir, meter, identity, refs
         trial = study.ask()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         t0 = time.perf_counter()
+        recipe = None
         try:
             recipe, prec = sp.sample(trial, c["seed"])
             trial.set_user_attr("recipe", recipe.to_dict())
@@ -442,7 +485,8 @@ def _run_trials(study, sp, c, trials, time_limit, out_dir, meter, identity, refs
         except Unpromising as e:
             trial.set_user_attr("reason", str(e))
             study.tell(trial, state=TrialState.PRUNED)
-            headline(f"trial {trial.number}: stopped early ({e})")
+            headline(f"trial {trial.number}{' ' + recipe.name if recipe and recipe.stages else ''}: stopped early "
+                     f"({e})")
         except KeyboardInterrupt:
             trial.set_user_attr("reason", "interrupted")
             trial.set_user_attr("interrupted", True)
@@ -451,7 +495,7 @@ def _run_trials(study, sp, c, trials, time_limit, out_dir, meter, identity, refs
         except (SlimkitError, RuntimeError, ValueError) as e:
             trial.set_user_attr("reason", f"{type(e).__name__}: {first_line(e, 200)}")
             study.tell(trial, state=TrialState.FAIL)
-            headline(f"trial {trial.number}: failed ({first_line(e, 120)})")
+            headline(f"trial {trial.number}{' ' + recipe.name if recipe else ''}: failed ({first_line(e, 120)})")
         else:
             m["seconds"] = round(time.perf_counter() - t0, 2)
             for k, v in m.items():
@@ -628,6 +672,7 @@ def _write_summary(out_dir: Path, rows, front, best, refs, meter: Meter, identit
          "original": {"val": meter.original["val"], "test": meter.original["test"]},
          "front": [_slim(r) for r in front], "chosen": None if best is None else _slim(best),
          "references": [_slim(r) | {"dominated_by": r.get("dominated_by", [])} for r in refs_out],
+         "validation_from": identity.get("val_from"),
          "note": "decided on the validation split (val); test is the held-out split, stated only"}, indent=1))
 
 

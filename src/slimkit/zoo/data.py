@@ -120,7 +120,8 @@ def _split_xy(x: np.ndarray, y: Optional[np.ndarray], name: str, test_fraction=0
 def from_npz(path: str) -> DataBundle:
     p = Path(path)
     if not p.is_file():
-        raise LoadError(f"npz file not found: {p}; expected arrays x and y (optionally x_test, y_test)")
+        raise LoadError(f"npz file not found: {p}; expected arrays x and y (optionally x_test, y_test, x_val, "
+                        "y_val)")
     try:
         z = np.load(p, allow_pickle=False)
         keys = set(z.files)
@@ -137,10 +138,21 @@ def from_npz(path: str) -> DataBundle:
         x, xt = inputs_tensor(arrays["x"], f"{p.name}: x"), inputs_tensor(arrays["x_test"], f"{p.name}: x_test")
         y = labels(arrays["y"], f"{p.name}: y") if "y" in keys else None
         yt = labels(arrays["y_test"], f"{p.name}: y_test") if "y_test" in keys else None
-        ncls = max(int(y.max()) if y is not None and len(y) else -1, int(yt.max()) if yt is not None and len(yt) else -1) + 1
+        val = None
+        if "x_val" in keys:
+            xv = inputs_tensor(arrays["x_val"], f"{p.name}: x_val")
+            yv = labels(arrays["y_val"], f"{p.name}: y_val") if "y_val" in keys else None
+            if (yv is None) != (y is None):
+                raise DataError(f"{p.name}: x_val needs y_val exactly when x has labels y")
+            val = DataSplit(xv, yv)
+        ncls = max([int(t.max()) if t is not None and len(t) else -1
+                    for t in (y, yt, None if val is None else val.targets)]) + 1
         return DataBundle(p.stem, "classification" if y is not None else "embedding",
                           DataSplit(x, y), DataSplit(xt, yt),
-                          num_classes=ncls if y is not None else None)
+                          num_classes=ncls if y is not None else None, val=val)
+    if "x_val" in keys:
+        raise DataError(f"{p.name}: x_val is given without x_test; save x/y (training), x_val/y_val and "
+                        "x_test/y_test")
     return _split_xy(arrays["x"], arrays["y"] if "y" in keys else None, p.stem)
 
 
@@ -181,8 +193,12 @@ def from_folder(path: str, size: Optional[int] = None) -> DataBundle:
     if (root / "train").is_dir() and (root / "test").is_dir():
         x, y, classes = read(root / "train")
         xt, yt, _ = read(root / "test", classes)
+        val = None
+        if (root / "val").is_dir():
+            xv, yv, _ = read(root / "val", classes)
+            val = DataSplit(torch.tensor(xv), torch.tensor(yv))
         return DataBundle(root.name, "classification", DataSplit(torch.tensor(x), torch.tensor(y)),
-                          DataSplit(torch.tensor(xt), torch.tensor(yt)), num_classes=len(classes))
+                          DataSplit(torch.tensor(xt), torch.tensor(yt)), num_classes=len(classes), val=val)
     x, y, classes = read(root)
     return _split_xy(x, y, root.name)
 
