@@ -373,12 +373,10 @@ def _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, a
     from .runtimes import parse_runtimes
     from .runtimes.tflm import board as parse_board
 
+    from .runtimes.base import parse_precisions
+
     rts = parse_runtimes(runtime)  # installed? (before any work)
-    precs = [p.strip() for p in precision.split(",") if p.strip()] if precision else None
-    for p in precs or ():
-        if not any(p in rt.precisions for rt in rts):
-            raise ConfigError(f"--precision {p}: none of {', '.join(r.name for r in rts)} exports it; they export "
-                              + "; ".join(f"{r.name}: {', '.join(r.precisions)}" for r in rts))
+    precs = parse_precisions(precision, rts)
     b = parse_board(board) if board else None
     _start()
     lm, bundle = resolve(model, data, trust_pickle=trust_pickle)
@@ -625,6 +623,10 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
                                                                   "always)."),
              board: Optional[str] = typer.Option(None, "--board", help="For tflm: cortex-m4, cortex-m7, esp32-s3 or "
                                                                        "ram=256KB,flash=1MB."),
+             precision: Optional[str] = typer.Option(None, "--precision", help="With --runtime litert and a float "
+                                                     "recipe: weight formats to write and measure beside fp32 and "
+                                                     "int8 (comma-separated: int8-dynamic, int8-weights, fp16), e.g. "
+                                                     "model_fp16.tflite."),
              dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe, the output folder and the "
                                                                    "options, print the resolved stages, run nothing."),
              as_json: bool = typer.Option(False, "--json", help="Print report.json's content instead of the summary."),
@@ -656,7 +658,7 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
     _options(threads, batch, runs)
     from .pipeline.runner import check_runtime_recipe
 
-    rts = check_runtime_recipe(rec, _runtimes_arg(runtime))
+    rts = check_runtime_recipe(rec, _runtimes_arg(runtime), precision)
     brd = _board_arg(board)
     if dry_run:
         _print_recipe(rec, as_json)
@@ -668,7 +670,8 @@ def compress(model: str = typer.Argument(..., help="MODEL spec."),
     if lm.model is None:
         raise SlimkitError("compress needs a PyTorch model, not an ONNX file")
     res = run(lm.model, rec, bundle, out=out_dir, model_spec=model, threads=threads, batch=batch, runs=runs, seed=seed,
-              checkpoint_dir=checkpoint_dir, inputs=inputs, command=_command_line(), runtimes=rts, board=brd)
+              checkpoint_dir=checkpoint_dir, inputs=inputs, command=_command_line(), runtimes=rts, board=brd,
+              precisions=precision)
     _done(res.report, out_dir, as_json, open_page)
 
 

@@ -143,25 +143,36 @@ def test_compress_to_every_runtime(tmp_path, digits_mlp):
                    "    finetune: {method: kd, epochs: 2}\n")
     out = tmp_path / "o"
     res = CliRunner().invoke(app, ["-q", "compress", "zoo:digits-mlp", "--recipe", str(rec), "--out", str(out),
-                                   "--runtime", "litert,tflm", "--board", "cortex-m4", "--runs", "20", "--batch", "32"])
+                                   "--runtime", "litert,tflm", "--board", "cortex-m4", "--runs", "20", "--batch", "32",
+                                   "--precision", "fp16"])
     assert res.exit_code == 0, res.stderr
-    for f in ("model.onnx", "model.tflite", "model_int8.tflite", "model_data.cc", "model_data.h", "report.html"):
+    for f in ("model.onnx", "model.tflite", "model_int8.tflite", "model_fp16.tflite", "model_data.cc",
+              "model_data.h", "report.html"):
         assert (out / f).is_file(), f
+    # the weight format asked for is written from the compressed model and measured like the others
+    assert (out / "model_fp16.tflite").stat().st_size < 0.6 * (out / "model.tflite").stat().st_size
     assert parse_c_array((out / "model_data.cc").read_text()) == (out / "model_int8.tflite").read_bytes()
     rep = json.loads((out / "report.json").read_text())
     rows = rep["runtimes"]["rows"]
     assert {"baseline: ort fp32", "compressed: litert int8", "compressed: tflm int8"} <= set(rows)
     assert rows["compressed: litert int8"]["accuracy"] >= rows["baseline: ort fp32"]["accuracy"] - 0.03
+    assert rows["compressed: litert fp16"]["accuracy"] >= rows["compressed: litert fp32"]["accuracy"] - 0.01
+    assert "baseline: litert fp16" in rows and "compressed: tflm fp16" not in rows
     assert rows["compressed: tflm int8"]["arena_bytes"] < rows["baseline: tflm int8"]["arena_bytes"] * 1.01
     assert any("TFLM (compressed): fits cortex-m4" in v for v in rep["verdicts"])
     html = (out / "report.html").read_text()
     assert 'id="runtimes"' in html and 'data-figure="runtimes"' in html
 
 
-def test_onnx_only_quantizer_to_litert_is_refused_before_work(tmp_path):
-    res = CliRunner().invoke(app, ["-q", "compress", "zoo:digits-mlp", "--recipe", "int8-dynamic", "--out",
-                                   str(tmp_path / "o"), "--runtime", "litert"])
-    assert res.exit_code == 2 and "exports to ONNX only" in res.stderr and not (tmp_path / "o").exists()
+@pytest.mark.parametrize("args, msg", [
+    (["--recipe", "int8-dynamic", "--runtime", "litert"], "exports to ONNX only"),
+    (["--recipe", "int8-static", "--runtime", "litert", "--precision", "fp16"], "quantizes already"),
+    (["--recipe", "prune-structured-50", "--precision", "fp16"], "add --runtime litert"),
+    (["--recipe", "prune-structured-50", "--runtime", "tflm", "--precision", "fp16"], "none of tflm exports it"),
+])
+def test_runtime_recipe_mismatch_is_refused_before_work(tmp_path, args, msg):
+    res = CliRunner().invoke(app, ["-q", "compress", "zoo:digits-mlp", "--out", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2 and msg in res.stderr and not (tmp_path / "o").exists(), res.stderr
 
 
 def test_export_runtime_cli(tmp_path, digits_mlp):

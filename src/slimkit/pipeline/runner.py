@@ -82,15 +82,30 @@ def _check_args(model, recipe, data) -> Recipe:
                       f"{type(recipe).__name__}")
 
 
-def check_runtime_recipe(recipe: Recipe, runtimes: Sequence) -> list:
+def check_runtime_recipe(recipe: Recipe, runtimes: Sequence, precisions=None) -> list:
     """The on-device runtimes a recipe's result can go to (before any work): slimkit's static int8, QAT and mixed
-    precision lower to every runtime; int4 weight-only and dynamic int8 export to ONNX only."""
+    precision lower to every runtime; int4 weight-only and dynamic int8 export to ONNX only. ``precisions``
+    (comma list or sequence): weight formats beyond fp32/int8 (LiteRT's int8-dynamic, int8-weights, fp16), which
+    apply to a float result: a recipe that quantizes already chose its int8 form."""
+    from ..runtimes.base import parse_precisions
+
     runtimes = [rt for rt in runtimes if rt.name != "ort"]
-    bad = [t for t in (get_technique(s.type) for st in recipe.stages for s in st.techniques) if t.onnx_only]
+    techs = [get_technique(s.type) for st in recipe.stages for s in st.techniques]
+    bad = [t for t in techs if t.onnx_only]
     if runtimes and bad:
         raise ConfigError(f"recipe {recipe.name} uses {bad[0].onnx_only} ({bad[0].name}), which exports to ONNX only; "
                           f"for {', '.join(r.name for r in runtimes)} use quantize.int8_static, quantize.qat or "
                           "quantize.mixed_precision, or a float recipe (each runtime's stock int8 is made from it)")
+    spec = precisions if isinstance(precisions, str) or precisions is None else ",".join(precisions)
+    if spec and spec.strip() and not runtimes:
+        raise ConfigError("--precision names formats of an on-device runtime; add --runtime litert (ONNX Runtime "
+                          "gets model.onnx, and slimkit's int8 ONNX from a quantizing recipe)")
+    precs = parse_precisions(spec, runtimes)
+    quant = next((t for t in techs if t.family == "quantize"), None)
+    extra = [p for p in precs or () if p not in ("fp32", "int8")]
+    if extra and quant is not None:
+        raise ConfigError(f"--precision {extra[0]}: recipe {recipe.name} quantizes already ({quant.name}: slimkit's "
+                          "int8 in every runtime); weight formats apply to a float recipe's result")
     return runtimes
 
 
@@ -110,7 +125,8 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
              model_spec: str = "", threads: int = 1, batch: Optional[int] = None, runs: int = 30,
              seed: Optional[int] = None, measure: bool = True,
              checkpoint_dir: Optional[str | os.PathLike] = None, inputs: Sequence = (),
-             command: str = "", runtimes: Sequence = (), board=None, extra_report: Optional[dict] = None) -> Result:
+             command: str = "", runtimes: Sequence = (), board=None, extra_report: Optional[dict] = None,
+             precisions=None) -> Result:
     """Run ``recipe`` on a copy of ``model`` with ``data``; write DIR/model.onnx,
     report.json, report.md, report.html and recipe.yaml when ``out`` is given
     (all or nothing: files are assembled in a scratch folder and the folder is moved in whole, replacing an
@@ -118,19 +134,29 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
     reads (never replaced). The caller's model keeps its train/eval mode, also when this fails. ``runtimes``:
     on-device runtimes (``slimkit.runtimes``) besides ONNX Runtime: the result is exported to each (model.tflite,
     model_int8.tflite, model_data.cc/.h for TFLM), measured side by side with the baseline there, and reported
-    under ``runtimes``. ``extra_report``: keys merged into report.json before it is written (the planner's front)."""
+    under ``runtimes``. ``extra_report``: keys merged into report.json before it is written (the planner's front).
+    ``precisions``: LiteRT weight formats of a float result beside fp32 and int8 (int8-dynamic, int8-weights, fp16:
+    model_fp16.tflite...), measured like the others."""
     recipe = _check_args(model, recipe, data)
-    runtimes = check_runtime_recipe(recipe, runtimes)
+    runtimes = check_runtime_recipe(recipe, runtimes, precisions)
+    if isinstance(precisions, str):
+        precisions = [p.strip() for p in precisions.split(",") if p.strip()]
+    extra = [p for p in precisions or () if p not in ("fp32", "int8")]
     out_dir = check_output_dir(out, inputs=inputs) if out is not None else None
     check_checkpoint_dir(checkpoint_dir)
     check_options(threads=threads, batch=batch, runs=runs)
     with eval_mode(model):
         return _compress(model, recipe, data, out_dir, model_spec=model_spec, threads=threads, batch=batch,
                          runs=runs, seed=seed, measure=measure, checkpoint_dir=checkpoint_dir, command=command,
-                         runtimes=runtimes, board=board, extra_report=extra_report)
+                         runtimes=runtimes, board=board, extra_report=extra_report, extra_precisions=extra)
 
 
-def _on_device(baseline, work, data, runtimes, tmp: Path, *, threads, batch, runs, board) -> dict:
+def artifact_name(precision: str, suffix: str) -> str:
+    """model.tflite (fp32), model_int8.tflite, model_fp16.tflite, model_int8_dynamic.tflite..."""
+    return f"model{suffix}" if precision == "fp32" else f"model_{precision.replace('-', '_')}{suffix}"
+
+
+def _on_device(baseline, work, data, runtimes, tmp: Path, *, threads, batch, runs, board, extra=()) -> dict:
     """Export baseline and result to each on-device runtime, measure them side by side, keep the result's files."""
     from ..evaluate.runtimes import measure_runtimes
     from ..runtimes import get_runtime
@@ -145,6 +171,8 @@ def _on_device(baseline, work, data, runtimes, tmp: Path, *, threads, batch, run
             plan.append(("baseline", rt, prec))
             if prec == "int8" or not quantized:
                 plan.append(("compressed", rt, prec))
+        for prec in (p for p in extra if p in rt.precisions):  # weight formats of a float result
+            plan += [("baseline", rt, prec), ("compressed", rt, prec)]
     res = measure_runtimes({"baseline": baseline, "compressed": work}, data, runtimes, workdir=tmp / "work" / "rt",
                            threads=threads, batch=batch, runs=runs, board=board, plan=plan)
     for lbl, m in res["rows"].items():
@@ -152,7 +180,7 @@ def _on_device(baseline, work, data, runtimes, tmp: Path, *, threads, batch, run
             continue
         if m["runtime"] in ("litert", "executorch"):
             suffix = Path(m["artifact"]).suffix
-            shutil.copyfile(m["artifact"], tmp / (f"model{suffix}" if m["precision"] == "fp32" else f"model_int8{suffix}"))
+            shutil.copyfile(m["artifact"], tmp / artifact_name(m["precision"], suffix))
         if m["runtime"] == "tflm":
             from ..runtimes.base import Artifact
 
@@ -195,7 +223,7 @@ def apply_recipe(baseline: nn.Module, recipe: Recipe, data: DataBundle, ctx: Con
 
 
 def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs, seed, measure, checkpoint_dir,
-              command, runtimes=(), board=None, extra_report=None) -> Result:
+              command, runtimes=(), board=None, extra_report=None, extra_precisions=()) -> Result:
     from ..report.writer import write_reports
 
     seed = recipe.seed if seed is None else seed
@@ -264,7 +292,8 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
             report["ratios"]["size_bytes_compressed"] = c["file_bytes"] / b["file_bytes"]
             report["compressed"]["size_ratio_compressed_vs_fp32_onnx"] = c["file_bytes"] / report["baseline"]["size_bytes"]
         if runtimes and measure:
-            rt = _on_device(baseline, work, data, runtimes, tmp, threads=threads, batch=batch, runs=runs, board=board)
+            rt = _on_device(baseline, work, data, runtimes, tmp, threads=threads, batch=batch, runs=runs, board=board,
+                            extra=extra_precisions)
             report["runtimes"] = rt
             if any(m.get("board") for m in rt["rows"].values()):
                 report["verdicts"] = list(report.get("verdicts", [])) + [
@@ -278,6 +307,13 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
                                              "load with slimkit.prune.load_slim)",
                                "model.tflite": "the compressed model for LiteRT, fp32 (with --runtime litert)",
                                "model_int8.tflite": "the compressed model for LiteRT, fully int8 (PT2E)",
+                               "model_fp16.tflite": "float16 weights for LiteRT (--precision fp16)",
+                               "model_int8_dynamic.tflite": "int8 weights, int8 activations quantized at run time "
+                                                            "(--precision int8-dynamic)",
+                               "model_int8_weights.tflite": "int8 weights dequantized to float (--precision "
+                                                            "int8-weights)",
+                               "model.pte": "the compressed model for ExecuTorch (XNNPACK), fp32",
+                               "model_int8.pte": "the compressed model for ExecuTorch, int8",
                                "model_data.cc": "the int8 model as a C array for TFLM firmware, with model_data.h "
                                                 "(kTensorArenaSize: the measured arena)"}
         report.update(extra_report or {})

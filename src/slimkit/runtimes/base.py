@@ -198,6 +198,16 @@ def list_runtimes() -> list[Runtime]:
     return list(_RUNTIMES.values())
 
 
+def parse_precisions(spec: Optional[str], rts: Sequence[Runtime]) -> Optional[list[str]]:
+    """'fp32,fp16' -> the precisions, each one that at least one of ``rts`` exports (before any work)."""
+    precs = [p.strip() for p in spec.split(",") if p.strip()] if spec else None
+    for p in precs or ():
+        if not any(p in rt.precisions for rt in rts):
+            raise ConfigError(f"--precision {p}: none of {', '.join(r.name for r in rts) or 'the runtimes'} exports "
+                              "it; they export " + "; ".join(f"{r.name}: {', '.join(r.precisions)}" for r in rts))
+    return precs
+
+
 def parse_runtimes(spec: str) -> list[Runtime]:
     """'ort,litert' -> the runtimes, each checked to be installed (before any work)."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
