@@ -274,3 +274,19 @@ def test_a_model_no_technique_applies_to(tmp_path, digits):
         optimize(model, digits, out=tmp_path / "o", trials=1, references=False,
                  space={"prune.structured": {"allocation": "uniform"}, "finetune": {"epochs": [2, 2]}})
     assert json.loads((tmp_path / "o" / "trials.json").read_text())["trials"][0]["state"] == "FAIL"
+
+
+@pytest.mark.parametrize("technique, ranges, size_below", [
+    ("quantize.qat", {"weight_bits": 4, "pack_4bit": True, "epochs": 2}, 0.2),
+    ("quantize.mixed_precision", {"target_size": 0.2}, 0.3),
+])
+def test_qat_and_mixed_precision_are_planner_candidates(tmp_path, digits_mlp, digits, technique, ranges, size_below):
+    """Both declare tunable fields, so they sit in the default space's quantize slot; a candidate of each is built,
+    exported (4-bit codes packed) and measured like any other, and the ONNX file is as small as its bits say."""
+    assert technique in {c.technique for c in dict(SearchSpace.from_registry().slots)["quantize"]}
+    res = optimize(digits_mlp, digits, out=tmp_path / "o", trials=1, objective="size", space={technique: ranges},
+                   references=False, seed=0, max_drop=5.0)
+    t = res.trials[0]
+    assert t["state"] == "COMPLETE", t.get("reason")
+    assert [s["type"] for st in t["recipe"]["stages"] for s in st["techniques"]] == [technique]
+    assert t["ratios"]["size"] < size_below and t["test"] >= 0.9

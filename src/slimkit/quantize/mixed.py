@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from ..core.config import check_range
+from ..core.config import Tunable, check_range
 from ..core.context import Context, eval_mode
 from ..core.errors import ConfigError
 from ..core.progress import track
@@ -36,7 +36,9 @@ from .static import (QuantizedModel, StaticQuantConfig, note_coverage, bias_corr
 
 @dataclasses.dataclass
 class MixedPrecisionConfig(StaticQuantConfig):
-    TUNABLE: ClassVar = None  # runs its own sensitivity search; the planner's int8 slot covers static PTQ
+    #: the planner draws the size budget (weight bytes of the quantized layers against fp32; 4-bit weights
+    #: everywhere give 0.125); the per-layer levels inside it come from mixed precision's own sensitivity search
+    TUNABLE: ClassVar = {"target_size": Tunable(0.15, 0.3, step=0.05)}
     low_bits: int = 4
     max_drop: float = 0.005  # largest allowed drop of the task metric (accuracy or cosine), absolute
     min_sqnr_db: float = 25.0  # and the model output must keep this signal-to-quantization-noise ratio

@@ -640,7 +640,11 @@ class QATConfig(StaticQuantConfig):
     through the fake-quant ops (straight-through estimator) with learnable
     scales (LSQ), recovering with distillation from the original model."""
 
-    TUNABLE: ClassVar = None  # minutes of training per candidate: not in the planner's default space yet
+    #: the planner draws the weight bits, whether 4-bit codes are packed two per byte on disk (smaller file; ONNX
+    #: Runtime re-expands them at each run, which costs at batch 1) and the training length (each epoch trains
+    #: through the fake-quant ops, so a QAT candidate costs about as much as a recovery of the same length)
+    TUNABLE: ClassVar = {"weight_bits": Tunable(choices=(4, 8)), "pack_4bit": Tunable(choices=(True, False)),
+                         "epochs": Tunable(2, 6, step=2)}
 
     weight_bits: int = 4
     calibrator: str = "mse"

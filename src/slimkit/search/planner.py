@@ -352,6 +352,12 @@ def _optimize(model, data, out_dir: Path, *, sp, max_drop, objective, limits, rt
         _fail_dead_trials(study, st)
 
     search, report_data, about_val = carve_validation(data, val_fraction, seed, val_from)
+    step = 100.0 / max(1, len(search.test)) if data.task == "classification" else None
+    if step is not None and step > max_drop:
+        info(f"slimkit optimize: the validation split has {len(search.test)} samples, one sample = {step:.2f} pt, "
+             f"coarser than --max-drop {max_drop}: a candidate passes only by matching the original sample for "
+             "sample there, and losses smaller than a sample are not seen (give more validation data: npz "
+             "x_val/y_val, or --val-fraction)")
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -398,6 +404,7 @@ def _optimize(model, data, out_dir: Path, *, sp, max_drop, objective, limits, rt
                  "planner": {"trials": len(done), "chosen": best["number"], "max_drop": max_drop,
                              "budget": [lim.text for lim in limits], "runtime": rt.name, "sampler": sampler,
                              "validation_samples": len(search.test), "validation_source": about_val["source"],
+                             "validation_step_pt": step,
                              "decided_on": f"validation split: {about_val['note']}; the figures stated come from "
                              f"held-out data ({about_val['test_samples']} samples)"}}
         res = compress(model, recipe, report_data, out=out_dir / "best", model_spec=model_spec, threads=threads,
