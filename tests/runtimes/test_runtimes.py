@@ -214,3 +214,23 @@ def test_litert_weight_formats(tmp_path, digits_mlp, digits):
     res = CliRunner().invoke(app, ["-q", "export", "zoo:digits-mlp", "--runtime", "executorch", "--precision", "fp16",
                                    "--out", str(tmp_path / "x.pte")])
     assert res.exit_code == 2 and "exports fp32, int8, not 'fp16'" in res.stderr and not (tmp_path / "x.pte").exists()
+
+
+class _RunningMax(torch.nn.Module):
+    def forward(self, x):
+        return torch.cummax(x, dim=-1).values  # no LiteRT lowering for aten.cummax
+
+
+def test_unsupported_operator_names_the_op_the_layer_and_the_line(tmp_path, digits):
+    """A converter failure says which ATen op has no lowering, which layer of the user's model issues it and on
+    which line of the user's code, and writes nothing."""
+    from slimkit.core.errors import ExportError
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(digits.test.inputs[0][0].numel(), 10),
+                                _RunningMax()).eval()
+    out = tmp_path / "m.tflite"
+    with pytest.raises(ExportError) as e:
+        get_runtime("litert").export(model, digits, out, "fp32")
+    msg = str(e.value)
+    assert "aten.cummax" in msg and "layer 2 (_RunningMax)" in msg and "test_runtimes.py:" in msg, msg
+    assert "\n" not in msg and not out.exists()

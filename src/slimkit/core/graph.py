@@ -236,6 +236,48 @@ def capture(model: nn.Module, example: tuple, *, what: str = "this technique",
                       "techniques (quantize.int8_dynamic, prune.unstructured) still apply") from None
 
 
+def locate_op(model: nn.Module, example: tuple, op: str = "", node_name: str = "") -> str:
+    """Where in the user's model an ATen op comes from, for a converter's error: ``layer head.pool (CumPool) at
+    model.py:12``; '' when it cannot be told. ``op``: e.g. ``aten.cummax.default`` (overload optional);
+    ``node_name``: the graph node the converter named (``cummax``). The model is captured again (a copy, in eval
+    mode, static shapes): converters run torch.export themselves and keep only the op and node name in their
+    messages."""
+    import os
+    import re
+    import warnings
+
+    want = op.replace("torch.ops.", "").split(".")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.export.export(copy.deepcopy(model).eval(), tuple(example), strict=False)
+    except Exception:  # noqa: BLE001 - the locator is best effort; the converter's own message still stands
+        return ""
+    hits = []
+    for node in prog.graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = str(node.target).replace("torch.ops.", "")
+        if (node_name and node.name == node_name) or (len(want) >= 2 and target.split(".")[:2] == want[:2]):
+            hits.append(node)
+    if not hits:
+        return ""
+    node = hits[0]
+    stack = node.meta.get("nn_module_stack") or {}
+    path, kind = (list(stack.values())[-1] if stack else ("", None))
+    kind = getattr(kind, "__name__", str(kind).rsplit(".", 1)[-1].strip("'>")) if kind is not None else ""
+    where = f"layer {path} ({kind})" if path and not path.startswith("_empty") else "the model's own forward"
+    line = ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+    for f, n in reversed(frames):
+        g = f.replace(os.sep, "/")
+        if not any(k in g for k in ("/torch/", "/slimkit/", "/site-packages/")) and "/lib/python3." not in g:
+            line = f" at {f}:{n}"
+            break
+    more = f" (and {len(hits) - 1} more use{'s' if len(hits) > 2 else ''})" if len(hits) > 1 else ""
+    return f"{where}{line}{more}"
+
+
 # ----------------------------------------------------------------------------- .pt2 programs as modules
 #
 # A torch.export program holds no nn.Linear: its graph calls ``aten.linear(x, weight, bias)`` on lifted

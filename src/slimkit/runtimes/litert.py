@@ -79,8 +79,7 @@ def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifa
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - the converter raises many types; name the failure in one line
-        raise ExportError(f"LiteRT conversion failed ({type(e).__name__}: {first_line(e, 160)}); an operator the "
-                          "converter does not support is the usual cause") from None
+        raise ExportError(conversion_error(e, model, example)) from None
     art = Artifact(Path(path), "litert", precision, batch, "slimkit" if slimkit_int8 else
                    ("stock" if precision != "fp32" else ""))
     if slimkit_int8:
@@ -91,6 +90,25 @@ def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifa
                                     "LiteRT int8 (slimkit)")
     atomic_write_bytes(path, blob + stamp())
     return art
+
+
+def conversion_error(e: BaseException, model, example) -> str:
+    """One line for a failed conversion: the operator litert-torch has no lowering for and where it comes from in
+    the user's model (layer and source line, ``core.graph.locate_op``), or the converter's own first line."""
+    import re
+
+    from ..core.graph import locate_op
+
+    text = str(e)
+    op = re.search(r"Lowering not found: (\S+)", text)
+    node = re.search(r"While executing %(\w+)", text)
+    if op:
+        name = op.group(1).rstrip(".,;:")
+        where = locate_op(model, example, name, node.group(1) if node else "")
+        return (f"LiteRT has no lowering for {name}{', used by ' + where if where else ''}; replace that operation "
+                "in the model (or export it to ONNX Runtime or ExecuTorch instead); nothing was written")
+    return (f"LiteRT conversion failed ({type(e).__name__}: {first_line(e, 160)}); an operator the converter does "
+            "not support is the usual cause; nothing was written")
 
 
 def stamp() -> bytes:
