@@ -144,3 +144,24 @@ def labels(a, what: str) -> torch.Tensor:
     if len(t) and int(t.min()) < 0:
         raise DataError(f"{what} contain negative values (min {int(t.min())}); class labels must be 0..C-1")
     return t.long()
+
+
+def augment_batch(x: torch.Tensor, kind: Optional[str], g: torch.Generator) -> torch.Tensor:
+    """The label-preserving augmentation a bundle names (``DataBundle.augment``): ``shift2d`` rolls images by up to
+    one pixel each way, ``shift1d`` rolls sequences by up to two steps; anything else leaves ``x`` as it is."""
+    if kind == "shift2d":
+        dx, dy = (torch.randint(-1, 2, (2,), generator=g)).tolist()
+        return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    if kind == "shift1d":
+        d = int(torch.randint(-2, 3, (1,), generator=g))
+        return torch.roll(x, shifts=d, dims=2)
+    return x
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, split: DataSplit, batch_size: int = 256) -> torch.Tensor:
+    """The model's outputs on a split, in eval mode, batch by batch (the model keeps its own train/eval mode)."""
+    from .context import eval_mode
+
+    with eval_mode(model):
+        return torch.cat([model(*x) for x, _ in split.batches(batch_size)])

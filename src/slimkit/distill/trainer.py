@@ -23,7 +23,7 @@ from ..core.context import Context, seed_everything
 from ..core.errors import ConfigError, LoadError
 from ..core.io import atomic_path
 from ..core.progress import info, track
-from ..zoo.train import augment_batch
+from ..core.data import augment_batch
 from .losses import embedding_loss, kd_logit_loss, kd_loss
 
 

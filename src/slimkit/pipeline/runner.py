@@ -233,7 +233,7 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
         p.requires_grad_(False)
     ctx = Context(data=data, teacher=teacher, seed=seed)
     check_needs(recipe, ctx)  # before any work
-    from ..load import check_compatible
+    from ..core.checks import check_compatible
 
     check_compatible(model, data)
     if out_dir is not None:

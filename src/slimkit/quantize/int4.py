@@ -28,7 +28,7 @@ from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..core.data import DataBundle
-from ..zoo.train import predict
+from ..core.data import predict
 from .dynamic import DynQuantModel, _plain_gemm, select_linears, value_key
 from .gptq import gptq_codes
 from ..core.graph import input_covariances, set_module

@@ -303,7 +303,7 @@ def optimize(model: nn.Module, data: DataBundle, *, out: str | os.PathLike, max_
     from ..pipeline.runner import check_options
 
     check_options(threads=threads, batch=batch, runs=runs)
-    from ..load import check_compatible
+    from ..core.checks import check_compatible
 
     with eval_mode(model):
         check_compatible(model, data)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..core.context import seed_everything
 from ..core.progress import track
+from ..core.data import augment_batch, predict  # noqa: F401 - predict: used by the zoo's tests and users
 from .data import DataSplit
 
 
@@ -22,16 +23,6 @@ class TrainSpec:
     batch_size: int = 64
     label_smoothing: float = 0.0
     augment: Optional[str] = None  # "shift2d" | "shift1d" | None
-
-
-def augment_batch(x: torch.Tensor, kind: Optional[str], g: torch.Generator) -> torch.Tensor:
-    if kind == "shift2d":
-        dx, dy = (torch.randint(-1, 2, (2,), generator=g)).tolist()
-        return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    if kind == "shift1d":
-        d = int(torch.randint(-2, 3, (1,), generator=g))
-        return torch.roll(x, shifts=d, dims=2)
-    return x
 
 
 def fit_classifier(model: nn.Module, train: DataSplit, spec: TrainSpec, *, seed: int = 0, desc: str = "training",
@@ -58,11 +49,3 @@ def fit_classifier(model: nn.Module, train: DataSplit, spec: TrainSpec, *, seed:
             sched.step()
     model.eval()
     return model
-
-
-@torch.no_grad()
-def predict(model: nn.Module, split: DataSplit, batch_size: int = 256) -> torch.Tensor:
-    model.eval()
-    outs = [model(*x) for x, _ in split.batches(batch_size)]
-    return torch.cat(outs)
-
