@@ -355,8 +355,8 @@ def _optimize(model, data, out_dir: Path, *, sp, max_drop, objective, limits, rt
     step = 100.0 / max(1, len(search.test)) if data.task == "classification" else None
     if step is not None and step > max_drop:
         info(f"slimkit optimize: the validation split has {len(search.test)} samples, one sample = {step:.2f} pt, "
-             f"coarser than --max-drop {max_drop}: a candidate passes only by matching the original sample for "
-             "sample there, and losses smaller than a sample are not seen (give more validation data: npz "
+             f"coarser than --max-drop {max_drop}: a candidate passes only with no more validation errors than the "
+             "original, and losses smaller than a sample are not seen (give more validation data: npz "
              "x_val/y_val, or --val-fraction)")
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
