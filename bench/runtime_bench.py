@@ -18,7 +18,7 @@ import tempfile
 
 from slimkit.evaluate.runtimes import measure_runtimes
 from slimkit.load import resolve
-from slimkit.runtimes import parse_runtimes
+from slimkit.runtimes import get_runtime, parse_runtimes
 from slimkit.runtimes.tflm import board
 
 
@@ -87,14 +87,16 @@ def main() -> None:
         print(minilm(lit), flush=True)
 
 
-def minilm(lit, n: int = 32) -> str:
-    """MiniLM in LiteRT: each artifact's embeddings against PyTorch's (cosine), size, export time."""
+def minilm(lit, n: int = 32, runs: int = 30) -> str:
+    """MiniLM in LiteRT: each artifact's embeddings against PyTorch's (cosine), size, export time, and its batch-1
+    latency timed interleaved with the original in ONNX Runtime fp32 (the ratio column)."""
     import time
 
     import numpy as np
     import torch
 
-    from slimkit.core.context import Context
+    from slimkit.core.context import Context, torch_threads
+    from slimkit.evaluate.latency import summarize, time_interleaved
     from slimkit.quantize.static import StaticQuantConfig, int8_static
 
     lm, data = resolve("zoo:minilm")
@@ -102,27 +104,47 @@ def minilm(lit, n: int = 32) -> str:
     with torch.no_grad():
         ref = lm.model.eval()(*split.inputs).numpy()
     cfg = StaticQuantConfig(bias_correction=False, calibration_samples=64, weight_range="full")
-    lines = [f"#### zoo:minilm in LiteRT (batch 1; cosine to PyTorch's embeddings on {n} test sentences)", "",
-             "| artifact | cos mean | cos min | size (MB) | export (s) | result |", "|---|---|---|---|---|---|"]
-    for label, make, prec in (("fp32", lambda: lm.model, "fp32"), ("fp16 weights", lambda: lm.model, "fp16"),
-                              ("int8 weight-only", lambda: lm.model, "int8-weights"),
-                              ("int8 dynamic-range", lambda: lm.model, "int8-dynamic"),
-                              ("stock int8 (PT2E)", lambda: lm.model, "int8"),
-                              ("slimkit int8 (static, min-max/auto, 8-bit weights)",
-                               lambda: int8_static(lm.model, cfg, Context(data=data)), "int8")):
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as d:
+    rows, sessions = [], {}
+    with tempfile.TemporaryDirectory() as d:
+        ort = get_runtime("ort")
+        sessions["ort fp32"] = ort.open(ort.export(lm.model, data, f"{d}/orig.onnx", "fp32"), 1)
+        for k, (label, make, prec) in enumerate((
+                ("fp32", lambda: lm.model, "fp32"), ("fp16 weights", lambda: lm.model, "fp16"),
+                ("int8 weight-only", lambda: lm.model, "int8-weights"),
+                ("int8 dynamic-range", lambda: lm.model, "int8-dynamic"),
+                ("stock int8 (PT2E)", lambda: lm.model, "int8"),
+                ("slimkit int8 (static, min-max/auto, 8-bit weights)",
+                 lambda: int8_static(lm.model, cfg, Context(data=data)), "int8"))):
+            t0 = time.perf_counter()
             try:
-                art = lit.export(make(), data, f"{d}/m.tflite", prec, batch=1)
-                got = lit.open(art, 1).run(split.inputs)
+                art = lit.export(make(), data, f"{d}/m{k}.tflite", prec, batch=1)
+                sess = lit.open(art, 1)
+                got = sess.run(split.inputs)
                 size = art.path.stat().st_size / 1e6
             except Exception as e:  # noqa: BLE001 - a failure is a row of the table
-                lines.append(f"| {label} | - | - | - | {time.perf_counter() - t0:.1f} | {str(e)[:160]} |")
+                rows.append((label, None, f"| {label} | - | - | - | {time.perf_counter() - t0:.1f} | - | - | "
+                                          f"{str(e)[:160]} |"))
                 continue
-        a, b = got.reshape(n, -1), ref.reshape(n, -1)
-        cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        lines.append(f"| {label} | {cos.mean():.4f} | {cos.min():.4f} | {size:.1f} | {time.perf_counter() - t0:.1f} | "
-                     f"{'converts' if cos.mean() >= 0.99 else 'converts, below cos 0.99'} |")
+            a, b = got.reshape(n, -1), ref.reshape(n, -1)
+            cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+            sessions[label] = sess
+            rows.append((label, cos.mean(), f"| {label} | {cos.mean():.4f} | {cos.min():.4f} | {size:.1f} | "
+                                            f"{time.perf_counter() - t0:.1f} | {{ms}} | {{x}} | "
+                                            f"{'converts' if cos.mean() >= 0.99 else 'converts, below cos 0.99'} |"))
+        ex = data.example_inputs(1)
+        with torch_threads(1):
+            times = time_interleaved({k: s.runner(ex) for k, s in sessions.items()}, runs=runs, warmup=3,
+                                     desc="MiniLM latency b1")
+        p50 = {k: summarize(v)["p50"] for k, v in times.items()}
+    lines = [f"#### zoo:minilm in LiteRT (batch 1; cosine to PyTorch's embeddings on {n} test sentences; latency: "
+             f"{runs} runs at batch 1, 1 thread, interleaved with the original in ONNX Runtime fp32, "
+             f"{p50['ort fp32']:.2f} ms)", "",
+             "| artifact | cos mean | cos min | size (MB) | export (s) | b1 p50 (ms) | b1 vs ORT fp32 | result |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, _, row in rows:
+        if label in p50:
+            row = row.format(ms=f"{p50[label]:.2f}", x=f"{p50[label] / p50['ort fp32']:.2f}x")
+        lines.append(row)
     return "\n".join(lines)
 
 
