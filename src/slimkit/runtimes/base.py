@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import io
 import os
+import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -170,7 +171,10 @@ def check_int8(sess: "Session", model, data, label: str) -> dict:
         cos = float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
         res["cosine"] = cos
         if cos < 0.99:
-            raise ExportError(f"{label} output has cosine {cos:.4f} to the model it came from; nothing written")
+            hint = ("; static int8 activations of a transformer's outlier-heavy layers drift in integer kernels "
+                    "(docs/BENCHMARKS.md, MiniLM): for LiteRT use --precision int8-dynamic or int8-weights"
+                    if re.search(r"int8(?![-\w])", label) else "")  # static int8, not a weight format
+            raise ExportError(f"{label} output has cosine {cos:.4f} to the model it came from; nothing written{hint}")
     return res
 
 
