@@ -234,3 +234,27 @@ def test_unsupported_operator_names_the_op_the_layer_and_the_line(tmp_path, digi
     msg = str(e.value)
     assert "aten.cummax" in msg and "layer 2 (_RunningMax)" in msg and "test_runtimes.py:" in msg, msg
     assert "\n" not in msg and not out.exists()
+
+
+def test_an_embedding_artifact_refused_on_cosine_says_what_serves(digits):
+    """check_int8 refuses an artifact whose embeddings drift (cosine < 0.99); for static int8 the line says why
+    transformers drift and names LiteRT's weight formats, for a weight format it does not."""
+    from slimkit.core.data import DataBundle, DataSplit
+    from slimkit.core.errors import ExportError
+    from slimkit.runtimes.base import check_int8
+
+    g = torch.Generator().manual_seed(0)
+    data = DataBundle("emb", "embedding", None, DataSplit(torch.randn(16, 32, generator=g), None))
+
+    class Drifting:
+        batch = 1
+
+        def run(self, x):
+            return x[0].numpy() + 0.5 * np.random.default_rng(0).normal(size=x[0].shape).astype(np.float32)
+
+    with pytest.raises(ExportError, match="int8-dynamic") as e:
+        check_int8(Drifting(), torch.nn.Identity(), data, "LiteRT int8 (slimkit)")
+    assert "nothing written" in str(e.value)
+    with pytest.raises(ExportError) as e:
+        check_int8(Drifting(), torch.nn.Identity(), data, "litert fp16")
+    assert "int8-dynamic" not in str(e.value)
