@@ -1,5 +1,5 @@
-"""The house's layers import downwards (docs/DESIGN.md, ../shared/DESIGN.md): every `import` in src/slimkit, at module
-level or inside a function, goes to the same layer or a lower one. A function-level import that dodges a cycle is
+"""The house's layers import downwards (README "Layout"): every `import` in src/slimkit, at module level or inside a
+function, goes to the same layer or a lower one. A function-level import that dodges a cycle is
 still an upward import, so it is counted too."""
 from __future__ import annotations
 
