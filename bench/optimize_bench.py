@@ -10,6 +10,7 @@ data; the accuracies stated (test) come from the held-out test split.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +42,6 @@ def run(model: str, trials: int, objective: str, max_drop: float, val_from: str 
                            val_from=val_from)
             results[sampler] = (res, time.perf_counter() - t0)
             if sampler == samplers[0]:
-                import json
-
                 orig_val = json.loads((Path(td) / "o" / "pareto.json").read_text())["original"]["val"]
     res, wall = results[samplers[0]]
     orig = next(iter(res.trials), {})

@@ -371,9 +371,8 @@ def _profile_runtimes(model, data, runtime, int8, board, threads, batch, runs, a
     from .evaluate.runtimes import measure_runtimes
     from .load import resolve
     from .runtimes import parse_runtimes
-    from .runtimes.tflm import board as parse_board
-
     from .runtimes.base import parse_precisions
+    from .runtimes.tflm import board as parse_board
 
     rts = parse_runtimes(runtime)  # installed? (before any work)
     precs = parse_precisions(precision, rts)
@@ -581,7 +580,7 @@ def _export_runtime(model, data, out: Path, runtime: str, int8: bool, batch: int
             if err > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
                 raise ExportError(f"{rt.name} output disagrees with PyTorch (max abs err {err:.3g}); nothing written")
         else:  # top-1 agreement (classification) or cosine (embeddings) with the float model, or one error line
-            result.update(check_int8(sess, lm.model, bundle, f"{rt.name} {precision}"))
+            result.update(check_int8(sess, lm.model, bundle, f"{rt.name} {precision}", precision))
         if rt.name == "tflm":
             result["arena_bytes"] = tflm_mod.min_arena(art.path, sess.quantize_input(bundle.test.inputs[0][:1]))
         blob = art.path.read_bytes()

@@ -256,5 +256,5 @@ def test_an_embedding_artifact_refused_on_cosine_says_what_serves(digits):
         check_int8(Drifting(), torch.nn.Identity(), data, "LiteRT int8 (slimkit)")
     assert "nothing written" in str(e.value)
     with pytest.raises(ExportError) as e:
-        check_int8(Drifting(), torch.nn.Identity(), data, "litert fp16")
+        check_int8(Drifting(), torch.nn.Identity(), data, "litert fp16", "fp16")
     assert "int8-dynamic" not in str(e.value)

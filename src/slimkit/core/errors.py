@@ -42,20 +42,25 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     return type(e).__name__
 
 
-def user_frame(e: BaseException, *, libraries: bool = False) -> str:
-    """' (at FILE:LINE)' for the innermost traceback frame outside torch, slimkit and the standard library (and,
-    unless ``libraries``, outside transformers and the CLI libraries): the line of the user's code that raised."""
+def is_user_file(filename: str, *, libraries: bool = False) -> bool:
+    """A source file of the user's code: outside torch, slimkit, the CLI libraries and the standard library, and,
+    unless ``libraries``, outside installed packages and transformers."""
     import os
+
+    f = filename.replace(os.sep, "/")
+    ours = ("/torch/", "/slimkit/", "/typer/", "/click/") + (() if libraries else ("/transformers/",))
+    if any(k in f for k in ours):
+        return False
+    return not ("/lib/python3." in f and not (libraries and "/site-packages/" in f))
+
+
+def user_frame(e: BaseException, *, libraries: bool = False) -> str:
+    """' (at FILE:LINE)' for the innermost traceback frame in the user's code (:func:`is_user_file`)."""
     import traceback
 
-    ours = ("/torch/", "/slimkit/", "/typer/", "/click/") + (() if libraries else ("/transformers/",))
     for fr in reversed(traceback.extract_tb(e.__traceback__)):
-        f = fr.filename.replace(os.sep, "/")
-        if any(k in f for k in ours):
-            continue
-        if "/lib/python3." in f and not (libraries and "/site-packages/" in f):
-            continue  # the standard library, or an installed package when only the user's own code counts
-        return f" (at {fr.filename}:{fr.lineno})"
+        if is_user_file(fr.filename, libraries=libraries):
+            return f" (at {fr.filename}:{fr.lineno})"
     return ""
 
 

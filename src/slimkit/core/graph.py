@@ -242,9 +242,10 @@ def locate_op(model: nn.Module, example: tuple, op: str = "", node_name: str = "
     ``node_name``: the graph node the converter named (``cummax``). The model is captured again (a copy, in eval
     mode, static shapes): converters run torch.export themselves and keep only the op and node name in their
     messages."""
-    import os
     import re
     import warnings
+
+    from .errors import is_user_file
 
     want = op.replace("torch.ops.", "").split(".")
     try:
@@ -267,13 +268,8 @@ def locate_op(model: nn.Module, example: tuple, op: str = "", node_name: str = "
     path, kind = (list(stack.values())[-1] if stack else ("", None))
     kind = getattr(kind, "__name__", str(kind).rsplit(".", 1)[-1].strip("'>")) if kind is not None else ""
     where = f"layer {path} ({kind})" if path and not path.startswith("_empty") else "the model's own forward"
-    line = ""
     frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
-    for f, n in reversed(frames):
-        g = f.replace(os.sep, "/")
-        if not any(k in g for k in ("/torch/", "/slimkit/", "/site-packages/")) and "/lib/python3." not in g:
-            line = f" at {f}:{n}"
-            break
+    line = next((f" at {f}:{n}" for f, n in reversed(frames) if is_user_file(f)), "")
     more = f" (and {len(hits) - 1} more use{'s' if len(hits) > 2 else ''})" if len(hits) > 1 else ""
     return f"{where}{line}{more}"
 

@@ -96,17 +96,28 @@ def check_runtime_recipe(recipe: Recipe, runtimes: Sequence, precisions=None) ->
         raise ConfigError(f"recipe {recipe.name} uses {bad[0].onnx_only} ({bad[0].name}), which exports to ONNX only; "
                           f"for {', '.join(r.name for r in runtimes)} use quantize.int8_static, quantize.qat or "
                           "quantize.mixed_precision, or a float recipe (each runtime's stock int8 is made from it)")
-    spec = precisions if isinstance(precisions, str) or precisions is None else ",".join(precisions)
-    if spec and spec.strip() and not runtimes:
+    if _precision_list(precisions) and not runtimes:
         raise ConfigError("--precision names formats of an on-device runtime; add --runtime litert (ONNX Runtime "
                           "gets model.onnx, and slimkit's int8 ONNX from a quantizing recipe)")
-    precs = parse_precisions(spec, runtimes)
+    parse_precisions(",".join(_precision_list(precisions)), runtimes)
     quant = next((t for t in techs if t.family == "quantize"), None)
-    extra = [p for p in precs or () if p not in ("fp32", "int8")]
+    extra = weight_formats(precisions)
     if extra and quant is not None:
         raise ConfigError(f"--precision {extra[0]}: recipe {recipe.name} quantizes already ({quant.name}: slimkit's "
                           "int8 in every runtime); weight formats apply to a float recipe's result")
     return runtimes
+
+
+def _precision_list(precisions) -> list[str]:
+    """'fp16, int8-dynamic' or a sequence -> the names."""
+    if isinstance(precisions, str):
+        precisions = precisions.split(",")
+    return [p.strip() for p in precisions or () if p.strip()]
+
+
+def weight_formats(precisions) -> list[str]:
+    """The asked precisions beyond fp32/int8 (each runtime's default pair): LiteRT's weight formats."""
+    return [p for p in _precision_list(precisions) if p not in ("fp32", "int8")]
 
 
 def check_checkpoint_dir(path) -> Optional[Path]:
@@ -139,9 +150,7 @@ def compress(model: nn.Module, recipe: Recipe | str | dict, data: DataBundle, *,
     model_fp16.tflite...), measured like the others."""
     recipe = _check_args(model, recipe, data)
     runtimes = check_runtime_recipe(recipe, runtimes, precisions)
-    if isinstance(precisions, str):
-        precisions = [p.strip() for p in precisions.split(",") if p.strip()]
-    extra = [p for p in precisions or () if p not in ("fp32", "int8")]
+    extra = weight_formats(precisions)
     out_dir = check_output_dir(out, inputs=inputs) if out is not None else None
     check_checkpoint_dir(checkpoint_dir)
     check_options(threads=threads, batch=batch, runs=runs)

@@ -125,6 +125,19 @@ def parse_budget(text: str) -> list[Limit]:
 VAL_SOURCES = ("auto", "val", "train", "test")
 
 
+def val_source(data: DataBundle, source: str) -> str:
+    """The validation source ``--val-from`` resolves to for ``data`` (``auto``: ``val`` when the data has one, else
+    ``train``), or one line saying why it cannot be used."""
+    if source not in VAL_SOURCES:
+        raise ConfigError(f"--val-from {source!r} is not one of {', '.join(VAL_SOURCES)}")
+    if source == "auto":
+        return "val" if data.val is not None else "train"
+    if source == "val" and data.val is None:
+        raise ConfigError(f"--val-from val: {data.name} has no validation split (npz: save x_val/y_val; image "
+                          "folder: ROOT/val/<class>); or use --val-from train|test")
+    return source
+
+
 def carve_validation(data: DataBundle, fraction: Optional[float], seed: int,
                      source: str = "auto") -> tuple[DataBundle, DataBundle, dict]:
     """(search, report, about): the search bundle trains candidates and scores them on the validation split (the
@@ -135,13 +148,7 @@ def carve_validation(data: DataBundle, fraction: Optional[float], seed: int,
     validation figure is optimistic and saturates on easy data), ``test`` (a seeded ``fraction`` of the test split,
     default 0.5, reported on the rest: both halves are unseen by the original and by every candidate), ``auto``
     (``val`` when the bundle has one, else ``train``). ``about`` says which, for the report."""
-    if source not in VAL_SOURCES:
-        raise ConfigError(f"--val-from {source!r} is not one of {', '.join(VAL_SOURCES)}")
-    if source == "auto":
-        source = "val" if data.val is not None else "train"
-    if source == "val" and data.val is None:
-        raise ConfigError(f"--val-from val: {data.name} has no validation split (npz: save x_val/y_val; image "
-                          "folder: ROOT/val/<class>); or use --val-from train|test")
+    source = val_source(data, source)
     if data.train is None or len(data.train) < 10:
         raise ConfigError(f"optimize needs training data to recover candidates on (and to carve a validation split "
                           f"from); {data.name} has {0 if data.train is None else len(data.train)} training samples")
@@ -288,10 +295,7 @@ def optimize(model: nn.Module, data: DataBundle, *, out: str | os.PathLike, max_
         raise ConfigError(f"--variants {variants!r}: give 0 (none) or 2..16 models along the front")
     if val_fraction is not None and not 0.05 <= val_fraction <= 0.5:
         raise ConfigError(f"val_fraction {val_fraction} must be within 0.05..0.5")
-    if val_from not in VAL_SOURCES:
-        raise ConfigError(f"--val-from {val_from!r} is not one of {', '.join(VAL_SOURCES)}")
-    if val_from == "val" and data.val is None:
-        carve_validation(data, val_fraction, seed, val_from)  # the one-line refusal, before any work
+    val_from = val_source(data, val_from)  # before any work
     limits = parse_budget(budget)
     for lim in limits:
         if lim.key == "ram" and runtime == "litert":
@@ -341,8 +345,7 @@ def _optimize(model, data, out_dir: Path, *, sp, max_drop, objective, limits, rt
     identity = {"model": fingerprint_model(model), "data": fingerprint_data(data), "space": sp.fingerprint(),
                 "objective": objective, "runtime": rt.name, "max_drop": max_drop,
                 "budget": [lim.text for lim in limits], "seed": seed, "val_fraction": val_fraction,
-                "val_from": "val" if val_from == "auto" and data.val is not None else
-                "train" if val_from == "auto" else val_from}
+                "val_from": val_from}
     st, where = open_storage(storage, out_dir)
     study = _open_study(st, where, identity, sampler, seed + worker * 7919, trials)
     if not is_slimkit_folder(out_dir):
