@@ -6,6 +6,7 @@ tool cost is that process's wall time and peak resident memory.
 
     python bench/generality_bench.py                                  # every foreign model x the default recipes
     python bench/generality_bench.py --models hf-vit,gru --recipes int8-static,prune-structured-50
+    python bench/generality_bench.py --pt2 --models hf-resnet,gru    # each model given as a torch.export .pt2 file
 """
 from __future__ import annotations
 
@@ -24,9 +25,32 @@ RECIPES = ["int8-static", "int8-dynamic", "qat-4bit", "mixed-precision", "prune-
            "prune-unstructured-90"]
 
 
-def run_cell(model: str, recipe: str, work: Path, runs: int) -> dict:
+def save_pt2(model: str, work: Path) -> Path:
+    """The trained foreign model as a user hands it over from torch.export: a .pt2 file with a dynamic batch."""
+    import torch
+
+    from slimkit.zoo import load_zoo_model, zoo_data
+    from slimkit.zoo.registry import ZOO
+
+    path = work / f"{model}.pt2"
+    if not path.exists():
+        data = zoo_data(ZOO[model].data)
+        m = load_zoo_model(model, data).eval()
+        x = data.example_inputs(2)
+        ep = torch.export.export(m, x, dynamic_shapes=tuple({0: torch.export.Dim("batch")} for _ in x))
+        torch.export.save(ep, path)
+    return path
+
+
+def run_cell(model: str, recipe: str, work: Path, runs: int, pt2: bool = False) -> dict:
     out = work / f"{model}-{recipe}"
-    cmd = [sys.executable, "-m", "slimkit", "compress", f"zoo:{model}", "--recipe", recipe, "--out", str(out),
+    if pt2:
+        from slimkit.zoo.registry import ZOO
+
+        source = [str(save_pt2(model, work)), "--data", f"zoo:{ZOO[model].data}"]
+    else:
+        source = [f"zoo:{model}"]
+    cmd = [sys.executable, "-m", "slimkit", "compress", *source, "--recipe", recipe, "--out", str(out),
            "--runs", str(runs), "--quiet"]
     t0 = time.perf_counter()
     with open(work / "stdout", "wb") as so, open(work / "stderr", "wb") as se:
@@ -35,7 +59,7 @@ def run_cell(model: str, recipe: str, work: Path, runs: int) -> dict:
     wall = time.perf_counter() - t0
     rc = os.waitstatus_to_exitcode(status)
     err = (work / "stderr").read_text(errors="replace").strip().splitlines()
-    row = {"model": model, "recipe": recipe, "rc": rc, "seconds": round(wall, 1),
+    row = {"model": f"{model} (.pt2)" if pt2 else model, "recipe": recipe, "rc": rc, "seconds": round(wall, 1),
            "peak_mib": round(usage.ru_maxrss / 1024)}
     if rc == 0:
         rep = json.loads((out / "report.json").read_text())
@@ -76,6 +100,7 @@ def main() -> None:
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--runs", type=int, default=20, help="timed runs per latency figure")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--pt2", action="store_true", help="give each model as a torch.export .pt2 file (saved first)")
     a = ap.parse_args()
     rows = []
     print("| model | recipe | outcome | accuracy (ORT, test) | MACs | size | ORT b1 | ORT bN | tool cost | "
@@ -84,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         for m in a.models.split(","):
             for r in a.recipes.split(","):
-                row = run_cell(m, r, Path(td), a.runs)
+                row = run_cell(m, r, Path(td), a.runs, a.pt2)
                 rows.append(row)
                 print(fmt(row), flush=True)
     done = sum(r["outcome"] == "done" for r in rows)

@@ -161,6 +161,77 @@ def test_structured_pruning_really_shrinks_transformers_and_grus(name, foreign, 
     assert _acc_ort(tmp_path / "p.onnx", data) > 0.3  # unrecovered; recovery has its own test below
 
 
+@pytest.mark.parametrize("name", ["hf-resnet", "hf-mobilenetv2", "hf-convnext"])
+def test_structured_pruning_finds_channel_groups_of_hugging_face_cnns_on_the_capture(name, foreign, tmp_path):
+    """torch.fx cannot trace these (shape checks, int() paddings); the channel graph runs on their capture."""
+    from slimkit.prune.structured import StructuredPruneConfig, analyse, structured_prune
+
+    model, data = foreign(name)
+    plan = analyse(copy.deepcopy(model).eval(), data.example_inputs(2), StructuredPruneConfig())
+    assert plan.graph.graph_kind == "export" and plan.groups
+    producers = [set(g["producers"]) for g in plan.groups.values()]
+    if name == "hf-resnet":  # a residual add couples the block's last conv with its shortcut conv
+        assert any(any("shortcut" in p for p in ps) and any("layer.1" in p for p in ps) for ps in producers)
+    if name == "hf-mobilenetv2":  # expanded channels run through the depthwise conv and its BatchNorm
+        roles = [{u.role for u in g["uses"]} for g in plan.groups.values()]
+        assert sum({"dw", "bn", "in"} <= r for r in roles) >= 10
+    if name == "hf-convnext":  # the stage stream carries the layer scale (a loose parameter) and the LayerNorms
+        assert any({"vec", "ln", "dw"} <= {u.role for u in g["uses"]} for g in plan.groups.values())
+    before = _state(model)
+    out = structured_prune(model, StructuredPruneConfig(ratio=0.5), _ctx(model, data))
+    _unchanged(model, before)
+    n0, n1 = (sum(p.numel() for p in m.parameters()) for m in (model, out))
+    assert n1 < 0.6 * n0, (n0, n1)
+    assert all(isinstance(m, nn.Conv2d) for m in out.modules() if "Conv" in type(m).__name__ and
+               type(m).__module__.startswith("torch"))
+    export_artifact(out, data, tmp_path / "p.onnx")  # parity at the test batch (exported at 2)
+    with torch.no_grad():  # the same class, narrower, computing what the ONNX file computes
+        ref = torch.cat([out(*x) for x, _ in data.test.batches(180)]).numpy()
+    got = np.concatenate([ort_run(ort_session(tmp_path / "p.onnx"), x) for x, _ in data.test.batches(180)])
+    assert np.abs(got - ref).max() < 1e-3
+
+
+def test_the_captured_channel_graph_slices_a_layer_scale_and_refuses_grouped_convs():
+    """A ConvNeXt-style block by hand: depthwise conv, channels-last LayerNorm, a per-channel scale parameter."""
+    from slimkit.prune.channels import ChannelGraph
+    from slimkit.prune.structured import apply_keep
+
+    class Block(nn.Module):
+        def __init__(self, grouped=False):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=4 if grouped else 8)
+            self.norm = nn.LayerNorm(8)
+            self.up, self.down = nn.Linear(8, 16), nn.Linear(16, 8)
+            self.gamma = nn.Parameter(torch.rand(8))
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.stem(x)
+            if x.shape[-1] < 2:  # a shape check: torch.fx cannot trace this, torch.export can
+                raise ValueError
+            y = self.dw(x).permute(0, 2, 3, 1)
+            y = self.gamma * self.down(torch.relu(self.up(self.norm(y))))
+            return self.head((x + y.permute(0, 3, 1, 2)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    m = Block().eval()
+    x = torch.randn(4, 3, 6, 6)
+    g = ChannelGraph(m, (x[:2],), {"stem", "up", "down", "head"}, graph="export")
+    groups = {gid: v for gid, v in g.groups().items() if not v["blocked"]}
+    stream = next(v for v in groups.values() if "stem" in v["producers"])
+    assert set(stream["producers"]) == {"stem", "down"}
+    assert {(u.name, u.role) for u in stream["uses"]} >= {("dw", "dw"), ("norm", "ln"), ("gamma", "vec"),
+                                                          ("up", "in"), ("head", "in")}
+    keep = {gid: torch.arange(0, v["size"], 2) for gid, v in groups.items()}
+    apply_keep(m, groups, keep)
+    assert m.gamma.shape == (4,) and m.dw.groups == 4 and m.norm.normalized_shape == (4,) and m.up.out_features == 8
+    assert m(x).shape == (4, 2)
+    gg = ChannelGraph(Block(grouped=True).eval(), (x[:2],), {"stem", "up", "down", "head"}, graph="export")
+    blocked = [v["blocked"] for v in gg.groups().values() if "stem" in v["producers"]][0]
+    assert any("grouped convolution" in b for b in blocked)
+
+
 def test_prune_structured_recipe_on_a_transformer_keeps_accuracy(foreign, tmp_path):
     import slimkit
 
@@ -257,10 +328,29 @@ def test_a_pt2_program_gets_real_layers_back_and_prunes_and_exports_at_any_batch
     q = int8_dynamic(loaded, DynamicQuantConfig(), _ctx(loaded, data))
     export_artifact(q, data, tmp_path / "q.onnx")
     assert _acc_ort(tmp_path / "q.onnx", data) >= _acc_torch(model, data) - 0.02
-    with pytest.raises(ConfigError, match="pt2 program is not supported yet"):
+    with pytest.raises(ConfigError, match="computes reshapes from the batch"):
         from slimkit.quantize.static import StaticQuantConfig, int8_static
 
         int8_static(loaded, StaticQuantConfig(), _ctx(loaded, data))
+
+
+def test_a_pt2_cnn_program_is_channel_pruned_and_statically_quantized(foreign, tmp_path):
+    """A Hugging Face ResNet given as a .pt2 file: its BatchNorms are functional ops on loose tensors there."""
+    from slimkit.load import load_model
+    from slimkit.prune.structured import StructuredPruneConfig, structured_prune
+    from slimkit.quantize.static import StaticQuantConfig, int8_static
+
+    model, data = foreign("hf-resnet")
+    _save_pt2(model, data, tmp_path / "r.pt2")
+    loaded = load_model(str(tmp_path / "r.pt2")).model
+    pruned = structured_prune(loaded, StructuredPruneConfig(ratio=0.5), _ctx(loaded, data))
+    assert len(pruned.slimkit_info["channels"]) == 6  # the capture's groups, as on the module itself
+    assert sum(p.numel() for p in pruned.parameters()) < 0.4 * sum(p.numel() for p in loaded.parameters())
+    export_artifact(pruned, data, tmp_path / "p.onnx")  # parity at a batch of 64 (exported at 2)
+    q = int8_static(loaded, StaticQuantConfig(), _ctx(loaded, data))
+    assert q.info["graph"] == "torch.export" and len(q.info["quantized_layers"]) == 10
+    export_artifact(q, data, tmp_path / "q.onnx")
+    assert _acc_ort(tmp_path / "q.onnx", data) >= _acc_torch(model, data) - 0.02
 
 
 def test_a_pt2_with_a_fixed_batch_is_refused_at_load(foreign, tmp_path):

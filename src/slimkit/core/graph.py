@@ -149,6 +149,7 @@ class Captured:
         self.graph = program.graph
         params = {s.arg.name: s.target for s in program.graph_signature.input_specs
                   if getattr(s.arg, "name", None) and s.target is not None}
+        self.params: dict[str, str] = params  # placeholder name -> parameter/buffer path in ``model``
         self.calls: dict[str, ModuleCall] = {}
         self.param_readers: dict[str, set] = {}  # parameter name -> innermost module paths of the ops reading it
         self._owner: dict[fx.Node, str] = {}
@@ -317,6 +318,14 @@ class ProgramModule(nn.Module):
 
 def holds_program(model: nn.Module) -> bool:
     return any(isinstance(m, ProgramModule) for m in model.modules())
+
+
+def program_sizes_from_batch(model: nn.Module) -> bool:
+    """Whether a loaded ``.pt2`` program inside ``model`` computes sizes from its input's batch (``x.size(0)``,
+    from the program's ``sym_size``: attention reshapes, recurrent state): an exporter that traces at one batch
+    would fix them there."""
+    return any(n.op == "call_method" and n.target == "size" for m in model.modules() if isinstance(m, ProgramModule)
+               for n in m.gm.graph.nodes)
 
 
 def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:

@@ -1,5 +1,13 @@
-"""Channel-coupling analysis on a torch.fx graph: which output channels of
+"""Channel-coupling analysis on a model's graph: which output channels of
 which layers must be removed together so that the network stays consistent.
+
+The graph is torch.fx's where fx traces the model (the zoo: module calls), and
+otherwise its torch.export capture (``core.graph.capture``: Hugging Face CNNs,
+whose forwards branch on shapes or compute paddings with ``int()``), where
+layers are ATen ops (``aten.conv2d(x, weight, ...)``) on lifted parameters and
+each op is mapped back to the module that owns its weight. The ATen ops also
+appear in the fx graphs of loaded ``.pt2`` programs. Both views feed the same
+analysis below.
 
 Every Conv/Linear output starts a *group* of channels. Element-wise ops,
 BatchNorm, LayerNorm, pooling and depthwise convs carry a group through;
@@ -9,7 +17,9 @@ a block of features. Consumers (the next Conv/Linear) record where each group
 sits in their input. A group is *blocked* (left alone, with the reason in the
 report) when it reaches the model output, meets an op whose channel semantics
 we do not know (permute, slicing, a reshape with hard-coded sizes), or belongs
-to a layer shared between two call sites.
+to a layer shared between two call sites. A parameter combined element-wise
+with a group's channels (ConvNeXt's layer scale, a bias added by hand) is
+sliced with it (role ``vec``).
 
 Why our own analysis rather than Torch-Pruning's dependency graph: we measured
 it leaving the main group of a residual + concat + depthwise toy unpruned
@@ -26,8 +36,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from ..core import graph as G
 from ..core.errors import ConfigError
 from ..core.graph import trace
 
@@ -45,6 +56,13 @@ _BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add
 _BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
 _REDUCE = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
+# ATen ops (captured graphs, .pt2 programs) by name without overload (core.graph.op_name)
+_ATEN_UNARY = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "gelu", "gelu_", "silu", "silu_", "sigmoid",
+               "sigmoid_", "tanh", "tanh_", "hardswish", "hardswish_", "hardsigmoid", "leaky_relu", "elu", "mish",
+               "dropout", "dropout_", "feature_dropout", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+               "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d", "clone",
+               "contiguous", "alias", "detach", "_to_copy", "to"}
+_ATEN_BINARY = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 
 
 @dataclasses.dataclass
@@ -66,26 +84,39 @@ class Chan:
 @dataclasses.dataclass
 class Use:
     """A module that indexes a group: role ``in`` (input channels of a Conv/Linear),
-    ``bn``/``ln``/``dw`` (per-channel modules carried along)."""
+    ``bn``/``ln``/``dw`` (per-channel modules carried along), ``vec`` (``name`` is a parameter or buffer path
+    whose dimension ``dim`` runs along the channels)."""
 
     name: str
     role: str
     gid: int
     offset: int
     expand: int = 1
+    dim: int = 0
 
 
 class ChannelGraph:
     """The coupled channel groups of ``model`` for the given example inputs."""
 
-    def __init__(self, model: nn.Module, example_inputs, prunable: set[str]):
+    def __init__(self, model: nn.Module, example_inputs, prunable: set[str], graph: str = "fx"):
         self.model = model
-        self.gm = trace(model)
-        try:
-            ShapeProp(self.gm).propagate(*example_inputs)
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"cannot run {type(model).__name__} on the example inputs for structured pruning: "
-                              f"{str(e).splitlines()[0][:150]}") from None
+        self.graph_kind = graph
+        self._param: dict[fx.Node, str] = {}  # graph node -> the parameter/buffer path it reads
+        if graph == "fx":
+            self.gm = trace(model)
+            try:
+                ShapeProp(self.gm).propagate(*example_inputs)
+            except Exception as e:  # noqa: BLE001
+                raise ConfigError(f"cannot run {type(model).__name__} on the example inputs for structured "
+                                  f"pruning: {str(e).splitlines()[0][:150]}") from None
+            for node in self.gm.graph.nodes:
+                if node.op == "get_attr" and isinstance(_tensor_at(model, node.target), torch.Tensor):
+                    self._param[node] = node.target
+        else:  # torch.export: the capture runs on a copy with the same module names
+            cap = G.capture(model, example_inputs, what="structured pruning")
+            self.gm = cap.program.graph_module
+            self._param = {n: cap.params[n.name] for n in cap.graph.nodes
+                           if n.op == "placeholder" and n.name in cap.params}
         self.parent: dict[int, int] = {}
         self.size: dict[int, int] = {}
         self.producer: dict[int, list[str]] = {}
@@ -125,11 +156,11 @@ class ChannelGraph:
             if s.gid is not None and why not in self.blocked[self.find(s.gid)]:
                 self.blocked[self.find(s.gid)].append(why)
 
-    def _use(self, name: str, role: str, chan: Chan) -> None:
+    def _use(self, name: str, role: str, chan: Chan, dim: int = 0) -> None:
         off = 0
         for s in chan.segs:
             if s.gid is not None:
-                self.uses.append(Use(name, role, s.gid, off, s.expand))
+                self.uses.append(Use(name, role, s.gid, off, s.expand, dim))
             off += s.size * s.expand
 
     # -- analysis ------------------------------------------------------------------
@@ -145,7 +176,7 @@ class ChannelGraph:
                     self._block(meta.get(a), "reaches the model output")
                 continue
             ins = [meta.get(a) for a in node.all_input_nodes]
-            if not isinstance(node.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata):
+            if self._shape(node) is None:
                 # non-tensor results (x.size(0), tuples) carry no channels; tuples of tensors are opaque
                 if node.op == "call_module" and isinstance(self.gm.get_submodule(node.target), nn.MultiheadAttention):
                     self._attention(node, ins)
@@ -171,11 +202,25 @@ class ChannelGraph:
                     if u.name == name:
                         self.blocked[self.find(u.gid)].append(f"{name} is called {n} times (shared weights)")
 
+    def _shape(self, node) -> Optional[tuple]:
+        """The shape of a tensor-valued node (a symbolic size, the batch of a capture, as -1); None otherwise."""
+        if not isinstance(node, fx.Node):
+            return None
+        if self.graph_kind == "fx":
+            tm = node.meta.get("tensor_meta")
+            return tuple(int(d) for d in tm.shape) if isinstance(tm, TensorMetadata) else None
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            return None
+        return tuple(d if isinstance(d, int) else -1 for d in val.shape)
+
     def _visit(self, node: fx.Node, ins: list[Optional[Chan]]) -> Optional[Chan]:
-        shape = tuple(node.meta["tensor_meta"].shape)
+        shape = self._shape(node)
         if node.op in ("placeholder", "get_attr"):
             return None
         x = ins[0] if ins else None
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            return self._visit_aten(node, x, ins, shape)
         if node.op == "call_module":
             mod = self.gm.get_submodule(node.target)
             name = node.target
@@ -235,6 +280,111 @@ class ChannelGraph:
             return None
         raise _Opaque()
 
+    # -- ATen ops (the torch.export capture, and .pt2 programs) ------------------------------------------------------
+    def _layer(self, node: fx.Node, types: tuple) -> str:
+        """The module of ``types`` whose ``weight`` an ATen conv/linear op reads; opaque otherwise."""
+        path = self._param.get(node.args[1]) if len(node.args) > 1 else None
+        parent, _, attr = (path or "").rpartition(".")
+        mod = _module_at(self.model, parent) if path else None
+        if attr != "weight" or not isinstance(mod, types):
+            raise _Opaque(f"meets {_describe(node)} on weights that no {types[0].__name__} module owns")
+        bias = node.args[2] if len(node.args) > 2 else None
+        if bias is not None and self._param.get(bias) != f"{parent}.bias":
+            raise _Opaque(f"meets {_describe(node)} whose bias is not its module's")
+        self.calls[parent] = self.calls.get(parent, 0) + 1
+        return parent
+
+    def _visit_aten(self, node: fx.Node, x: Optional[Chan], ins, shape) -> Optional[Chan]:
+        op, args = G.op_name(node), node.args
+        if op in ("conv1d", "conv2d"):
+            name = self._layer(node, (nn.Conv1d, nn.Conv2d))
+            mod = self.model.get_submodule(name)
+            if mod.groups == 1:
+                if x is not None:
+                    if x.dim != 1:
+                        raise _Opaque(f"{name} convolves a tensor whose channels are not in dim 1")
+                    self._use(name, "in", x)
+                return Chan(1, [Seg(self._new(mod.out_channels, name), mod.out_channels)])
+            if mod.groups == mod.in_channels == mod.out_channels and x is not None and x.dim == 1:
+                self._use(name, "dw", x)
+                return x
+            raise _Opaque(f"{name} is a grouped convolution (groups={mod.groups})")
+        if op == "linear":
+            name = self._layer(node, (nn.Linear,))
+            mod = self.model.get_submodule(name)
+            if x is not None:
+                if x.dim != len(shape) - 1:
+                    raise _Opaque(f"{name} is applied to a non-channel dimension")
+                self._use(name, "in", x)
+            return Chan(len(shape) - 1, [Seg(self._new(mod.out_features, name), mod.out_features)])
+        if op == "batch_norm":
+            if x is None:
+                return None
+            if x.dim != 1:
+                raise _Opaque(f"{_describe(node)} normalises a non-channel dimension")
+            self._per_channel(node, args[1:5], nn.modules.batchnorm._BatchNorm, "bn", x)
+            return x
+        if op == "layer_norm":
+            if x is None:
+                return None
+            if len(args[1]) != 1 or x.dim != len(shape) - 1:
+                raise _Opaque(f"{_describe(node)} normalises more than the channel dimension")
+            if (len(args) < 3 or args[2] is None):
+                raise _Opaque(f"{_describe(node)} has no per-channel parameters to prune")
+            self._per_channel(node, args[2:4], nn.LayerNorm, "ln", x, loose_ok=False)
+            return x
+        if op in _ATEN_UNARY:
+            return x
+        if op in ("pad", "constant_pad_nd"):
+            if x is not None and x.dim >= len(shape) - len(args[1]) // 2:
+                raise _Opaque(f"is padded along the channels in {_describe(node)}")
+            return x
+        if op in _ATEN_BINARY:
+            return self._binary(node, shape)
+        if op in ("cat", "concat"):
+            return self._cat(node, shape)
+        if op == "flatten":
+            return self._flatten(node, x, args[1] if len(args) > 1 else 0, args[2] if len(args) > 2 else -1)
+        if op in ("view", "reshape", "_unsafe_view"):
+            return self._reshape(node, x, shape)
+        if op in ("mean", "sum", "amax"):
+            return self._reduce(node, x, shape)
+        if op in ("permute", "transpose"):
+            if x is None:
+                return None
+            nd = len(shape)
+            perm = list(range(nd))
+            if op == "permute":
+                perm = [d % nd for d in args[1]]
+            else:
+                a, b = args[1] % nd, args[2] % nd
+                perm[a], perm[b] = b, a
+            return Chan(perm.index(x.dim), x.segs)
+        if op == "unsqueeze":
+            if x is None:
+                return None
+            d = args[1] % len(shape)
+            return Chan(x.dim + (1 if d <= x.dim else 0), x.segs)
+        if x is None and all(c is None for c in ins):
+            return None
+        raise _Opaque()
+
+    def _per_channel(self, node, tensors, types, role: str, x: Chan, loose_ok: bool = True) -> None:
+        """A normalisation op's per-channel tensors: one use of their module (``role``) when they are its own,
+        else (``loose_ok``) a ``vec`` use of each (a functional batch_norm of a .pt2 program)."""
+        paths = [self._param.get(t) if isinstance(t, fx.Node) else None for t in tensors]
+        if any(isinstance(t, fx.Node) and p is None for t, p in zip(tensors, paths)):
+            raise _Opaque(f"{_describe(node)} takes per-channel tensors computed in the forward")
+        parents = {p.rpartition(".")[0] for p in paths if p}
+        if len(parents) == 1 and isinstance(_module_at(self.model, next(iter(parents))), types):
+            self._use(next(iter(parents)), role, x)
+            return
+        if not loose_ok:
+            raise _Opaque(f"{_describe(node)} has a fixed normalised shape outside a {types.__name__} module")
+        for p in paths:
+            if p:
+                self._use(p, "vec", x)
+
     def _attention(self, node: fx.Node, ins) -> None:
         mod = self.gm.get_submodule(node.target)
         for c in ins:
@@ -243,24 +393,28 @@ class ChannelGraph:
             self.attention.append(node.target)
 
     def _binary(self, node: fx.Node, shape) -> Optional[Chan]:
-        tensors = [a for a in node.args if isinstance(a, fx.Node) and "tensor_meta" in a.meta]
+        tensors = [a for a in node.args if self._shape(a) is not None]
         chans = []
         for a in tensors:
-            c = self._meta_of(a)
-            ashape = tuple(a.meta["tensor_meta"].shape)
-            chans.append((c, ashape))
-        tracked = [(c, s) for c, s in chans if c is not None]
+            chans.append((self._meta_of(a), self._shape(a), a))
+        tracked = [(c, s) for c, s, _ in chans if c is not None]
         if not tracked:
             return None
         dim = tracked[0][0].dim
         out_dim = dim + (len(shape) - len(tracked[0][1]))
-        for c, s in chans:
+        ref = tracked[0][0]
+        width = sum(seg.size * seg.expand for seg in ref.segs)
+        sliced = []
+        for c, s, a in chans:
             if c is None:
-                # a fixed operand is fine only when it broadcasts over the channels
+                # a fixed operand is fine when it broadcasts over the channels, or when it is a parameter with one
+                # value per channel (sliced with them)
                 k = out_dim - (len(shape) - len(s))
                 if 0 <= k < len(s) and s[k] != 1:
-                    raise _Opaque(f"is combined with a fixed tensor in {_describe(node)}")
-        ref = tracked[0][0]
+                    if a in self._param and s[k] == width:
+                        sliced.append((self._param[a], k))
+                    else:
+                        raise _Opaque(f"is combined with a fixed tensor in {_describe(node)}")
         for c, s in tracked[1:]:
             if c.dim + (len(shape) - len(s)) != out_dim or len(c.segs) != len(ref.segs) or any(
                     a.size != b.size or a.expand != b.expand for a, b in zip(c.segs, ref.segs)):
@@ -270,6 +424,8 @@ class ChannelGraph:
                     raise _Opaque(f"is added to fixed channels in {_describe(node)}")
                 if a.gid is not None:
                     self._union(b.gid, a.gid)
+        for path, k in sliced:
+            self._use(path, "vec", ref, dim=k)
         return Chan(out_dim, list(ref.segs))
 
     def _meta_of(self, a: fx.Node) -> Optional[Chan]:
@@ -286,13 +442,13 @@ class ChannelGraph:
             raise _Opaque(f"is concatenated along a non-channel dimension in {_describe(node)}")
         segs = []
         for p, c in zip(parts, chans):
-            segs += c.segs if c is not None else [Seg(None, int(p.meta["tensor_meta"].shape[dim]))]
+            segs += c.segs if c is not None else [Seg(None, int(self._shape(p)[dim]))]
         return Chan(dim, segs)
 
     def _flatten(self, node, x: Optional[Chan], start: int, end: int) -> Optional[Chan]:
         if x is None:
             return None
-        in_shape = tuple(node.all_input_nodes[0].meta["tensor_meta"].shape)
+        in_shape = self._shape(node.all_input_nodes[0])
         nd = len(in_shape)
         start, end = start % nd, end % nd
         if x.dim < start:
@@ -312,7 +468,7 @@ class ChannelGraph:
         sizes = node.args[1:] if node.op == "call_method" else node.args[1]
         if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
             sizes = sizes[0]
-        in_shape = tuple(node.all_input_nodes[0].meta["tensor_meta"].shape)
+        in_shape = self._shape(node.all_input_nodes[0])
         literal = [s for s in sizes[1:] if isinstance(s, int) and s != -1]
         if x.dim == 1 and len(shape) == 2 and shape[0] == in_shape[0] and not literal:
             return self._flatten(node, x, 1, -1)
@@ -321,7 +477,7 @@ class ChannelGraph:
     def _reduce(self, node, x: Optional[Chan], shape) -> Optional[Chan]:
         if x is None:
             return None
-        in_shape = tuple(node.all_input_nodes[0].meta["tensor_meta"].shape)
+        in_shape = self._shape(node.all_input_nodes[0])
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         if dims is None:
             raise _Opaque(f"is reduced over every dimension in {_describe(node)}")
@@ -355,5 +511,18 @@ def _describe(node: fx.Node) -> str:
 
 def _is_shape_query(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in ("size", "dim") or \
-        node.op == "call_function" and node.target is getattr
+        node.op == "call_function" and node.target in (getattr, torch.ops.aten.sym_size.int)
+
+
+def _module_at(model: nn.Module, path: str) -> Optional[nn.Module]:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _tensor_at(model: nn.Module, path: str):
+    parent, _, attr = path.rpartition(".")
+    mod = _module_at(model, parent)
+    return getattr(mod, attr, None) if mod is not None else None
 

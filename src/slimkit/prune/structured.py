@@ -30,7 +30,7 @@ from ..evaluate.metrics import held_in_split, split_score
 from ..core.graph import set_module
 from ..core.allocate import greedy_levels
 from ..core.rewrite import split_attention
-from .blocks import find_units
+from .blocks import attention_units, find_units
 from .channels import ChannelGraph
 from .importance import accumulate_gradients
 
@@ -178,17 +178,22 @@ def apply_keep(model: nn.Module, groups: dict, keep: dict[int, torch.Tensor]) ->
             else:
                 mod.out_channels = len(idx)
         for u in grp["uses"]:
-            mod = model.get_submodule(u.name)
             if u.role == "in":
                 in_keep.setdefault(u.name, []).append((u.offset, grp["size"] * u.expand,
                                                        _use_index(u, grp["size"])[idx].reshape(-1)))
-            else:  # bn / ln / dw index the same channels; several segments compose via the same path
-                in_keep.setdefault(u.name + "\0" + u.role, []).append((u.offset, grp["size"] * u.expand,
-                                                                      _use_index(u, grp["size"])[idx].reshape(-1)))
+            else:  # bn / ln / dw / vec index the same channels; several segments compose via the same path
+                role = f"vec{u.dim}" if u.role == "vec" else u.role
+                in_keep.setdefault(u.name + "\0" + role, []).append((u.offset, grp["size"] * u.expand,
+                                                                     _use_index(u, grp["size"])[idx].reshape(-1)))
     for key, parts in in_keep.items():
         name, _, role = key.partition("\0")
-        mod = model.get_submodule(name)
-        width = mod.weight.shape[1] if role == "" else mod.weight.shape[0]
+        if role.startswith("vec"):  # a parameter or buffer, by path, along dimension ``dim``
+            parent, _, attr = name.rpartition(".")
+            mod, dim = model.get_submodule(parent), int(role[3:])
+            width = getattr(mod, attr).shape[dim]
+        else:
+            mod = model.get_submodule(name)
+            width = mod.weight.shape[1] if role == "" else mod.weight.shape[0]
         mask = torch.ones(width, dtype=torch.bool)
         for off, span, kept in parts:
             mask[off:off + span] = False
@@ -212,6 +217,8 @@ def apply_keep(model: nn.Module, groups: dict, keep: dict[int, torch.Tensor]) ->
             for p in ("weight", "bias"):
                 _slice_param(mod, p, idx, 0)
             mod.normalized_shape = (len(idx),)
+        else:
+            _slice_param(mod, attr, idx, dim)
 
 
 def keep_from_counts(scores: dict[int, torch.Tensor], counts: dict[int, int]) -> dict[int, torch.Tensor]:
@@ -324,13 +331,34 @@ class _Plan:
     scores: dict
 
 
-def analyse(model: nn.Module, example, cfg: StructuredPruneConfig) -> _Plan:
+def analyse(model: nn.Module, example, cfg: StructuredPruneConfig, graph: str = "auto") -> _Plan:
+    """The channel groups of ``model``: on its torch.fx graph (``graph="fx"``), its torch.export capture
+    (``"export"``), or (``"auto"``) fx where it traces and the capture for models fx cannot trace that hold no
+    attention or recurrent layer (Hugging Face CNNs; transformers and RNNs go to ``blocks.py``'s units). Raises
+    ``ConfigError`` when neither applies."""
     prunable = {n for n, m in cfg.targets.select(model) if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
-    graph = ChannelGraph(model, example, prunable)
+    if graph == "auto":
+        try:
+            return analyse(model, example, cfg, "fx")
+        except ConfigError as e:
+            if has_block_units(model):
+                raise
+            why = first_line(e, 160)
+        try:
+            return analyse(model, example, cfg, "export")
+        except ConfigError as e:
+            raise ConfigError(f"{why}; {first_line(e, 160)}") from None
+    graph = ChannelGraph(model, example, prunable, graph)
     allg = graph.groups()
     groups = {g: v for g, v in allg.items() if not v["blocked"]}
     skipped = {"+".join(v["producers"]): v["blocked"] for v in allg.values() if v["blocked"]}
     return _Plan(graph, groups, skipped, {})
+
+
+def has_block_units(model: nn.Module) -> bool:
+    """Whether ``model`` holds attention or recurrent layers (pruned as ``blocks.py`` units, not channels)."""
+    return bool(attention_units(model)) or any(isinstance(m, (nn.MultiheadAttention, nn.RNNBase))
+                                               for m in model.modules())
 
 
 def _pruned(model: nn.Module, plan: _Plan, counts: dict[int, int]) -> nn.Module:
