@@ -75,11 +75,14 @@ def main() -> None:
         lm, data = resolve("zoo:digits-cnn")
         pruned = compress(lm.model, "prune-structured-50", data, measure=False).model
         sk = slimkit_int8(pruned, data)
+        ff = "pruned + slimkit int8, first layer float"
+        sk_ff = slimkit_int8(pruned, data, float_first=True)
         plan = [("original", ort, "fp32"), ("original", lit, "int8"), ("pruned", lit, "fp32"), ("pruned", lit, "int8"),
-                ("pruned + slimkit int8", lit, "int8"), ("pruned", et, "fp32"), ("pruned + slimkit int8", et, "int8"),
-                ("pruned + slimkit int8", tflm, "int8")]
+                ("pruned + slimkit int8", lit, "int8"), (ff, lit, "int8"), ("pruned", et, "fp32"),
+                ("pruned + slimkit int8", et, "int8"), (ff, et, "int8"), ("pruned + slimkit int8", tflm, "int8")]
         with tempfile.TemporaryDirectory() as d:
-            res = measure_runtimes({"original": lm.model, "pruned": pruned, "pruned + slimkit int8": sk}, data, rts,
+            res = measure_runtimes({"original": lm.model, "pruned": pruned, "pruned + slimkit int8": sk, ff: sk_ff},
+                                   data, rts,
                                    workdir=d, threads=args.threads, runs=args.runs, board=b, plan=plan)
         out.append(table("zoo:digits-cnn, prune-structured-50 then int8, vs the ORT fp32 original", res))
         print(out[-1], flush=True)
@@ -148,14 +151,18 @@ def minilm(lit, n: int = 32, runs: int = 30) -> str:
     return "\n".join(lines)
 
 
-def slimkit_int8(model, data):
-    """The int8-static recipe's quantized model (slimkit's calibrators, bias correction)."""
+def slimkit_int8(model, data, **overrides):
+    """The int8-static recipe's quantized model (slimkit's calibrators, bias correction); ``overrides``: config
+    fields changed from the recipe's (``float_first=True``)."""
+    import dataclasses
+
     from slimkit.core.context import Context
     from slimkit.core.registry import get_technique
     from slimkit.pipeline import Recipe
 
     step = Recipe.load("int8-static").stages[0].techniques[0]
-    return get_technique(step.type).apply(model, step.config, Context(data=data))
+    cfg = dataclasses.replace(step.config, **overrides)
+    return get_technique(step.type).apply(model, cfg, Context(data=data))
 
 
 if __name__ == "__main__":

@@ -258,3 +258,30 @@ def test_an_embedding_artifact_refused_on_cosine_says_what_serves(digits):
     with pytest.raises(ExportError) as e:
         check_int8(Drifting(), torch.nn.Identity(), data, "litert fp16", "fp16")
     assert "int8-dynamic" not in str(e.value)
+
+
+def test_float_first_keeps_the_first_layer_float_in_every_artifact(tmp_path, digits_cnn, digits):
+    """``float_first``: the convolution over the input channel runs in float (a depthwise conv with a channel
+    multiplier in LiteRT, whose int8 kernel is the slow one here), the rest stays int8, the accuracy holds."""
+    from slimkit.core import Context
+    from slimkit.export.onnx import export_artifact
+    from slimkit.quantize.static import StaticQuantConfig, int8_static
+    from slimkit.runtimes.litert import tensor_types
+
+    ctx = Context(data=digits)
+    qm = int8_static(digits_cnn, StaticQuantConfig(float_first=True), ctx)
+    assert qm.info["float_first"] == "features.0" and "features.0" not in qm.info["quantized_layers"]
+    assert len(qm.info["quantized_layers"]) == 4 and any("features.0" in n for n in ctx.notes)
+    export_artifact(qm, digits, tmp_path / "q.onnx")  # the QDQ file matches the simulation (tight check)
+    lit = get_runtime("litert")
+    art = lit.export(qm, digits, tmp_path / "q.tflite", "int8", batch=1)
+    ops = lit.ops(art)
+    assert "QUANTIZE" in ops and ops.index("QUANTIZE") > min(ops.index(o) for o in ("CONV_2D", "DEPTHWISE_CONV_2D")
+                                                               if o in ops)
+    types = tensor_types(art)
+    assert sum(t == "int8" for t in types.values()) >= 8 and any(t == "float32" for t in types.values())
+    sess = lit.open(art, 1)
+    assert sess.inp[0]["dtype"] == np.float32
+    with torch.no_grad():
+        torch_acc = float((digits_cnn.eval()(*digits.test.inputs).argmax(-1) == digits.test.targets).float().mean())
+    assert _acc(sess, digits) >= torch_acc - 0.01

@@ -50,7 +50,8 @@ class StaticQuantConfig(Config):
     """int8 static PTQ: per-channel weights, per-tensor u8 activations."""
 
     TUNABLE: ClassVar = {"calibrator": Tunable(choices=("auto", "minmax", "percentile", "mse")),
-                         "per_channel": Tunable(choices=(True, False))}
+                         "per_channel": Tunable(choices=(True, False)),
+                         "float_first": Tunable(choices=(False, True))}
 
     calibrator: str = "auto"
     percentile: float = 99.99
@@ -67,6 +68,10 @@ class StaticQuantConfig(Config):
     # layers at <= 4 bits: packed INT4 on disk (half the bytes; plain ONNX Runtime then re-expands those weights at
     # every run, see onnx_passes.pack_low_bit_weights) or int8 containers (no per-run cost, the default here)
     pack_4bit: bool = False
+    # keep the first layer (the one the model's input reaches first) in float: a convolution over one input
+    # channel becomes, in LiteRT, a depthwise convolution with a channel multiplier whose int8 XNNPACK kernel ran
+    # 2.6x slower than its fp32 one on this machine (docs/BENCHMARKS.md); the rest of the model stays int8
+    float_first: bool = False
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
     # how the model is seen: torch.fx where it traces, else torch.export (auto); or force one (fx | export)
     graph: str = "auto"
@@ -170,11 +175,39 @@ def _fx_reaches_all(model: nn.Module, cfg: StaticQuantConfig) -> bool:
                if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and cfg.per_layer_bits.get(n, 0) < 16)
 
 
+def first_layer(model: nn.Module, cfg: StaticQuantConfig, example=None) -> str:
+    """The Conv/Linear among ``cfg.targets`` that runs first on ``example`` (forward hooks on a copy); without an
+    example, the first one in module order. '' when there is none."""
+    names = [n for n, m in cfg.targets.select(model, strict=False) if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    if not names or example is None:
+        return names[0] if names else ""
+    m = copy.deepcopy(model).eval()
+    order: list[str] = []
+    hooks = [m.get_submodule(n).register_forward_pre_hook(lambda mod, args, n=n: order.append(n)) for n in names]
+    try:
+        with torch.no_grad():
+            m(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order[0] if order else names[0]
+
+
 def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 0, *, example=None,
                    captured="auto") -> QuantizedModel:
     """The fake-quant model of ``model`` under ``cfg``; ``captured``: ``capture_for_quantization``'s result
     (computed here when "auto"; needs ``example``)."""
     check_finite_weights(model)
+    first = first_layer(model, cfg, example) if cfg.float_first else ""
+    if first:
+        cfg = dataclasses.replace(cfg, per_layer_bits={**cfg.per_layer_bits, first: 32})
+    qm = _prepare_static(model, cfg, keep_inputs, example, captured)
+    if first:
+        qm.info["float_first"] = first
+    return qm
+
+
+def _prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int, example, captured) -> QuantizedModel:
     if G.holds_program(model) and G.program_sizes_from_batch(model):
         # checked before the work: the int8 file is traced at the example's batch (TorchScript, which carries
         # slimkit's QDQ), and this program's reshapes would keep that batch; convolutional programs do not
@@ -605,6 +638,9 @@ def _qdq_parity(qm, blob: bytes, data: DataBundle):
 def note_coverage(qm: QuantizedModel, ctx: Context) -> None:
     """Say on the console and in the report which weight-bearing layers stayed float, and why."""
     skipped = qm.info.get("skipped_layers") or {}
+    if qm.info.get("float_first"):
+        ctx.note(f"float_first: the first layer, {qm.info['float_first']}, stays float (its input and weights are "
+                 "not quantized)")
     if qm.info.get("graph") == "torch.export":
         ctx.note("torch.fx could not trace this model: it was captured with torch.export and quantized layer by "
                  "layer" + (f" ({len(qm.info['split_attention'])} MultiheadAttention split into Linear layers)"
