@@ -109,7 +109,7 @@ def test_lowrank_ratio_replaces_only_where_cheaper_and_keeps_the_user_model(digi
     assert isinstance(f.features[4], nn.Sequential) and isinstance(f.classifier[1], nn.Sequential)
     ctx = Context(data=digits)
     lowrank(digits_cnn, LowRankConfig(rank="ratio", ratio=0.9), ctx)
-    left = {r["layer"] for r in ctx.extras["tables"]["Low-rank factorization: layers left alone"]}
+    left = {r["layer"] for r in ctx.tables["Low-rank factorization: layers left alone"]}
     assert "classifier.5" in left  # rank 9 of 10: two Linear layers would cost more than one
     x = digits.test.inputs[0][:8]
     assert f(x).shape == digits_cnn(x).shape

@@ -182,7 +182,7 @@ def test_structured_sensitivity_meets_target_and_recovers_accuracy(digits_cnn, d
     ctx = Context(data=digits, teacher=digits_cnn)
     p = structured_prune(digits_cnn, StructuredPruneConfig(target_macs=0.5, allocation="sensitivity"), ctx)
     assert count_macs(p, ex) <= 0.5 * count_macs(digits_cnn, ex)
-    assert ctx.extras["tables"]["Structured pruning: sensitivity (each group pruned alone, held-in data)"]
+    assert ctx.tables["Structured pruning: sensitivity (each group pruned alone, held-in data)"]
     recover(p, ctx, Finetune(method="kd", epochs=8, lr=0.002))
     with torch.no_grad():
         acc = float(np.mean(p(digits.test.inputs[0]).argmax(1).numpy() == digits.test.targets.numpy()))

@@ -30,7 +30,12 @@ class Context:
     warnings: list[str] = dataclasses.field(default_factory=list)
     #: one row per training epoch of every recovery (stage, epoch, loss, val): the report's training curves
     history: list[dict] = dataclasses.field(default_factory=list)
-    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the recipe stage being run (prefixes warnings and training-history rows); set by the runner
+    stage: Optional[str] = None
+    #: where a technique's own recovery may checkpoint (resumable training); set by the runner
+    checkpoint: Optional[str] = None
+    #: technique-specific report tables (title -> rows): channels kept per group, layers left alone, ...
+    tables: dict[str, list] = dataclasses.field(default_factory=dict)
     #: called as ``on_epoch(model, row)`` after each recovery epoch (row: the history entry); it may raise to stop
     #: the run (the planner stops unpromising candidates this way)
     on_epoch: Optional[Callable[[torch.nn.Module, dict], None]] = None
@@ -62,7 +67,7 @@ class Context:
 
     def warn(self, msg: str) -> None:
         """A partial result: kept for the report and printed now (one line on stderr)."""
-        stage = self.extras.get("stage")
+        stage = self.stage
         self.warnings.append(f"{stage}: {msg}" if stage else msg)
         self.notes.append(f"warning: {msg}")
         info(f"slimkit: warning: {msg}")

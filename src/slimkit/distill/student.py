@@ -34,7 +34,7 @@ class DistillConfig(Finetune):
                     summary="knowledge distillation: logits (T^2-scaled KL + labels), hints, or embeddings")
 def distill_train(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:
     m = copy.deepcopy(model)
-    return recover(m, ctx, cfg, checkpoint=ctx.extras.get("checkpoint"))
+    return recover(m, ctx, cfg, checkpoint=ctx.checkpoint)
 
 
 def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -124,7 +124,7 @@ def distill_student(model: nn.Module, cfg: StudentConfig, ctx: Context) -> nn.Mo
     ft = Finetune(method=cfg.method, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                   temperature=cfg.temperature, alpha=cfg.alpha, augment=cfg.augment, patience=cfg.patience,
                   mixup=cfg.mixup)
-    recover(s, ctx, ft, checkpoint=ctx.extras.get("checkpoint"))
+    recover(s, ctx, ft, checkpoint=ctx.checkpoint)
     ctx.note(f"student: {count_params(s):,} params vs the teacher's {count_params(model):,} (width {cfg.width}"
              + (f", blocks {list(cfg.keep_layers)}" if cfg.keep_layers else "") + f", {cfg.init} init, "
              f"{cfg.method}, {cfg.epochs} epochs)")

@@ -162,7 +162,7 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
         torch.set_rng_state(st["rng"])
         start, best, bad = st["epoch"], st["best"], st["bad"]
         best_state = st.get("best_state")
-        stage = ctx.extras.get("stage")
+        stage = ctx.stage
         what = f"stage {stage}" if stage else "training"
         info(f"slimkit: resuming {what} from epoch {start} of {ft.epochs} (checkpoint {ckpt})"
              + ("; it is complete, nothing left to train" if start >= ft.epochs else ""))
@@ -231,7 +231,7 @@ def recover(model: nn.Module, ctx: Context, ft, on_step=None, extra_loss=None, c
         train_acc = correct / loss_n if (train.targets is not None and loss_n and not embedding) else None
         status.update(loss=loss_sum / max(1, loss_n), **({} if train_acc is None else {"acc": train_acc}),
                       **({} if score is None else {"val": score}))
-        ctx.history.append({"stage": ctx.extras.get("stage") or "", "epoch": epoch + 1,
+        ctx.history.append({"stage": ctx.stage or "", "epoch": epoch + 1,
                             "loss": loss_sum / max(1, loss_n), "train_acc": train_acc, "val": score})
         if ctx.on_epoch is not None:
             ctx.on_epoch(model, ctx.history[-1])

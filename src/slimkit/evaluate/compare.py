@@ -20,6 +20,7 @@ import torch.nn as nn
 from ..core.context import eval_mode
 from ..core.io import ZSTD_LEVEL
 from ..core.progress import info
+from ..core.result import is_simulated
 from ..export.onnx import export_onnx, ort_run, ort_session
 from ..core.data import DataBundle
 from . import energy as E
@@ -158,7 +159,7 @@ def _compare(candidates, data, *, workdir, threads, batch, runs, check_parity, m
     base = candidates[0].label
     ratios = {c.label: _ratios(results[c.label], results[base]) for c in candidates[1:]}
     return {"baseline": base, "metric": primary_metric(data), "metrics": results, "ratios": ratios,
-            "verdicts": {c.label: verdicts(ratios[c.label], getattr(c.model, "slimkit_simulated", False))
+            "verdicts": {c.label: verdicts(ratios[c.label], is_simulated(c.model))
                          for c in candidates[1:]},
             "settings": {"threads": threads, "batch_N": batch, "runs": runs, "data": data.name,
                          "data_description": data.description, "input_shapes": data.input_shapes()},

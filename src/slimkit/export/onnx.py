@@ -16,6 +16,7 @@ import torch.nn as nn
 from ..core.context import eval_mode
 from ..core.errors import ExportError, first_line
 from ..core.graph import holds_program
+from ..core.result import finalized, own_export
 from ..core.io import ONNX_STAMP_KEY, atomic_write_bytes
 from ..core.data import DataBundle
 
@@ -124,12 +125,10 @@ def _export_checked(model, data, out, *, opset, check, parity_samples, atol, min
 
 def export_artifact(model: nn.Module, data: DataBundle, path: str | os.PathLike):
     """Export whatever a technique produced: models that need a special ONNX form (int8 QDQ, integer MatMul,
-    MatMulNBits) carry ``slimkit_export``; masks are made permanent by ``slimkit_finalize`` first."""
-    finalize = getattr(model, "slimkit_finalize", None)
-    if callable(finalize):
-        model = finalize()
-    fn = getattr(model, "slimkit_export", None)
-    if callable(fn):
+    MatMulNBits) have their own (``core.result.own_export``); masks are made permanent first (``finalized``)."""
+    model = finalized(model)
+    fn = own_export(model)
+    if fn is not None:
         return fn(data, path)
     return export_onnx(model, data, path)
 

@@ -203,7 +203,7 @@ def lowrank(model: nn.Module, cfg: LowRankConfig, ctx: Context) -> nn.Module:
         ranks = [(s.out_features if isinstance(s, nn.Linear) else s.out_channels) for s in list(new)[:-1]]
         rows.append({"layer": n, "ranks": "x".join(map(str, ranks)), "macs": f"{base[n][0]:,} -> {macs:,}",
                      "params": f"{base[n][1]:,} -> {params:,}"})
-    tables = ctx.extras.setdefault("tables", {})
+    tables = ctx.tables
     tables["Low-rank factorization: layers replaced"] = rows
     if skipped:
         tables["Low-rank factorization: layers left alone"] = [{"layer": k, "why": v} for k, v in skipped.items()]
@@ -301,7 +301,7 @@ def dsconv(model: nn.Module, cfg: DSConvConfig, ctx: Context) -> nn.Module:
             rows.append({"layer": n, "macs": f"{m0:,} -> {m1:,}", "params": f"{p0:,} -> {p1:,}"})
     if not rows:
         raise ConfigError("no convolution could be converted: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    tables = ctx.extras.setdefault("tables", {})
+    tables = ctx.tables
     tables["Depthwise-separable conversion"] = rows
     if skipped:
         tables["Depthwise-separable conversion: left alone"] = [{"layer": k, "why": v} for k, v in skipped.items()]

@@ -21,6 +21,7 @@ from ..core.progress import info
 from ..core.io import (GENERATED_TAG, atomic_write_text, check_output_dir, publish_dir, scratch_dir, sweep_stale,
                        write_output_marker)
 from ..core.registry import get_technique
+from ..core.result import finalized, is_simulated, lowers, own_export, own_metrics
 from ..distill.trainer import recover
 from ..evaluate.compare import Candidate, compare
 from ..evaluate.energy import SOURCE as ENERGY_SOURCE
@@ -170,7 +171,6 @@ def _on_device(baseline, work, data, runtimes, tmp: Path, *, threads, batch, run
     from ..evaluate.runtimes import measure_runtimes
     from ..runtimes import get_runtime
     from ..runtimes import tflm as tflm_mod
-    from ..runtimes.base import lowers
 
     ort = get_runtime("ort")
     quantized = lowers(work)  # slimkit's int8: the same integer model in every runtime, beside the stock int8
@@ -210,20 +210,18 @@ def apply_recipe(baseline: nn.Module, recipe: Recipe, data: DataBundle, ctx: Con
         t0 = time.perf_counter()
         notes_before = len(ctx.notes)
         ckpt = Path(checkpoint_dir) / f"{recipe.name}-{stage.name}" if checkpoint_dir else None
-        ctx.extras["stage"] = stage.name
+        ctx.stage = stage.name
         for i, step in enumerate(stage.techniques):
             tech = get_technique(step.type)
             # techniques that train (distill.*) resume from their own checkpoint
-            ctx.extras["checkpoint"] = str(ckpt) + f"-{i}.pt" if ckpt else None
+            ctx.checkpoint = str(ckpt) + f"-{i}.pt" if ckpt else None
             info(f"slimkit: stage {stage.name}: {step.type}")
             work = tech.apply(work, step.config, ctx)
             if not isinstance(work, nn.Module):
                 raise SlimkitError(f"technique {step.type} returned {type(work).__name__}, not an nn.Module")
         if stage.finetune is not None and stage.finetune.epochs > 0:
             work = recover(work, ctx, stage.finetune, checkpoint=str(ckpt) + "-finetune.pt" if ckpt else None)
-        finalize = getattr(work, "slimkit_finalize", None)
-        if callable(finalize):  # e.g. make pruning masks permanent once recovery is done
-            work = finalize()
+        work = finalized(work)  # e.g. make pruning masks permanent once recovery is done
         stages.append({"name": stage.name, "techniques": [s.type for s in stage.techniques],
                        "finetune": stage.finetune.to_dict() if stage.finetune else None,
                        "seconds": round(time.perf_counter() - t0, 2),
@@ -266,7 +264,7 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
         report["history"] = list(ctx.history)
     try:  # per-layer MACs before/after: the report's pruning / factorization plots (quantization keeps the MACs,
         # and torch's counter cannot see through the fake-quant wrappers)
-        if getattr(work, "slimkit_simulated", False):
+        if is_simulated(work):
             raise NotImplementedError("a quantized simulation")
         report["layer_macs"] = {"baseline": macs_by_layer(baseline, data.example_inputs(1)),
                                 "compressed": macs_by_layer(work, data.example_inputs(1))}
@@ -276,21 +274,21 @@ def _compress(model, recipe, data, out_dir, *, model_spec, threads, batch, runs,
         ctx.note(f"per-layer MACs not available ({type(e).__name__})")
     if isinstance(qinfo, dict) and qinfo.get("sensitivity"):
         report["sensitivity"] = qinfo["sensitivity"]
-    if ctx.extras.get("tables"):  # technique-specific tables (channels kept, skipped layers, ...)
-        report["tables"] = ctx.extras["tables"]
+    if ctx.tables:  # technique-specific tables (channels kept, skipped layers, ...)
+        report["tables"] = ctx.tables
     tmp = scratch_dir(out_dir.parent if out_dir else None)
     try:
         export_artifact(work, data, tmp / "model.onnx")
         export_onnx(baseline, data, tmp / "baseline.onnx")
         if measure:
             cmp = compare([Candidate("baseline", baseline, tmp / "baseline.onnx"),
-                           Candidate("compressed", work, tmp / "model.onnx", getattr(work, "slimkit_metrics", {}))],
+                           Candidate("compressed", work, tmp / "model.onnx", own_metrics(work))],
                           data, workdir=tmp / "work", threads=threads, batch=batch, runs=runs)
             report.update(baseline=cmp["metrics"]["baseline"], compressed=cmp["metrics"]["compressed"],
                           ratios=cmp["ratios"]["compressed"], verdicts=cmp["verdicts"]["compressed"],
                           metric=cmp["metric"], settings=cmp["settings"], environment=cmp["environment"])
             report["verdicts"] = report["verdicts"] + quality_verdicts(report, recipe.max_drop, ctx.warnings)
-        if measure and not callable(getattr(work, "slimkit_export", None)):
+        if measure and own_export(work) is None:
             # float weights (pruned, fine-tuned): the .slim container is where zeros and shared values pay off
             from ..prune.container import save_slim
 

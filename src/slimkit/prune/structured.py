@@ -559,7 +559,7 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
              f"{len(counts)} groups; skipped {len(plan.skipped)} group(s): "
              + ("; ".join(f"{k} ({v[0]})" for k, v in plan.skipped.items()) or "none")
              + (f"; attention heads {heads}" if heads else ""))
-    tables = ctx.extras.setdefault("tables", {})
+    tables = ctx.tables
     tables["Structured pruning: channels kept per group"] = [
         {"group": k, "kept": v} for k, v in per_group.items()] + [
         {"group": f"{k} (attention heads)", "kept": f"{b}/{a}"} for k, (a, b) in heads.items()]
@@ -645,7 +645,7 @@ def _prune_units(model: nn.Module, m: nn.Module, cfg: StructuredPruneConfig, ctx
             ctx.warn(n)
     for k, v in skipped.items():
         ctx.warn(f"structured pruning left {k} whole: {v}")
-    tables = ctx.extras.setdefault("tables", {})
+    tables = ctx.tables
     tables["Structured pruning: units kept per block"] = [{"block": k, "kind": kind, "kept": f"{a}/{b}"}
                                                           for k, (a, b, kind) in kept.items()]
     return out

@@ -12,6 +12,7 @@ import torch.nn.utils.prune as tprune
 
 from ..core.config import Config, check_choice, check_range
 from ..core.context import Context
+from ..core.result import Compressed
 from ..core.errors import ConfigError
 from ..core.registry import register_technique
 from ..core.rewrite import split_attention
@@ -90,7 +91,7 @@ def weight_layers(model: nn.Module, targets: Targets, what: str = "prune") -> li
     return layers
 
 
-class PrunedModel(nn.Module):
+class PrunedModel(Compressed):
     """A model with live reparametrizations (pruning masks, shared-weight codebooks) that
     fine-tuning respects; ``slimkit_finalize`` writes them into plain weights."""
 

@@ -113,17 +113,16 @@ def entropy_range(v: np.ndarray, bits: int = 8, bins: int = 2048) -> tuple[float
     hist = hist.astype(np.float64)
     nq = 2 ** (bits - 1) if v.min() < 0 else 2 ** bits
     best_kl, best_i = np.inf, bins
+    filled = (hist > 0).astype(np.float64)
     for i in range(nq, bins + 1, max(1, (bins - nq) // 256)):
         ref = hist[:i].copy()
         ref[i - 1] += hist[i:].sum()  # clip the outliers into the last bin
-        # quantize the first i bins into nq levels
+        # quantize the first i bins into nq levels: each level's count spread evenly over its non-empty bins
+        # (per-level sums by bincount: the counts are integers, so the sums are exact in any order)
         idx = (np.arange(i) * nq // i)
-        q = np.zeros(i)
-        for k in range(nq):
-            sel = idx == k
-            nz = sel & (hist[:i] > 0)
-            if nz.any():
-                q[nz] = hist[:i][sel].sum() / nz.sum()
+        total = np.bincount(idx, weights=hist[:i], minlength=nq)
+        nonempty = np.bincount(idx, weights=filled[:i], minlength=nq)
+        q = np.where(hist[:i] > 0, total[idx] / np.maximum(nonempty[idx], 1.0), 0.0)
         p = ref / ref.sum()
         qq = q / max(q.sum(), 1e-12)
         mask = p > 0

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.context import Context
+from ..core.result import Compressed
 from ..core.errors import ConfigError, DataError, ExportError
 from ..export.onnx import write_onnx
 from ..core.progress import track
@@ -202,7 +203,7 @@ class DynQuantEmbedding(nn.Module):
         return F.embedding(ids, w, self.padding_idx)
 
 
-class DynQuantModel(nn.Module):
+class DynQuantModel(Compressed):
     # its PyTorch forward is the fake-quant simulation (float arithmetic): PyTorch timings of it are not a
     # deployment figure; the ONNX file is
     slimkit_simulated = True

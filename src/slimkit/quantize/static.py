@@ -17,6 +17,7 @@ import torch.nn as nn
 from ..core.checks import check_finite_weights
 from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.context import Context
+from ..core.result import Compressed
 from ..core.errors import ConfigError, DataError, ExportError
 from ..export.onnx import write_onnx
 from ..core.progress import track
@@ -93,7 +94,7 @@ class StaticQuantConfig(Config):
             self.targets = Targets.from_dict(self.targets)
 
 
-class QuantizedModel(nn.Module):
+class QuantizedModel(Compressed):
     """A fake-quant model (PyTorch simulation of int8 execution) that exports
     to an int8 QDQ ONNX file (``slimkit_export``)."""
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError, ExportError, LoadError, did_you_mean
+from ..core.result import finalized, lowers, own_export
 
 
 @dataclasses.dataclass
@@ -94,14 +95,9 @@ def quiet(stdout: bool = True):
         logging.disable(old)
 
 
-def lowers(model) -> bool:
-    """Is ``model`` slimkit's quantized simulation that lowers to an int8 program (``slimkit_lower``)?"""
-    return callable(getattr(model, "slimkit_lower", None))
-
-
 def check_plain(model, runtime: str) -> None:
     """Refuse slimkit's ONNX-only quantized models (int4 weights, dynamic int8) for an on-device runtime."""
-    if callable(getattr(model, "slimkit_export", None)) and not lowers(model):
+    if own_export(model) is not None and not lowers(model):
         raise ExportError(f"this model is slimkit's ONNX-only quantization (int4 weights or dynamic int8), which "
                           f"does not lower to {runtime}; use quantize.int8_static, quantize.qat or "
                           "quantize.mixed_precision, or export the float model with --int8")
@@ -134,8 +130,7 @@ def export_form(model, runtime: str):
     check_plain(model, runtime)
     if lowers(model):
         return model, True
-    finalize = getattr(model, "slimkit_finalize", None)
-    return (finalize() if callable(finalize) else model), False
+    return finalized(model), False
 
 
 #: an int8 artifact must agree with the model it was made from on this share of top-1 predictions (64 test samples)

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..core.result import is_simulated
 from ..core.context import eval_mode, torch_threads
 from ..evaluate import energy as E
 from ..evaluate.compare import default_batch, onnx_weight_stats
@@ -103,7 +104,7 @@ class Meter:
         m = {"runtime": art.runtime, "precision": precision, "size_bytes": Path(art.path).stat().st_size,
              "val": task_metrics(out_val, self.val, self.ref_val)[self.key],
              "test": task_metrics(out_test, self.test, self.ref_test)[self.key]}
-        plain = getattr(model, "slimkit_simulated", False)
+        plain = is_simulated(model)
         m["params"] = count_params(model)
         try:
             m["macs"] = macs if plain or macs is not None else count_macs(model, self.ex1)
