@@ -89,3 +89,38 @@ def test_zoo_training_repeats_bit_for_bit_whatever_the_process_thread_count(tmp_
     finally:
         torch.set_num_threads(old)
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_mnist1d_is_generated_once_and_a_damaged_copy_is_made_again(tmp_path, monkeypatch):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    from slimkit.zoo.data import mnist1d
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path))
+    first = mnist1d()
+    cached = list((tmp_path / "data").glob("mnist1d-*.npz"))
+    assert len(cached) == 1
+    ref = make_dataset(get_dataset_args())  # the package's own generation: the cache must not change a value
+    assert np.array_equal(first.train.inputs[0].squeeze(1).numpy(), np.asarray(ref["x"], dtype=np.float32))
+    assert np.array_equal(first.test.targets.numpy(), np.asarray(ref["y_test"]))
+    cached[0].write_bytes(b"not an npz")
+    again = mnist1d()
+    assert torch.equal(again.train.inputs[0], first.train.inputs[0]) and torch.equal(again.test.targets,
+                                                                                     first.test.targets)
+    with np.load(cached[0], allow_pickle=False) as z:  # rewritten whole
+        assert z["x"].shape == ref["x"].shape
+
+
+def test_cached_digits_are_scikit_learns(tmp_path, monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from slimkit.zoo.data import digits
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path))
+    made, cached = digits(8), digits(8)  # the second from the cache
+    assert list((tmp_path / "data").glob("digits-*.npz"))
+    ref = torch.tensor(load_digits().images, dtype=torch.float32) / 16.0 * 2 - 1
+    for d in (made, cached):
+        both = torch.cat([d.train.inputs[0], d.test.inputs[0]]).squeeze(1)
+        assert both.shape == ref.shape and torch.equal(both.sort(0).values, ref.sort(0).values)
+        assert torch.equal(d.test.inputs[0], made.test.inputs[0]) and torch.equal(d.train.targets, made.train.targets)

@@ -21,16 +21,13 @@ from ..core.errors import DataError, LoadError, SlimkitError, first_line
 def digits(size: int = 16) -> DataBundle:
     """scikit-learn's handwritten digits (1797 8x8 images, shipped with the
     package), upsampled to ``size``x``size``, fixed stratified split 1437/360."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    d = _cached_arrays("digits", "scikit-learn", _digits_arrays, ("images", "target", "idx_tr", "idx_te"))
+    x = torch.tensor(d["images"], dtype=torch.float32).unsqueeze(1) / 16.0
     if size != 8:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = (x - 0.5) / 0.5
-    y = torch.tensor(d.target, dtype=torch.long)
-    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=360, stratify=d.target, random_state=0)
+    y = torch.tensor(d["target"], dtype=torch.long)
+    idx_tr, idx_te = d["idx_tr"], d["idx_te"]
     return DataBundle("digits", "classification", DataSplit(x[idx_tr], y[idx_tr]), DataSplit(x[idx_te], y[idx_te]),
                       num_classes=10, description="scikit-learn digits, 16x16, 1437 train / 360 test",
                       augment="shift2d")
@@ -60,17 +57,58 @@ def digits_tokens() -> DataBundle:
 
 
 def mnist1d() -> DataBundle:
-    """MNIST-1D generated offline by the ``mnist1d`` package (4000/1000)."""
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    d = make_dataset(args)
+    """MNIST-1D generated offline by the ``mnist1d`` package (4000/1000), kept in the user cache after the first
+    generation (about 7 s of interpolation per call; the arrays are a few MB)."""
+    d = _cached_arrays("mnist1d", "mnist1d", _mnist1d_arrays, ("x", "y", "x_test", "y_test"))
     x = torch.tensor(d["x"], dtype=torch.float32).unsqueeze(1)
     xt = torch.tensor(d["x_test"], dtype=torch.float32).unsqueeze(1)
     y = torch.tensor(d["y"], dtype=torch.long)
     yt = torch.tensor(d["y_test"], dtype=torch.long)
     return DataBundle("mnist1d", "classification", DataSplit(x, y), DataSplit(xt, yt), num_classes=10,
                       description="MNIST-1D (mnist1d.make_dataset defaults), 4000 train / 1000 test, length 40")
+
+
+def _digits_arrays() -> dict:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    idx_tr, idx_te = train_test_split(np.arange(len(d.target)), test_size=360, stratify=d.target, random_state=0)
+    return {"images": d.images, "target": d.target, "idx_tr": idx_tr, "idx_te": idx_te}
+
+
+def _mnist1d_arrays() -> dict:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    return make_dataset(get_dataset_args())
+
+
+def _cached_arrays(name: str, package: str, make, names: tuple) -> dict:
+    """A built-in data set's arrays from ``cache_dir()/data`` (a plain ``.npz``, read without pickle), keyed by the
+    version of the package that makes them; else made by ``make()`` and cached (atomic write). Saves every process
+    the import of scikit-learn (about 2 s) or MNIST-1D's generation (about 7 s per call)."""
+    import hashlib
+    import io
+    from importlib.metadata import version
+
+    from ..core.io import atomic_write_bytes, cache_dir
+
+    tag = hashlib.sha256(f"{name} {package} {version(package)} 1".encode()).hexdigest()[:16]
+    path = cache_dir() / "data" / f"{name}-{tag}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in names}
+        except (OSError, ValueError, KeyError):  # a damaged copy: make it again
+            pass
+    d = {k: np.asarray(v) for k, v in make().items() if k in names}
+    buf = io.BytesIO()
+    np.savez(buf, **d)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except SlimkitError:  # an unwritable cache only costs the next run the work
+        pass
+    return d
 
 
 def sentences(tokenizer_dir: str | os.PathLike, max_length: int = 64) -> DataBundle:
