@@ -50,7 +50,18 @@ def run_cell(model: str, recipe: str, work: Path, runs: int, pt2: bool = False) 
         source = [str(save_pt2(model, work)), "--data", f"zoo:{ZOO[model].data}"]
     else:
         source = [f"zoo:{model}"]
-    cmd = [sys.executable, "-m", "slimkit", "compress", *source, "--recipe", recipe, "--out", str(out),
+    hwm = work / "hwm"
+    hwm.unlink(missing_ok=True)
+    # the CLI as a user runs it, wrapped so that the child reports its own peak RSS (VmHWM) at exit: wait4's
+    # ru_maxrss would also count the pages it shared with this parent (torch loaded here) before exec
+    wrap = ("import atexit, runpy, sys\n"
+            "def _hwm():\n"
+            "    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            f"    open({str(hwm)!r}, 'w').write(line.split()[1])\n"
+            "atexit.register(_hwm)\n"
+            "sys.argv = ['slimkit'] + sys.argv[1:]\n"
+            "runpy.run_module('slimkit', run_name='__main__', alter_sys=True)\n")
+    cmd = [sys.executable, "-c", wrap, "compress", *source, "--recipe", recipe, "--out", str(out),
            "--runs", str(runs), "--quiet"]
     t0 = time.perf_counter()
     with open(work / "stdout", "wb") as so, open(work / "stderr", "wb") as se:
@@ -59,8 +70,9 @@ def run_cell(model: str, recipe: str, work: Path, runs: int, pt2: bool = False) 
     wall = time.perf_counter() - t0
     rc = os.waitstatus_to_exitcode(status)
     err = (work / "stderr").read_text(errors="replace").strip().splitlines()
+    peak_kib = int(hwm.read_text()) if hwm.exists() else usage.ru_maxrss
     row = {"model": f"{model} (.pt2)" if pt2 else model, "recipe": recipe, "rc": rc, "seconds": round(wall, 1),
-           "peak_mib": round(usage.ru_maxrss / 1024)}
+           "peak_mib": round(peak_kib / 1024)}
     if rc == 0:
         rep = json.loads((out / "report.json").read_text())
         b, c, r = rep["baseline"], rep["compressed"], rep["ratios"]
