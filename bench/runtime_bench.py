@@ -9,7 +9,7 @@ MiniLM (``--only minilm``, not in the default set: about 10 minutes): the senten
 weights, int8 weight-only, dynamic-range int8, stock static int8 and slimkit static int8, as cosine similarity to
 PyTorch's embeddings on held-out sentences.
 
-    python bench/runtime_bench.py [--only digits-cnn,digits-mlp,mnist1d-cnn,pruned,minilm] [--threads 1]
+    python bench/runtime_bench.py [--only digits-cnn,digits-mlp,mnist1d-cnn,mnist1d-lstm,pruned,minilm] [--threads 1]
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def table(title: str, res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="digits-cnn,digits-mlp,mnist1d-cnn,pruned")
+    ap.add_argument("--only", default="digits-cnn,digits-mlp,mnist1d-cnn,mnist1d-lstm,pruned")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=200)
     args = ap.parse_args()
@@ -73,6 +73,20 @@ def main() -> None:
             res = measure_runtimes(variants, data, rts,
                                    workdir=d, threads=args.threads, runs=args.runs, board=b, plan=plan)
         out.append(table(f"zoo:{name}", res))
+        print(out[-1], flush=True)
+    if "mnist1d-lstm" in only:  # a recurrent model: litert-torch unrolls the LSTM into FULLY_CONNECTED/LOGISTIC/TANH
+        from slimkit.core.context import Context
+        from slimkit.quantize.dynamic import DynamicQuantConfig, int8_dynamic
+
+        lm, data = resolve("zoo:mnist1d-lstm")
+        dyn = int8_dynamic(lm.model, DynamicQuantConfig(), Context(data=data))
+        plan = [("fp32", ort, "fp32"), ("slimkit int8-dynamic", ort, "int8"), ("fp32", lit, "fp32"),
+                ("fp32", lit, "int8-dynamic"), ("stock int8", lit, "int8"), ("fp32", et, "fp32"),
+                ("stock int8", et, "int8")]
+        with tempfile.TemporaryDirectory() as d:
+            res = measure_runtimes({"fp32": lm.model, "stock int8": lm.model, "slimkit int8-dynamic": dyn}, data, rts,
+                                   workdir=d, threads=args.threads, runs=args.runs, board=b, plan=plan)
+        out.append(table("zoo:mnist1d-lstm", res))
         print(out[-1], flush=True)
     if "pruned" in only:
         from slimkit.pipeline import compress
