@@ -1,5 +1,4 @@
 """The technique-result contract (core.result): what the runner, exporters and meters read, in one place."""
-import torch
 import torch.nn as nn
 
 from slimkit.core.result import Compressed, finalized, is_simulated, lowers, own_export, own_metrics
@@ -53,4 +52,3 @@ def test_every_wrapping_technique_result_is_a_compressed():
     for cls in (PrunedModel, ClusteredModel, DynQuantModel, Int4Model, QuantizedModel):
         assert issubclass(cls, Compressed), cls
     assert QuantizedModel.slimkit_lower is not None and DynQuantModel.slimkit_lower is None
-    assert torch.nn.Module in Compressed.__mro__

@@ -225,22 +225,9 @@ class ChannelGraph:
             mod = self.gm.get_submodule(node.target)
             name = node.target
             if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-                if mod.groups == 1:
-                    if x is not None:
-                        if x.dim != 1:
-                            raise _Opaque(f"{name} convolves a tensor whose channels are not in dim 1")
-                        self._use(name, "in", x)
-                    return Chan(1, [Seg(self._new(mod.out_channels, name), mod.out_channels)])
-                if mod.groups == mod.in_channels == mod.out_channels and x is not None and x.dim == 1:
-                    self._use(name, "dw", x)
-                    return x
-                raise _Opaque(f"{name} is a grouped convolution (groups={mod.groups})")
+                return self._conv(name, mod, x)
             if isinstance(mod, nn.Linear):
-                if x is not None:
-                    if x.dim != len(shape) - 1:
-                        raise _Opaque(f"{name} is applied to a non-channel dimension")
-                    self._use(name, "in", x)
-                return Chan(len(shape) - 1, [Seg(self._new(mod.out_features, name), mod.out_features)])
+                return self._linear(name, mod, x, shape)
             if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 if x is not None:
                     if x.dim != 1:
@@ -280,6 +267,27 @@ class ChannelGraph:
             return None
         raise _Opaque()
 
+    def _conv(self, name: str, mod: nn.Module, x: Optional[Chan]) -> Optional[Chan]:
+        """A convolution (an fx module call or an ATen op mapped to its module): a new group, or, depthwise, the
+        input's group carried through."""
+        if mod.groups == 1:
+            if x is not None:
+                if x.dim != 1:
+                    raise _Opaque(f"{name} convolves a tensor whose channels are not in dim 1")
+                self._use(name, "in", x)
+            return Chan(1, [Seg(self._new(mod.out_channels, name), mod.out_channels)])
+        if mod.groups == mod.in_channels == mod.out_channels and x is not None and x.dim == 1:
+            self._use(name, "dw", x)
+            return x
+        raise _Opaque(f"{name} is a grouped convolution (groups={mod.groups})")
+
+    def _linear(self, name: str, mod: nn.Module, x: Optional[Chan], shape) -> Chan:
+        if x is not None:
+            if x.dim != len(shape) - 1:
+                raise _Opaque(f"{name} is applied to a non-channel dimension")
+            self._use(name, "in", x)
+        return Chan(len(shape) - 1, [Seg(self._new(mod.out_features, name), mod.out_features)])
+
     # -- ATen ops (the torch.export capture, and .pt2 programs) ------------------------------------------------------
     def _layer(self, node: fx.Node, types: tuple) -> str:
         """The module of ``types`` whose ``weight`` an ATen conv/linear op reads; opaque otherwise."""
@@ -298,25 +306,10 @@ class ChannelGraph:
         op, args = G.op_name(node), node.args
         if op in ("conv1d", "conv2d"):
             name = self._layer(node, (nn.Conv1d, nn.Conv2d))
-            mod = self.model.get_submodule(name)
-            if mod.groups == 1:
-                if x is not None:
-                    if x.dim != 1:
-                        raise _Opaque(f"{name} convolves a tensor whose channels are not in dim 1")
-                    self._use(name, "in", x)
-                return Chan(1, [Seg(self._new(mod.out_channels, name), mod.out_channels)])
-            if mod.groups == mod.in_channels == mod.out_channels and x is not None and x.dim == 1:
-                self._use(name, "dw", x)
-                return x
-            raise _Opaque(f"{name} is a grouped convolution (groups={mod.groups})")
+            return self._conv(name, self.model.get_submodule(name), x)
         if op == "linear":
             name = self._layer(node, (nn.Linear,))
-            mod = self.model.get_submodule(name)
-            if x is not None:
-                if x.dim != len(shape) - 1:
-                    raise _Opaque(f"{name} is applied to a non-channel dimension")
-                self._use(name, "in", x)
-            return Chan(len(shape) - 1, [Seg(self._new(mod.out_features, name), mod.out_features)])
+            return self._linear(name, self.model.get_submodule(name), x, shape)
         if op == "batch_norm":
             if x is None:
                 return None

@@ -199,6 +199,13 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
     """The fake-quant model of ``model`` under ``cfg``; ``captured``: ``capture_for_quantization``'s result
     (computed here when "auto"; needs ``example``)."""
     check_finite_weights(model)
+    if G.holds_program(model) and G.program_sizes_from_batch(model):
+        # checked before the work: the int8 file is traced at the example's batch (TorchScript, which carries
+        # slimkit's QDQ), and this program's reshapes would keep that batch; convolutional programs do not
+        raise ConfigError("static int8 of this .pt2 program is not supported: it computes reshapes from the batch "
+                          "(x.size(0)), which slimkit's int8 ONNX exporter would fix at the example's; use "
+                          "quantize.int8_dynamic (recipe int8-dynamic), or load the model from Python code "
+                          "(pkg.module:factory)")
     first = first_layer(model, cfg, example) if cfg.float_first else ""
     if first:
         cfg = dataclasses.replace(cfg, per_layer_bits={**cfg.per_layer_bits, first: 32})
@@ -209,13 +216,6 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
 
 
 def _prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int, example, captured) -> QuantizedModel:
-    if G.holds_program(model) and G.program_sizes_from_batch(model):
-        # checked before the work: the int8 file is traced at the example's batch (TorchScript, which carries
-        # slimkit's QDQ), and this program's reshapes would keep that batch; convolutional programs do not
-        raise ConfigError("static int8 of this .pt2 program is not supported: it computes reshapes from the batch "
-                          "(x.size(0)), which slimkit's int8 ONNX exporter would fix at the example's; use "
-                          "quantize.int8_dynamic (recipe int8-dynamic), or load the model from Python code "
-                          "(pkg.module:factory)")
     if captured == "auto":
         captured = capture_for_quantization(model, cfg, example)
     if captured is not None:
