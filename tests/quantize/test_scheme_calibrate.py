@@ -97,6 +97,39 @@ def test_mse_clips_heavy_tails_and_has_lower_error_than_minmax():
     assert _qerr(v, lo, hi, 4) < 0.7 * _qerr(v, *obs.range("minmax"), 4)
 
 
+def _exact_mse_range(v, bits, steps=100):
+    """The search mse_range replaced: quantize every sample once per candidate."""
+    from slimkit.quantize.calibrate import _qerr
+
+    lo0, hi0 = float(min(v.min(), 0.0)), float(max(v.max(), 0.0))
+    best, best_err = (lo0, hi0), _qerr(v, lo0, hi0, bits)
+    for f in np.linspace(0.05, 1.0, steps):
+        err = _qerr(v, lo0 * f, hi0 * f, bits)
+        if err < best_err:
+            best, best_err = (lo0 * f, hi0 * f), err
+    return best
+
+
+@pytest.mark.parametrize("dist", ["normal", "laplace", "outliers", "relu", "uniform", "relu_t3", "sparse"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_histogram_mse_search_makes_the_exact_searchs_choice(dist, bits):
+    from slimkit.quantize.calibrate import mse_range
+
+    rng = np.random.default_rng(7)
+    n = 1 << 17
+    v = {
+        "normal": lambda: rng.normal(size=n),
+        "laplace": lambda: rng.laplace(size=n),
+        "outliers": lambda: np.concatenate([rng.normal(size=n - 20), rng.choice([-1, 1], 20) * 60.0]),
+        "relu": lambda: np.maximum(rng.normal(size=n), 0),
+        "uniform": lambda: rng.uniform(-1, 3, size=n),
+        "relu_t3": lambda: np.maximum(rng.standard_t(3, size=n), 0),
+        "sparse": lambda: np.where(rng.random(n) < 0.9, 0, rng.exponential(size=n)),
+    }[dist]().astype(np.float32)
+    lo, hi = mse_range(v, bits)
+    assert (lo, hi) == pytest.approx(_exact_mse_range(v, bits), rel=1e-9, abs=1e-12)
+
+
 def test_moving_average_minmax_tracks_typical_batches():
     obs = Observer(momentum=0.5)
     for i in range(10):

@@ -89,16 +89,36 @@ def _qerr(v: np.ndarray, lo: float, hi: float, bits: int) -> float:
     return float(np.mean(((q - zp) * scale - v) ** 2))
 
 
-def mse_range(v: np.ndarray, bits: int = 8, steps: int = 100) -> tuple[float, float]:
-    """Shrink [min, max] towards 0 and keep the range with the least squared error."""
+def mse_range(v: np.ndarray, bits: int = 8, steps: int = 100, bins: int = 16384,
+              refine: int = 4) -> tuple[float, float]:
+    """Shrink [min, max] towards 0 and keep the range with the least squared error.
+
+    The error of every candidate range is computed at once from a fine histogram
+    of the values (each bin stands for its centre; `bins` is 64 bins per 8-bit
+    step, so the rounding error a bin stands for is within 1/64 step of the
+    exact one at the full range, fewer at small clips), and only the `refine`
+    best are quantized sample by sample: the exact search's choice (`_qerr` over
+    every candidate; tested) from 4 passes over the samples instead of 101."""
     lo0, hi0 = float(min(v.min(), 0.0)), float(max(v.max(), 0.0))
-    best, best_err = (lo0, hi0), _qerr(v, lo0, hi0, bits)
-    for f in np.linspace(0.05, 1.0, steps):
-        lo, hi = lo0 * f, hi0 * f
-        err = _qerr(v, lo, hi, bits)
-        if err < best_err:
-            best, best_err = (lo, hi), err
-    return best
+    if hi0 - lo0 <= 0:
+        return lo0, hi0
+    counts, edges = np.histogram(v, bins=bins, range=(lo0, hi0))
+    keep = counts > 0
+    c = ((edges[:-1] + edges[1:]) * 0.5)[keep]
+    w = counts[keep].astype(np.float64)
+    f = np.concatenate([[1.0], np.linspace(0.05, 1.0, steps)])  # the full range first: ties keep it
+    lo, hi = lo0 * f, hi0 * f
+    n = 2 ** bits - 1
+    scale = np.maximum((hi - lo) / n, 1e-12)[:, None]
+    zp = np.round(-lo[:, None] / scale)
+    q = np.clip(np.round(c[None, :] / scale) + zp, 0, n)
+    err = (((q - zp) * scale - c[None, :]) ** 2) @ w
+    # the few best by the histogram are scored exactly on the samples; ties keep the earliest candidate,
+    # as the per-candidate loop this replaces did
+    top = np.sort(np.argsort(err, kind="stable")[:refine])
+    exact = [_qerr(v, lo[i], hi[i], bits) for i in top]
+    i = int(top[int(np.argmin(exact))])
+    return float(lo[i]), float(hi[i])
 
 
 def entropy_range(v: np.ndarray, bits: int = 8, bins: int = 2048) -> tuple[float, float]:
