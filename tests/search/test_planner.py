@@ -290,3 +290,19 @@ def test_qat_and_mixed_precision_are_planner_candidates(tmp_path, digits_mlp, di
     assert t["state"] == "COMPLETE", t.get("reason")
     assert [s["type"] for st in t["recipe"]["stages"] for s in st["techniques"]] == [technique]
     assert t["ratios"]["size"] < size_below and t["test"] >= 0.9
+
+
+def test_width_nas_starts_from_the_hand_designed_shapes(tmp_path, digits_mlp, digits):
+    """prune.widths declares the uniform half width (the distill-student recipe's shape, with its recovery where
+    the space can draw it) and the uniform three-quarter width as seed points: a new study tries them first, the
+    sampler draws from the third trial on; values the space cannot draw (40 epochs here) are left to it."""
+    space = {"prune.widths": {}, "finetune": {"epochs": [2, 4], "temperature": [1.0, 4.0]}}
+    res = optimize(digits_mlp, digits, out=tmp_path / "o", trials=3, objective="latency_bN", space=space,
+                   references=False, seed=0, max_drop=5.0)
+    rows = sorted(res.trials, key=lambda t: t["number"])
+    widths = [s["widths"] for s in (r["recipe"]["stages"][0]["techniques"][0] for r in rows)]
+    assert set(widths[0].values()) == {0.5} and set(widths[1].values()) == {0.75}
+    assert len(widths[0]) >= 2  # one entry per channel group of the MLP
+    assert [r["recipe"]["stages"][0]["finetune"]["temperature"] for r in rows[:2]] == [4.0, 4.0]
+    assert all(2 <= r["recipe"]["stages"][0]["finetune"]["epochs"] <= 4 for r in rows)
+    assert len({json.dumps(w, sort_keys=True) for w in widths}) == 3  # the third is the sampler's, not a seed again

@@ -57,6 +57,16 @@ class Tunable:
             return cls(choices=tuple(v))
         return cls(choices=(v,))
 
+    def admits(self, v) -> bool:
+        """Whether ``v`` is a value this range can draw (a choice, or on the grid between the bounds)."""
+        if self.choices:
+            return v in self.choices
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not self.low <= v <= self.high:
+            return False
+        if self.is_int and int(v) != v:
+            return False
+        return self.step is None or abs((v - self.low) / self.step - round((v - self.low) / self.step)) < 1e-9
+
 
 @dataclasses.dataclass
 class Config:
@@ -70,6 +80,10 @@ class Config:
     #: what the planner may search on this config, field -> Tunable (None: the technique does not take part in the
     #: planner; {}: it takes part as on/off with its defaults). A new technique joins ``slimkit optimize`` here.
     TUNABLE: ClassVar[Optional[dict[str, Tunable]]] = None
+    #: points the planner tries first, before its sampler draws: {field: value}; a dict field's name (``widths``)
+    #: sets every entry the space holds for it, ``finetune.<field>`` the candidate's recovery. A value the space
+    #: cannot draw is left to the sampler.
+    SEED_POINTS: ClassVar[tuple[dict, ...]] = ()
 
     def __post_init__(self) -> None:
         check_types(self)

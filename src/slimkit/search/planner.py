@@ -348,6 +348,9 @@ def _optimize(model, data, out_dir: Path, *, sp, max_drop, objective, limits, rt
                 "val_from": val_from}
     st, where = open_storage(storage, out_dir)
     study = _open_study(st, where, identity, sampler, seed + worker * 7919, trials)
+    if not study.trials:  # a new study starts from the points the techniques declare (every worker: no duplicates)
+        for params in sp.seed_points():
+            study.enqueue_trial(params, skip_if_exists=True)
     if not is_slimkit_folder(out_dir):
         write_output_marker(out_dir, {"kind": "optimize", "model": model_spec or type(model).__name__,
                                       "storage": where if storage else "study.journal", "command": command})

@@ -145,10 +145,33 @@ class SearchSpace:
         return Recipe(name=name, stages=stages, seed=seed,
                       description=f"found by slimkit optimize (trial {trial.number})"), precision
 
+    def seed_points(self) -> list[dict]:
+        """The Optuna parameters of the points the techniques' configs ask to be tried first (``SEED_POINTS``),
+        each as a candidate of that technique alone; values the space cannot draw are left to the sampler."""
+        points = []
+        for slot, choices in self.slots:
+            for c in choices:
+                for point in get_technique(c.technique).config_cls.SEED_POINTS:
+                    params = {slot: c.technique}
+                    params.update({s: NONE for s, _ in self.slots if s != slot})
+                    for key, value in point.items():
+                        head, _, rest = key.partition(".")
+                        if head == "finetune":
+                            matches = {f"finetune.{rest}": self.finetune.get(rest)}
+                        else:
+                            matches = {f"{c.technique}.{f}": t for f, t in c.ranges.items()
+                                       if f == key or f.startswith(key + ".")}
+                        params.update({name: value for name, t in matches.items()
+                                       if t is not None and len(t.choices) != 1 and t.admits(value)})
+                    if any(k.startswith(c.technique + ".") for k in params):
+                        points.append(params)
+        return points
+
     def describe(self) -> dict:
         return {"slots": {slot: {c.technique: {k: v.to_dict() for k, v in c.ranges.items()} for c in choices}
                           for slot, choices in self.slots},
-                "finetune": {k: v.to_dict() for k, v in self.finetune.items()}, "precisions": list(self.precisions)}
+                "finetune": {k: v.to_dict() for k, v in self.finetune.items()}, "precisions": list(self.precisions),
+                **({"seed_points": self.seed_points()} if self.seed_points() else {})}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
