@@ -7,7 +7,8 @@ from slimkit.core import Context
 from slimkit.core.errors import ConfigError
 from slimkit.export import ort_run, ort_session
 from slimkit.quantize import DynamicQuantConfig, Int4WeightConfig, int4_weights, int8_dynamic
-from slimkit.quantize.int4 import _pack, gptq, rtn
+from slimkit.quantize.int4 import gptq, rtn
+from slimkit.quantize.scheme import pack_nibbles as _pack
 from slimkit.quantize.onnx_passes import optimized_op_types
 
 

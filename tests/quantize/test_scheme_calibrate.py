@@ -4,6 +4,7 @@ import torch
 
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.quantize import Observer, QScheme, compute_qparams, dequantize, fake_quant, quantize, sqnr_db
+from slimkit.quantize.scheme import qparams_from_range
 
 
 @pytest.mark.parametrize("bits", [2, 4, 6, 8])
@@ -147,3 +148,37 @@ def test_observer_rejects_nan_and_empty():
         obs.range("minmax")
     with pytest.raises(DataError, match="NaN"):
         obs.observe(torch.tensor([float("nan")]))
+
+
+def test_one_arithmetic_for_dynamic_activations_and_int4_groups():
+    """The run-time activation ranges of dynamic int8 and the int4 clip search are QScheme arithmetic: checked
+    against ONNX Runtime's DynamicQuantizeLinear and against a brute-force per-group search."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from slimkit.quantize.scheme import fake_quant_dynamic, fake_quant_per_token, fit_clip
+
+    x = torch.randn(6, 40) * 3 + 0.5
+    g = helper.make_graph([helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+                           helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "d",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 40])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 40])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    assert np.allclose(fake_quant_dynamic(x).numpy(), y, atol=1e-6)
+    t = fake_quant_per_token(x)
+    s = x.abs().amax(1, keepdim=True) / 127
+    assert torch.allclose(t, torch.round(x / s) * s) and len(torch.unique(t[0] / s[0]).round()) > 20
+
+    w = torch.randn(8, 64)
+    sch = QScheme(bits=4, symmetric=False, signed=False, granularity="per_group", group_size=16)
+    ratios = torch.linspace(0.6, 1.0, 9)
+    s, z = fit_clip(w, sch, ratios)
+    errs = []
+    for f in ratios:
+        sf, zf = qparams_from_range(w.reshape(8, 4, 16).amin(-1), w.reshape(8, 4, 16).amax(-1), sch, clip=f)
+        errs.append((dequantize(quantize(w, sf, zf, sch), sf, zf, sch) - w).pow(2).reshape(8, 4, 16).sum(-1))
+    best = torch.stack(errs).min(0).values
+    got = (dequantize(quantize(w, s, z, sch), s, z, sch) - w).pow(2).reshape(8, 4, 16).sum(-1)
+    assert torch.allclose(got, best) and (got < errs[-1] - 1e-6).any()  # some group is best clipped

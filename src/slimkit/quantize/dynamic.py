@@ -28,6 +28,7 @@ from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..core.data import DataBundle
 from .gptq import gptq_codes
+from .scheme import fake_quant_dynamic, fake_quant_per_token, symmetric_rows
 from ..core.graph import input_covariances, set_module
 from ..core.checks import check_finite_weights
 from .static import INT8_KERNELS, weight_range_for_cpu
@@ -80,30 +81,9 @@ class DynamicQuantConfig(Config):
 
 def _wq(w: torch.Tensor, qmax: int, per_channel: bool,
         scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 codes and scales of a [out, in] weight, per output row (``scale``: fixed ones, e.g. GPTQ's)."""
-    if scale is None:
-        amax = w.abs().amax(1) if per_channel else w.abs().max().expand(w.shape[0])
-        scale = (amax / qmax).clamp(min=1e-12)
-    q = torch.clamp(torch.round(w / scale[:, None]), -qmax, qmax)
-    return q, scale
-
-
-def _dyn_act(x: torch.Tensor) -> torch.Tensor:
-    """ONNX DynamicQuantizeLinear semantics: u8, range = [min(x,0), max(x,0)] over the whole tensor."""
-    lo = torch.clamp(x.min(), max=0.0)
-    hi = torch.clamp(x.max(), min=0.0)
-    scale = ((hi - lo) / 255.0).clamp(min=1e-12)
-    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
-    q = torch.clamp(torch.round(x / scale) + zp, 0, 255)
-    y = (q - zp) * scale
-    return x + (y - x).detach()
-
-
-def _token_act(x: torch.Tensor) -> torch.Tensor:
-    """Per-row symmetric 8-bit: scale = max|x| / 127 per token, codes in [-127, 127] (stored as u8 + 128)."""
-    s = (x.detach().abs().amax(-1, keepdim=True) / 127.0).clamp(min=1e-12)
-    y = torch.clamp(torch.round(x / s), -127, 127) * s
-    return x + (y - x).detach()
+    """Symmetric codes in [-qmax, qmax] and scales of a [out, in] weight, per output row (``scale``: fixed ones,
+    e.g. GPTQ's); qmax 127 (8-bit) or 63 (7-bit)."""
+    return symmetric_rows(w, (qmax + 1).bit_length(), per_channel, scale)
 
 
 class DynQuantLinear(nn.Module):
@@ -130,7 +110,7 @@ class DynQuantLinear(nn.Module):
         if not self.sim:
             return F.linear(x, self.weight, self.bias)
         q, s = _wq(self.weight, self.qmax, self.per_channel, self.w_scale)
-        return F.linear(_token_act(x) if self.per_token else _dyn_act(x), q * s[:, None], self.bias)
+        return F.linear(fake_quant_per_token(x) if self.per_token else fake_quant_dynamic(x), q * s[:, None], self.bias)
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from ..core.data import predict
 from .dynamic import DynQuantModel, _plain_gemm, select_linears, value_key
 from .gptq import gptq_codes
 from ..core.graph import input_covariances, set_module
-from .scheme import sqnr_db
+from .scheme import QScheme, fit_clip, pack_nibbles, quantize, sqnr_db
 from ..core.checks import check_finite_weights
 
 _SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -113,43 +113,27 @@ def _round_scale(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return s.clamp(min=1e-12)
 
 
+def _group_scheme(g: int, bits: int, symmetric: bool) -> QScheme:
+    """The arithmetic of a group: symmetric groups are signed codes in [-2^(b-1), 2^(b-1)-1] stored with the
+    offset 2^(b-1) (MatMulNBits' default zero point); asymmetric groups unsigned codes with their own zero."""
+    return QScheme(bits=bits, symmetric=symmetric, signed=symmetric, granularity="per_group", group_size=g)
+
+
 def fit_groups(w: torch.Tensor, g: int, bits: int = 4, symmetric: bool = True,
                scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per group of ``g`` along the last axis, the scale (and zero point) whose codes reconstruct the group with
-    the least squared error, searched over clipping ratios 0.6-1.0 of the group's range (plain max-abs is rarely
-    best at 4 bits)."""
-    rows, k = w.shape
-    _check_groups(k, g)
-    maxq = 2 ** bits - 1
-    wg = w.detach().float().reshape(rows, k // g, g)
-    if symmetric:
-        amax = wg.abs().amax(-1)
-        lo, hi = -amax, amax
-    else:  # the range always holds 0, so a zero weight is exact
-        lo, hi = wg.amin(-1).clamp(max=0), wg.amax(-1).clamp(min=0)
-    best_s = best_z = best_e = None
-    for f in torch.linspace(0.6, 1.0, 9):
-        if symmetric:
-            s = _round_scale(hi * f / (2 ** (bits - 1) - 1), scale_dtype)
-            z = torch.full_like(s, 2.0 ** (bits - 1))
-        else:
-            s = _round_scale((hi - lo) * f / maxq, scale_dtype)
-            z = torch.clamp(torch.round(-lo * f / s), 0, maxq)
-        q = torch.clamp(torch.round(wg / s[..., None]) + z[..., None], 0, maxq)
-        e = ((q - z[..., None]) * s[..., None] - wg).pow(2).sum(-1)
-        if best_e is None:
-            best_s, best_z, best_e = s, z, e
-        else:
-            better = e < best_e
-            best_e = torch.where(better, e, best_e)
-            best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
-    return best_s, best_z
+    """Per group of ``g`` along the last axis, the scale (and unsigned zero point) whose codes reconstruct the
+    group with the least squared error, searched over clipping ratios 0.6-1.0 of the group's range
+    (:func:`slimkit.quantize.scheme.fit_clip`), the scales as the file holds them."""
+    _check_groups(w.shape[1], g)
+    s, z = fit_clip(w, _group_scheme(g, bits, symmetric), min_scale=1e-12,
+                    round_scale=lambda s: _round_scale(s, scale_dtype))
+    return s, z.float() + (2.0 ** (bits - 1) if symmetric else 0.0)
 
 
 def encode(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, g: int, bits: int) -> torch.Tensor:
-    rows, k = w.shape
-    q = torch.clamp(torch.round(w.reshape(rows, k // g, g) / s[..., None]) + z[..., None], 0, 2 ** bits - 1)
-    return q.reshape(rows, k)
+    """Unsigned codes of ``w`` on the grid (s, z): clamp(round(w / s) + z, 0, 2^bits - 1)."""
+    return quantize(w, s, z, QScheme(bits=bits, symmetric=False, signed=False, granularity="per_group",
+                                     group_size=g)).float()
 
 
 def rtn(w: torch.Tensor, g: int, bits: int = 4, symmetric: bool = True,
@@ -321,15 +305,6 @@ def int4_weights(model: nn.Module, cfg: Int4WeightConfig, ctx: Context) -> Int4M
     return Int4Model(m, info, cfg)
 
 
-def _pack(q: np.ndarray) -> np.ndarray:
-    """Unsigned 4-bit codes in [0, 15] -> uint8, two per byte along the last axis, low nibble first
-    (an odd count is padded with a zero nibble)."""
-    u = q.astype(np.uint8)
-    if u.shape[-1] % 2:
-        u = np.concatenate([u, np.zeros(u.shape[:-1] + (1,), np.uint8)], -1)
-    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
-
-
 def _scales_input(G, name: str, s: torch.Tensor, scale_dtype: str, new: list) -> str:
     """A scale initializer in the file's dtype; float16 goes through a Cast that ORT folds at load."""
     from onnx import TensorProto, helper
@@ -386,13 +361,13 @@ def rewrite_int4(model, linears: dict, tables: dict, scale_dtype: str = "float32
             c = layer.codes
             nb = k // c.g
             q = c.q.numpy().reshape(nn_, nb, c.g)
-            b = _pack(q) if c.bits == 4 else q.astype(np.uint8)
+            b = pack_nibbles(q) if c.bits == 4 else q.astype(np.uint8)
             base = n.name or n.output[0]
             ins = [n.input[0], G.add_init(base + "_B4", b),
                    _scales_input(G, base + "_S4", c.s.reshape(-1), scale_dtype, new)]
             if not c.symmetric:
                 z = c.z.numpy()
-                ins.append(G.add_init(base + "_Z4", (_pack(z) if c.bits == 4 else z.astype(np.uint8)).reshape(-1)))
+                ins.append(G.add_init(base + "_Z4", (pack_nibbles(z) if c.bits == 4 else z.astype(np.uint8)).reshape(-1)))
             bias = gemm and len(n.input) > 2 and n.input[2]
             out = base + "_nb" if bias else n.output[0]
             new.append(helper.make_node("MatMulNBits", ins, [out], name=base + "_mnb",
@@ -411,7 +386,7 @@ def rewrite_int4(model, linears: dict, tables: dict, scale_dtype: str = "float32
             ge, ng = c.g, d // c.g
             base = n.name or n.output[0]
             ids = n.input[1]
-            pairs = _nibbles(G, base + "_q", G.add_init(base + "_E4", _pack(c.q.numpy())), ids, new)  # [B,T,d/2,2]
+            pairs = _nibbles(G, base + "_q", G.add_init(base + "_E4", pack_nibbles(c.q.numpy())), ids, new)  # [B,T,d/2,2]
             t = lambda s_: f"{base}_{s_}"  # noqa: E731
             ax = G.add_init(t("ax"), np.array([-1], np.int64))
             sn = _scales_input(G, base + "_E4s", c.s, scale_dtype, new)  # [V, d/ge]
@@ -422,7 +397,7 @@ def rewrite_int4(model, linears: dict, tables: dict, scale_dtype: str = "float32
             if c.symmetric:
                 zero = G.add_init(t("z8"), np.array(2.0 ** (c.bits - 1), np.float32))
             else:  # packed zero points, one nibble per group: [B,T,ceil(ng/2),2] -> [B,T,ng,1]
-                zp = _nibbles(G, base + "_z", G.add_init(base + "_E4z", _pack(c.z.numpy())), ids, new)
+                zp = _nibbles(G, base + "_z", G.add_init(base + "_E4z", pack_nibbles(c.z.numpy())), ids, new)
                 flat = G.add_init(t("shpz"), np.array([0, 0, -1], np.int64))
                 new += [helper.make_node("Reshape", [zp, flat], [t("zf")]),
                         helper.make_node("Slice", [t("zf"), G.add_init(t("z0"), np.array([0], np.int64)),

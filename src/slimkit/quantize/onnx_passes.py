@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .scheme import pack_nibbles
+
 
 class Graph:
     """Small index over an ONNX graph: producers, consumers, constants."""
@@ -205,10 +207,7 @@ def optimized_op_types(model_bytes: bytes) -> list[str]:
 
 def _int4_tensor(name: str, kind: int, codes: np.ndarray) -> onnx.TensorProto:
     """Raw little-nibble-first packing (ONNX's INT4/UINT4 layout): two codes per byte."""
-    v = codes.astype(np.int32).reshape(-1) & 0xF
-    if v.size % 2:
-        v = np.append(v, 0)
-    raw = (v[0::2] | (v[1::2] << 4)).astype(np.uint8).tobytes()
+    raw = pack_nibbles(codes.reshape(-1)).tobytes()
     return helper.make_tensor(name, kind, codes.shape, raw, raw=True)
 
 

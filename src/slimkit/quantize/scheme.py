@@ -1,15 +1,24 @@
-"""Uniform affine quantization: bits 2-8, symmetric or asymmetric, signed or
-unsigned, per-tensor, per-channel or per-group. ``scale`` and ``zero_point``
-are computed once here and exported unchanged (ONNX QuantizeLinear semantics:
-q = clamp(round(x / scale) + zero_point, qmin, qmax))."""
+"""Uniform affine quantization, the one place slimkit's arithmetic lives: bits
+2-8, symmetric or asymmetric, signed or unsigned, per-tensor, per-channel or
+per-group (a block of ``group_size`` along the last axis; a group as long as the
+row is one scale per token). ``scale`` and ``zero_point`` are computed here and
+exported unchanged (ONNX QuantizeLinear semantics:
+q = clamp(round(x / scale) + zero_point, qmin, qmax)). Static int8 (weights and
+calibrated activations), dynamic int8 (weight rows, run-time activation ranges,
+per-token activations), int4 groups (the clip search, the codes) and the packing
+of 4-bit codes two per byte all call it."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import numpy as np
 import torch
 
 from ..core.config import Config, check_choice, check_range
 from ..core.errors import ConfigError, DataError
+
+_EPS = float(torch.finfo(torch.float32).eps)
 
 
 @dataclasses.dataclass
@@ -59,9 +68,12 @@ def _groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
 
 
-def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, scheme: QScheme, *,
+                       clip=1.0, min_scale: float = _EPS, round_scale=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point covering [lo, hi] (always including 0, so that zero
-    padding and ReLU zeros are exact)."""
+    padding and ReLU zeros are exact), shrunk by the ratio ``clip``.
+    ``min_scale`` floors the scale; ``round_scale`` maps it to what the file
+    will hold (e.g. float16) before the zero point is chosen from it."""
     lo = torch.as_tensor(lo, dtype=torch.float32)
     hi = torch.as_tensor(hi, dtype=torch.float32)
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -69,26 +81,55 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, scheme: QScheme) -> t
     lo = torch.minimum(lo, torch.zeros_like(lo))
     hi = torch.maximum(hi, torch.zeros_like(hi))
     qmin, qmax = scheme.qmin, scheme.qmax
-    eps = torch.finfo(torch.float32).eps
     if scheme.symmetric:
-        amax = torch.maximum(-lo, hi)
-        if scheme.signed:
-            scale = amax / float(qmax)
-            zp = torch.zeros_like(scale, dtype=torch.int32)
-        else:  # symmetric unsigned: zero point in the middle
-            scale = 2 * amax / float(qmax - qmin)
-            zp = torch.full_like(scale, (qmax + qmin + 1) // 2, dtype=torch.int32)
+        amax = torch.maximum(-lo, hi) * clip
+        scale = amax / float(qmax) if scheme.signed else 2 * amax / float(qmax - qmin)
     else:
-        scale = (hi - lo) / float(qmax - qmin)
-        scale = torch.clamp(scale, min=eps)
-        zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax).to(torch.int32)
-    scale = torch.clamp(scale, min=eps)
+        scale = (hi - lo) * clip / float(qmax - qmin)
+    scale = torch.clamp(scale, min=min_scale)
+    if round_scale is not None:
+        scale = round_scale(scale)
+    if not scheme.symmetric:
+        zp = torch.clamp(torch.round(qmin - lo * clip / scale), qmin, qmax).to(torch.int32)
+    elif scheme.signed:
+        zp = torch.zeros_like(scale, dtype=torch.int32)
+    else:  # symmetric unsigned: zero point in the middle
+        zp = torch.full_like(scale, (qmax + qmin + 1) // 2, dtype=torch.int32)
     return scale, zp
 
 
-def compute_qparams(x: torch.Tensor, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_qparams(x: torch.Tensor, scheme: QScheme, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point from the tensor's own range, one per scale group (``kw``: as qparams_from_range)."""
     lo, hi = _reduce_dims(x.detach().float(), scheme)
-    return qparams_from_range(lo, hi, scheme)
+    return qparams_from_range(lo, hi, scheme, **kw)
+
+
+def fit_clip(x: torch.Tensor, scheme: QScheme, ratios=torch.linspace(0.6, 1.0, 9), **kw):
+    """Per scale group, the clip of the group's range (a ratio in ``ratios``) whose codes reconstruct the group
+    with the least squared error, and its scale and zero point (``kw``: as qparams_from_range). Plain max-abs is
+    rarely the best grid at 4 bits."""
+    x = x.detach().float()
+    lo, hi = _reduce_dims(x, scheme)
+    best_s = best_z = best_e = None
+    for f in ratios:
+        s, z = qparams_from_range(lo, hi, scheme, clip=f, **kw)
+        e = (dequantize(quantize(x, s, z, scheme), s, z, scheme) - x).pow(2)
+        e = _groups(e, scheme.group_size).sum(-1) if scheme.granularity == "per_group" else \
+            _reduce_sum(e, scheme)
+        if best_e is None:
+            best_s, best_z, best_e = s, z, e
+        else:  # ties keep the earlier (smaller) clip
+            better = e < best_e
+            best_e = torch.where(better, e, best_e)
+            best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
+    return best_s, best_z
+
+
+def _reduce_sum(e: torch.Tensor, scheme: QScheme) -> torch.Tensor:
+    if scheme.granularity == "per_tensor":
+        return e.sum()
+    ax = scheme.axis % e.ndim
+    return e.transpose(0, ax).reshape(e.shape[ax], -1).sum(1)
 
 
 def _bshape(x: torch.Tensor, p: torch.Tensor, scheme: QScheme) -> torch.Tensor:
@@ -120,6 +161,45 @@ def fake_quant(x: torch.Tensor, scale, zp, scheme: QScheme) -> torch.Tensor:
     """Quantize then dequantize, with a straight-through gradient."""
     y = dequantize(quantize(x, scale, zp, scheme), scale, zp, scheme)
     return x + (y - x).detach()
+
+
+@functools.lru_cache(maxsize=None)
+def _scheme(**kw) -> QScheme:
+    return QScheme(**kw)
+
+
+def symmetric_rows(w: torch.Tensor, bits: int, per_channel: bool = True,
+                   scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Narrow symmetric codes (in [-(2^(b-1)-1), 2^(b-1)-1], as float) of a [rows, ...] weight and one scale per
+    row: per output row, or one shared scale repeated per row. ``scale``: fixed row scales (e.g. GPTQ's)."""
+    rows = _scheme(bits=bits, narrow=True, granularity="per_channel", axis=0)
+    if scale is None:
+        scale, _ = compute_qparams(w, rows if per_channel else _scheme(bits=bits, narrow=True), min_scale=1e-12)
+        scale = scale.expand(w.shape[0]) if scale.ndim == 0 else scale
+    return quantize(w, scale, 0, rows).float(), scale
+
+
+def fake_quant_dynamic(x: torch.Tensor) -> torch.Tensor:
+    """ONNX DynamicQuantizeLinear, simulated: u8, range [min(x, 0), max(x, 0)] over the whole tensor at run time."""
+    sch = _scheme(bits=8, symmetric=False, signed=False)
+    s, z = qparams_from_range(x.min(), x.max(), sch, min_scale=1e-12)
+    return fake_quant(x, s, z, sch)
+
+
+def fake_quant_per_token(x: torch.Tensor) -> torch.Tensor:
+    """Per-row symmetric 8-bit at run time: one scale max|x| / 127 per token, codes in [-127, 127]."""
+    sch = _scheme(bits=8, narrow=True, granularity="per_group", group_size=x.shape[-1])
+    s, z = compute_qparams(x, sch, min_scale=1e-12)
+    return fake_quant(x, s, z, sch)
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """4-bit codes (signed or unsigned) -> uint8, two per byte along the last axis, low nibble first (ONNX's
+    INT4/UINT4 and MatMulNBits' layout; an odd count is padded with a zero nibble)."""
+    u = (np.asarray(codes).astype(np.int32) & 0xF).astype(np.uint8)
+    if u.shape[-1] % 2:
+        u = np.concatenate([u, np.zeros(u.shape[:-1] + (1,), np.uint8)], -1)
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
 
 
 def sqnr_db(x: torch.Tensor, y: torch.Tensor) -> float:
