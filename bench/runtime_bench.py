@@ -68,6 +68,7 @@ def main() -> None:
         if name != "digits-mlp":  # the CNNs: their first convolution reads one input channel
             variants[ff] = slimkit_int8(lm.model, data, float_first=True)
             plan += [(ff, lit, "int8"), (ff, et, "int8")]
+        plan += where_faster(variants, lm.model, data, lit, et, "slimkit int8")
         plan += [("stock int8", tflm, "int8"), ("slimkit int8", tflm, "int8")]
         with tempfile.TemporaryDirectory() as d:
             res = measure_runtimes(variants, data, rts,
@@ -99,8 +100,10 @@ def main() -> None:
         plan = [("original", ort, "fp32"), ("original", lit, "int8"), ("pruned", lit, "fp32"), ("pruned", lit, "int8"),
                 ("pruned + slimkit int8", lit, "int8"), (ff, lit, "int8"), ("pruned", et, "fp32"),
                 ("pruned + slimkit int8", et, "int8"), (ff, et, "int8"), ("pruned + slimkit int8", tflm, "int8")]
+        variants = {"original": lm.model, "pruned": pruned, "pruned + slimkit int8": sk, ff: sk_ff}
+        plan += where_faster(variants, pruned, data, lit, et, "pruned + slimkit int8")
         with tempfile.TemporaryDirectory() as d:
-            res = measure_runtimes({"original": lm.model, "pruned": pruned, "pruned + slimkit int8": sk, ff: sk_ff},
+            res = measure_runtimes(variants,
                                    data, rts,
                                    workdir=d, threads=args.threads, runs=args.runs, board=b, plan=plan)
         out.append(table("zoo:digits-cnn, prune-structured-50 then int8, vs the ORT fp32 original", res))
@@ -177,6 +180,19 @@ def minilm(lit, n: int = 32, runs: int = 30) -> str:
             row = row.format(ms=f"{p50[label]:.2f}", x=f"{p50[label] / p50['ort fp32']:.2f}x")
         lines.append(row)
     return "\n".join(lines)
+
+
+def where_faster(variants: dict, model, data, lit, et, label: str) -> list:
+    """slimkit's int8 with ``int8_where_faster`` for LiteRT and for ExecuTorch (each layer timed alone in float and
+    int8 in that runtime; the slower-in-int8 ones stay float): adds the variants, returns their plan rows."""
+    rows = []
+    for rt in (lit, et):
+        key = f"{label}, int8 where faster in {rt.name}"
+        variants[key] = slimkit_int8(model, data, int8_where_faster=rt.name)
+        print(f"{key}: kept float {variants[key].info.get('keep_float', [])}; int8 / float per layer "
+              + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in variants[key].info["int8_speed"].items()), flush=True)
+        rows.append((key, rt, "int8"))
+    return rows
 
 
 def slimkit_int8(model, data, **overrides):

@@ -285,3 +285,48 @@ def test_float_first_keeps_the_first_layer_float_in_every_artifact(tmp_path, dig
     with torch.no_grad():
         torch_acc = float((digits_cnn.eval()(*digits.test.inputs).argmax(-1) == digits.test.targets).float().mean())
     assert _acc(sess, digits) >= torch_acc - 0.01
+
+
+def test_int8_where_faster_times_each_layer_and_keeps_the_slower_ones_float(tmp_path, digits_cnn, digits,
+                                                                           monkeypatch):
+    """``int8_where_faster``: every target layer of the CNN is timed alone in float and int8 in LiteRT (a real
+    table: positive times for each layer); the decision follows the table. The timings are this CPU's, so the
+    decision is checked on a fixed table: the layers at >= 1x stay float, the rest are int8 in the .tflite, which
+    parity-checks against slimkit's simulation and keeps the accuracy."""
+    from slimkit.core import Context
+    from slimkit.evaluate.layer_speed import int8_speedups
+    from slimkit.quantize import static as S
+    from slimkit.runtimes.litert import tensor_types
+
+    names = ["features.0", "features.4", "classifier.1", "classifier.3", "classifier.5"]
+    real = int8_speedups(digits_cnn, digits, names, "litert", runs=20)
+    assert list(real) == names and all(r["fp32_ms"] > 0 and r["int8_ms"] > 0 for r in real.values())
+    fixed = {n: {"fp32_ms": 0.01, "int8_ms": 0.02 if n.startswith("features") else 0.005,
+                 "ratio": 2.0 if n.startswith("features") else 0.5} for n in names}
+    import slimkit.evaluate.layer_speed as LS
+
+    monkeypatch.setattr(LS, "int8_speedups", lambda *a, **k: fixed)
+    ctx = Context(data=digits)
+    qm = S.int8_static(digits_cnn, S.StaticQuantConfig(int8_where_faster="litert"), ctx)
+    assert qm.info["keep_float"] == ["features.0", "features.4"] and qm.info["int8_speed"] == fixed
+    assert sorted(qm.info["quantized_layers"]) == ["classifier.1", "classifier.3", "classifier.5"]
+    assert any("stay float (features.0, features.4)" in n for n in ctx.notes)
+    lit = get_runtime("litert")
+    art = lit.export(qm, digits, tmp_path / "q.tflite", "int8", batch=1)  # checked against the simulation
+    types = tensor_types(art)
+    assert any(t == "int8" for t in types.values()) and any(t == "float32" for t in types.values())
+    with torch.no_grad():
+        torch_acc = float((digits_cnn.eval()(*digits.test.inputs).argmax(-1) == digits.test.targets).float().mean())
+    assert _acc(lit.open(art, 1), digits) >= torch_acc - 0.01
+    # every layer slower in int8: refused with the timings, not a float model called int8
+    monkeypatch.setattr(LS, "int8_speedups", lambda *a, **k: {n: dict(r, ratio=1.5) for n, r in fixed.items()})
+    with pytest.raises(S.ConfigError, match="no layer of LeNet5 runs faster in int8.*export it without int8"):
+        S.int8_static(digits_cnn, S.StaticQuantConfig(int8_where_faster="litert"), Context(data=digits))
+
+
+@pytest.mark.parametrize("runtime", ["ort", "tflm", "litrt"])
+def test_int8_where_faster_names_the_runtimes_it_can_time(runtime):
+    from slimkit.quantize.static import StaticQuantConfig
+
+    with pytest.raises(Exception, match=r"int8_where_faster=.*can be timed in litert, litert-builtin, executorch"):
+        StaticQuantConfig(int8_where_faster=runtime)

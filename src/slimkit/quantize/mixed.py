@@ -31,7 +31,7 @@ from ..core.registry import register_technique
 from ..evaluate.metrics import held_in_split, split_score
 from ..core.allocate import greedy_levels
 from .static import (QuantizedModel, StaticQuantConfig, note_coverage, bias_correct, calibrate,
-                     capture_for_quantization, prepare_static)
+                     capture_for_quantization, keep_float_where_slower, prepare_static)
 
 
 @dataclasses.dataclass
@@ -62,6 +62,7 @@ class MixedPrecisionConfig(StaticQuantConfig):
 def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -> QuantizedModel:
     """Sensitivity analysis + greedy bit allocation under ``max_drop``."""
     data = ctx.data
+    cfg, speed = keep_float_where_slower(model, cfg, ctx)  # layers slower in int8 in the runtime stay float
     # evaluation on held-in training samples (not the test split, which stays untouched for the report)
     split = held_in_split(data, cfg.eval_samples, ctx.seed)
     with torch.no_grad(), eval_mode(model):
@@ -150,6 +151,8 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
         raise ConfigError(f"mixed precision kept every layer in float: quantizing any of {', '.join(layers[:4])} "
                           f"drops the metric by more than max_drop={cfg.max_drop}; raise max_drop")
     qm = prepare_static(model, final, captured=cap)
+    if speed:
+        qm.info["int8_speed"] = speed
     note_coverage(qm, ctx)
     calibrate(qm, data, final, ranges=calibrated)
     if cfg.bias_correction:

@@ -73,6 +73,12 @@ class StaticQuantConfig(Config):
     # channel becomes, in LiteRT, a depthwise convolution with a channel multiplier whose int8 XNNPACK kernel ran
     # 2.6x slower than its fp32 one on this machine (docs/BENCHMARKS.md); the rest of the model stays int8
     float_first: bool = False
+    # layers that stay float whatever else is set (their input and weights are not quantized)
+    keep_float: list = dataclasses.field(default_factory=list)
+    # a runtime (litert, litert-builtin, executorch): each target layer's int8 kernel is timed against its float
+    # kernel there, alone at batch 1, and the layers whose int8 is not faster stay float. On this CPU (AVX2, no
+    # VNNI) LiteRT's int8 Linear ran in 0.27x its float time and its convolutions in 1.35x-5.7x (docs/BENCHMARKS.md)
+    int8_where_faster: str = ""
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
     # how the model is seen: torch.fx where it traces, else torch.export (auto); or force one (fx | export)
     graph: str = "auto"
@@ -92,6 +98,10 @@ class StaticQuantConfig(Config):
                 check_range(f"per_layer_bits[{k}]", v, 2, 8)
         if isinstance(self.targets, dict):
             self.targets = Targets.from_dict(self.targets)
+        if self.int8_where_faster:
+            from ..evaluate.layer_speed import check_runtime
+
+            check_runtime(self.int8_where_faster)
 
 
 class QuantizedModel(Compressed):
@@ -207,12 +217,42 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
                           "quantize.int8_dynamic (recipe int8-dynamic), or load the model from Python code "
                           "(pkg.module:factory)")
     first = first_layer(model, cfg, example) if cfg.float_first else ""
-    if first:
-        cfg = dataclasses.replace(cfg, per_layer_bits={**cfg.per_layer_bits, first: 32})
+    keep = list(dict.fromkeys(cfg.keep_float + ([first] if first else [])))
+    for name in keep:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"keep_float names {name!r}, which is not a layer of {type(model).__name__}") from None
+    if keep:
+        cfg = dataclasses.replace(cfg, per_layer_bits={**cfg.per_layer_bits, **{n: 32 for n in keep}})
     qm = _prepare_static(model, cfg, keep_inputs, example, captured)
     if first:
         qm.info["float_first"] = first
+    if cfg.keep_float:
+        qm.info["keep_float"] = list(cfg.keep_float)
     return qm
+
+
+def keep_float_where_slower(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> tuple[StaticQuantConfig, dict]:
+    """``int8_where_faster``: time each target layer alone in float and int8 in that runtime (calibration inputs,
+    batch 1) and add the layers whose int8 is not faster to ``keep_float``; the table of timings comes back too."""
+    if not cfg.int8_where_faster:
+        return cfg, {}
+    from ..evaluate.layer_speed import int8_speedups
+
+    names = [n for n, m in cfg.targets.select(model, strict=False) if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+             and n not in cfg.keep_float and cfg.per_layer_bits.get(n) != 32]
+    table = int8_speedups(model, ctx.data, names, cfg.int8_where_faster)
+    slow = [n for n, r in table.items() if r["ratio"] >= 1.0]
+    ctx.note(f"int8_where_faster={cfg.int8_where_faster}: int8 / float time per layer alone at batch 1: "
+             + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in table.items())
+             + (f"; {len(slow)} layer(s) stay float ({', '.join(slow)})" if slow else "; every layer is faster in int8"))
+    if len(slow) == len(table) and table:
+        raise ConfigError(f"no layer of {type(model).__name__} runs faster in int8 than in float in "
+                          f"{cfg.int8_where_faster} on this CPU (int8 / float: "
+                          + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in list(table.items())[:4])
+                          + "); the float model is the faster one: export it without int8")
+    return dataclasses.replace(cfg, keep_float=cfg.keep_float + slow, int8_where_faster=""), table
 
 
 def _prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int, example, captured) -> QuantizedModel:
@@ -658,7 +698,10 @@ def note_coverage(qm: QuantizedModel, ctx: Context) -> None:
 def int8_static(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> QuantizedModel:
     """int8 static PTQ: fold BN, (equalize), calibrate, bias-correct, fake-quant model exporting to QDQ."""
     keep = 64 if cfg.calibrator == "auto" or "auto" in cfg.per_layer.values() else 0
+    cfg, speed = keep_float_where_slower(model, cfg, ctx)
     qm = prepare_static(model, cfg, keep_inputs=keep, example=ctx.data.example_inputs(2))
+    if speed:
+        qm.info["int8_speed"] = speed
     note_coverage(qm, ctx)
     calibrate(qm, ctx.data, cfg)
     if cfg.bias_correction:
@@ -709,7 +752,10 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> QuantizedModel:
     from ..distill.trainer import recover
     from ..distill.finetune import Finetune
 
+    cfg, speed = keep_float_where_slower(model, cfg, ctx)
     qm = prepare_static(model, cfg, example=ctx.data.example_inputs(2))
+    if speed:
+        qm.info["int8_speed"] = speed
     note_coverage(qm, ctx)
     calibrate(qm, ctx.data, cfg)
     if cfg.learn_scales:
