@@ -129,3 +129,22 @@ def test_compress_int8_static_to_litert_tflm_executorch(tmp_path):
         assert rows[lbl]["peak_mem_delta_bytes_b1"] > 0, lbl  # measured in a fresh process per artifact
     assert "(slimkit)" in (out / "report.md").read_text()
 
+
+
+def test_a_program_executorch_refuses_to_load_is_one_line_naming_the_backends_reason(mnist1d_cnn, mnist1d,
+                                                                                    tmp_path):
+    """A float Conv1d over one input channel next to int8 layers lowers, but XNNPACK (executorch 1.5.1) refuses
+    to build its depthwise node at load: the export says so in one line, with XNNPACK's reason, and writes
+    nothing."""
+    pytest.importorskip("executorch")
+    from slimkit.core import Context
+    from slimkit.core.errors import ExportError
+    from slimkit.quantize.static import StaticQuantConfig, int8_static
+    from slimkit.runtimes import get_runtime
+
+    qm = int8_static(mnist1d_cnn, StaticQuantConfig(float_first=True), Context(data=mnist1d))
+    out = tmp_path / "m.pte"
+    with pytest.raises(ExportError, match=r"ExecuTorch cannot load this program \(Failed to create depthwise "
+                                          r"convolution node.*xnn_status_invalid_parameter\)") as e:
+        get_runtime("executorch").export(qm, mnist1d, out, "int8", 1)
+    assert "\n" not in str(e.value) and not out.exists()

@@ -69,30 +69,42 @@ class Runtime:
 
 
 @contextlib.contextmanager
-def quiet(stdout: bool = True):
+def quiet(stdout: bool = True, capture: Optional[list] = None):
     """Silence what converters and native runtimes print (progress, absl logs, CPU probing, failed allocations) at
-    the file-descriptor level, Python warnings logged through ``logging`` included; ``stdout=False`` keeps stdout."""
+    the file-descriptor level, Python warnings logged through ``logging`` included; ``stdout=False`` keeps stdout.
+    ``capture``: a list that receives what the native code printed (to name the reason of a native failure)."""
     import logging
+    import tempfile
 
     fds = (1, 2) if stdout else (2,)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    sink = tempfile.TemporaryFile() if capture is not None else None
+    devnull = os.dup(sink.fileno()) if sink is not None else os.open(os.devnull, os.O_WRONLY)
     saved = [os.dup(fd) for fd in fds]
     old = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
         for fd in fds:
             os.dup2(devnull, fd)
+        py_err = io.StringIO()
         with contextlib.ExitStack() as st:
             if stdout:
                 st.enter_context(contextlib.redirect_stdout(io.StringIO()))
-            st.enter_context(contextlib.redirect_stderr(io.StringIO()))
-            yield
+            st.enter_context(contextlib.redirect_stderr(py_err))
+            try:
+                yield
+            finally:
+                if capture is not None:
+                    capture.append(py_err.getvalue())
     finally:
         for fd, sv in zip(fds, saved):
             os.dup2(sv, fd)
             os.close(sv)
         os.close(devnull)
         logging.disable(old)
+        if sink is not None:
+            sink.seek(0)
+            capture.append(sink.read().decode("utf-8", "replace"))
+            sink.close()
 
 
 def check_plain(model, runtime: str) -> None:

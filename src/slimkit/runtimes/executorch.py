@@ -81,14 +81,22 @@ class ExecuTorchSession(Session):
     def __init__(self, source, batch: int, threads: int = 1):
         from executorch.runtime import Runtime as ETRuntime
 
-        with quiet(stdout=False):
-            from executorch.extension.pybindings import portable_lib
+        said: list = []
+        try:
+            with quiet(stdout=False, capture=said):
+                from executorch.extension.pybindings import portable_lib
 
-            portable_lib._unsafe_reset_threadpool(int(threads))
-            rt = ETRuntime.get()
-            data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
-            self.program = rt.load_program(bytes(data))
-            self.method = self.program.load_method("forward")
+                portable_lib._unsafe_reset_threadpool(int(threads))
+                rt = ETRuntime.get()
+                data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+                self.program = rt.load_program(bytes(data))
+                self.method = self.program.load_method("forward")
+        except RuntimeError as e:  # the runtime's own reason is in its log, not the exception
+            lines = [ln.split("] ", 1)[-1] for ln in "".join(said).splitlines()  # the backend's lines, not probes
+                     if "fail" in ln.lower() and ("Compiler" in ln or "Backend" in ln)]
+            raise ExportError(f"ExecuTorch cannot load this program ({lines[0] if lines else first_line(e, 120)}); "
+                              "export it to another runtime, or keep that layer's precision the same as its "
+                              "neighbours'") from None
         self.batch = int(batch)
 
     def _args(self, inputs):
