@@ -291,8 +291,8 @@ def test_int8_where_faster_times_each_layer_and_keeps_the_slower_ones_float(tmp_
                                                                            monkeypatch):
     """``int8_where_faster``: every target layer of the CNN is timed alone in float and int8 in LiteRT (a real
     table: positive times for each layer); the decision follows the table. The timings are this CPU's, so the
-    decision is checked on a fixed table: the layers at >= 1x stay float, the rest are int8 in the .tflite, which
-    parity-checks against slimkit's simulation and keeps the accuracy."""
+    decision is checked on a fixed table: the layers at >= 1.1x stay float, the rest (1.05x included) are int8 in
+    the .tflite, which parity-checks against slimkit's simulation and keeps the accuracy."""
     from slimkit.core import Context
     from slimkit.evaluate.layer_speed import int8_speedups
     from slimkit.quantize import static as S
@@ -303,6 +303,7 @@ def test_int8_where_faster_times_each_layer_and_keeps_the_slower_ones_float(tmp_
     assert list(real) == names and all(r["fp32_ms"] > 0 and r["int8_ms"] > 0 for r in real.values())
     fixed = {n: {"fp32_ms": 0.01, "int8_ms": 0.02 if n.startswith("features") else 0.005,
                  "ratio": 2.0 if n.startswith("features") else 0.5} for n in names}
+    fixed["classifier.5"] = {"fp32_ms": 0.01, "int8_ms": 0.0105, "ratio": 1.05}  # within the margin: stays int8
     import slimkit.evaluate.layer_speed as LS
 
     monkeypatch.setattr(LS, "int8_speedups", lambda *a, **k: fixed)

@@ -27,6 +27,12 @@ from .latency import time_interleaved
 #: (ONNX Runtime's int8 comes from slimkit's own quantizers; TFLM's Python interpreter does not time a board)
 RUNTIMES = ("litert", "litert-builtin", "executorch")
 
+#: a layer counts as slower in int8 when its int8 file alone takes at least this many times its float file's time:
+#: alone, it also pays its own input quantize and output dequantize, and a layer left float between int8 ones adds
+#: two such boundaries to the chain; at 1.0 the layers at 1.04x-1.05x (ExecuTorch's last Linear of digits-cnn and
+#: digits-mlp) stayed float and the model ran slower than all-int8 (0.52x vs 0.48x; docs/BENCHMARKS.md)
+SLOWER = 1.1
+
 
 def check_runtime(name: str) -> None:
     if name not in RUNTIMES:

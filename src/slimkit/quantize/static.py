@@ -76,8 +76,9 @@ class StaticQuantConfig(Config):
     # layers that stay float whatever else is set (their input and weights are not quantized)
     keep_float: list = dataclasses.field(default_factory=list)
     # a runtime (litert, litert-builtin, executorch): each target layer's int8 kernel is timed against its float
-    # kernel there, alone at batch 1, and the layers whose int8 is not faster stay float. On this CPU (AVX2, no
-    # VNNI) LiteRT's int8 Linear ran in 0.27x its float time and its convolutions in 1.35x-5.7x (docs/BENCHMARKS.md)
+    # kernel there, alone at batch 1, and the layers whose int8 takes >= 1.1x their float time stay float. On this
+    # CPU (AVX2, no VNNI) LiteRT's int8 Linear ran in 0.26x its float time and its convolutions in 1.3x-5.7x
+    # (docs/BENCHMARKS.md)
     int8_where_faster: str = ""
     targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
     # how the model is seen: torch.fx where it traces, else torch.export (auto); or force one (fx | export)
@@ -238,12 +239,12 @@ def keep_float_where_slower(model: nn.Module, cfg: StaticQuantConfig, ctx: Conte
     batch 1) and add the layers whose int8 is not faster to ``keep_float``; the table of timings comes back too."""
     if not cfg.int8_where_faster:
         return cfg, {}
-    from ..evaluate.layer_speed import int8_speedups
+    from ..evaluate.layer_speed import SLOWER, int8_speedups
 
     names = [n for n, m in cfg.targets.select(model, strict=False) if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
              and n not in cfg.keep_float and cfg.per_layer_bits.get(n) != 32]
     table = int8_speedups(model, ctx.data, names, cfg.int8_where_faster)
-    slow = [n for n, r in table.items() if r["ratio"] >= 1.0]
+    slow = [n for n, r in table.items() if r["ratio"] >= SLOWER]
     ctx.note(f"int8_where_faster={cfg.int8_where_faster}: int8 / float time per layer alone at batch 1: "
              + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in table.items())
              + (f"; {len(slow)} layer(s) stay float ({', '.join(slow)})" if slow else "; every layer is faster in int8"))
