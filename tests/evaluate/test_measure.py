@@ -93,3 +93,22 @@ def test_quantized_models_declare_their_pytorch_forward_a_simulation(digits_mlp,
     assert int8_dynamic(digits_mlp, DynamicQuantConfig(), Context(data=digits)).slimkit_simulated
     assert int8_static(digits_mlp, StaticQuantConfig(), Context(data=digits)).slimkit_simulated
     assert not getattr(digits_mlp, "slimkit_simulated", False)
+
+
+def test_interleaved_timing_shuffles_the_order_each_round_with_a_seed():
+    """Every runner runs once per round; the predecessor of a runner changes between rounds (a rotation would fix
+    it), and the same seed gives the same order."""
+    from slimkit.evaluate.latency import time_interleaved
+
+    def orders(seed):
+        calls = []
+        runners = {k: (lambda k=k: calls.append(k)) for k in "abcde"}
+        times = time_interleaved(runners, runs=40, warmup=0, desc=None, seed=seed)
+        assert all(len(v) == 40 for v in times.values())
+        return [calls[i:i + 5] for i in range(0, len(calls), 5)]
+
+    rounds = orders(0)
+    assert all(sorted(r) == list("abcde") for r in rounds)
+    before_a = {r[r.index("a") - 1] for r in rounds if r.index("a") > 0}
+    assert len(before_a) >= 3
+    assert rounds == orders(0) and rounds != orders(1)

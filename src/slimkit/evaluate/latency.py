@@ -1,8 +1,13 @@
 """Latency: warm-up, then many timed runs; several models are timed
-interleaved (round-robin, rotating order) in the same process, because
-absolute times on shared machines drift by 10-40%."""
+interleaved in the same process (every round runs each once, in a seeded
+random order), because absolute times on shared machines drift by 10-40%.
+The order is shuffled, not rotated: with a rotation each runner always
+follows the same neighbour, whose cache footprint then biases it (two
+identical ExecuTorch files timed 0.030 and 0.038 ms in one rotated run,
+docs/BENCHMARKS.md)."""
 from __future__ import annotations
 
+import random
 import time
 from typing import Callable, Hashable, Sequence
 
@@ -30,16 +35,18 @@ def ort_runner(sess, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
 
 
 def time_interleaved(runners: dict[Hashable, Callable[[], None]], *, runs: int = 30, warmup: int = 5,
-                     desc: str | None = "timing") -> dict[Hashable, np.ndarray]:
+                     desc: str | None = "timing", seed: int = 0) -> dict[Hashable, np.ndarray]:
     """Return per-runner arrays of wall times in milliseconds (``desc=None``: no progress bar)."""
     keys = list(runners)
     for _ in range(warmup):
         for k in keys:
             runners[k]()
     times: dict[Hashable, list[float]] = {k: [] for k in keys}
-    for i in (track(range(runs), desc) if desc else range(runs)):
-        rot = keys[i % len(keys):] + keys[:i % len(keys)]
-        for k in rot:
+    rng = random.Random(seed)
+    for _ in (track(range(runs), desc) if desc else range(runs)):
+        order = keys[:]
+        rng.shuffle(order)
+        for k in order:
             t0 = time.perf_counter()
             runners[k]()
             times[k].append((time.perf_counter() - t0) * 1e3)
