@@ -153,7 +153,6 @@ def test_observer_rejects_nan_and_empty():
 def test_one_arithmetic_for_dynamic_activations_and_int4_groups():
     """The run-time activation ranges of dynamic int8 and the int4 clip search are QScheme arithmetic: checked
     against ONNX Runtime's DynamicQuantizeLinear and against a brute-force per-group search."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

@@ -69,7 +69,7 @@ def int8_speedups(model: nn.Module, data: DataBundle, names: Sequence[str], runt
     calib = data.calib
     n = min(samples, len(calib))
     feeds = layer_inputs(model, names, tuple(t[:n] for t in calib.inputs))
-    runners, keep = {}, []
+    runners, sessions = {}, []  # the sessions stay open until the timing is done
     with tempfile.TemporaryDirectory(prefix="slimkit-layer-speed-") as d, torch_threads(threads):
         for name in track(list(feeds), f"time layers in {runtime}"):
             x = feeds[name]
@@ -79,7 +79,7 @@ def int8_speedups(model: nn.Module, data: DataBundle, names: Sequence[str], runt
             for precision in ("fp32", "int8"):
                 art = rt.export(layer, bundle, Path(d) / f"{len(runners)}{rt.suffix}", precision, 1)
                 sess = rt.open(art, threads)
-                keep.append(sess)
+                sessions.append(sess)
                 runners[(name, precision)] = sess.runner((x[:1],))
         times = time_interleaved(runners, runs=runs, desc=None)
     out = {}

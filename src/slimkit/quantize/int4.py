@@ -367,7 +367,8 @@ def rewrite_int4(model, linears: dict, tables: dict, scale_dtype: str = "float32
                    _scales_input(G, base + "_S4", c.s.reshape(-1), scale_dtype, new)]
             if not c.symmetric:
                 z = c.z.numpy()
-                ins.append(G.add_init(base + "_Z4", (pack_nibbles(z) if c.bits == 4 else z.astype(np.uint8)).reshape(-1)))
+                zb = pack_nibbles(z) if c.bits == 4 else z.astype(np.uint8)
+                ins.append(G.add_init(base + "_Z4", zb.reshape(-1)))
             bias = gemm and len(n.input) > 2 and n.input[2]
             out = base + "_nb" if bias else n.output[0]
             new.append(helper.make_node("MatMulNBits", ins, [out], name=base + "_mnb",
@@ -386,7 +387,8 @@ def rewrite_int4(model, linears: dict, tables: dict, scale_dtype: str = "float32
             ge, ng = c.g, d // c.g
             base = n.name or n.output[0]
             ids = n.input[1]
-            pairs = _nibbles(G, base + "_q", G.add_init(base + "_E4", pack_nibbles(c.q.numpy())), ids, new)  # [B,T,d/2,2]
+            packed = G.add_init(base + "_E4", pack_nibbles(c.q.numpy()))
+            pairs = _nibbles(G, base + "_q", packed, ids, new)  # [B,T,d/2,2]
             t = lambda s_: f"{base}_{s_}"  # noqa: E731
             ax = G.add_init(t("ax"), np.array([-1], np.int64))
             sn = _scales_input(G, base + "_E4s", c.s, scale_dtype, new)  # [V, d/ge]

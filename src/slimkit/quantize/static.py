@@ -247,7 +247,8 @@ def keep_float_where_slower(model: nn.Module, cfg: StaticQuantConfig, ctx: Conte
     slow = [n for n, r in table.items() if r["ratio"] >= SLOWER]
     ctx.note(f"int8_where_faster={cfg.int8_where_faster}: int8 / float time per layer alone at batch 1: "
              + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in table.items())
-             + (f"; {len(slow)} layer(s) stay float ({', '.join(slow)})" if slow else "; every layer is faster in int8"))
+             + (f"; {len(slow)} layer(s) stay float ({', '.join(slow)})" if slow
+                else "; every layer is faster in int8"))
     if len(slow) == len(table) and table:
         raise ConfigError(f"no layer of {type(model).__name__} runs faster in int8 than in float in "
                           f"{cfg.int8_where_faster} on this CPU (int8 / float: "

@@ -168,10 +168,11 @@ class SearchSpace:
         return points
 
     def describe(self) -> dict:
+        seeds = self.seed_points()
         return {"slots": {slot: {c.technique: {k: v.to_dict() for k, v in c.ranges.items()} for c in choices}
                           for slot, choices in self.slots},
                 "finetune": {k: v.to_dict() for k, v in self.finetune.items()}, "precisions": list(self.precisions),
-                **({"seed_points": self.seed_points()} if self.seed_points() else {})}
+                **({"seed_points": seeds} if seeds else {})}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
