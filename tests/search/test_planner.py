@@ -44,6 +44,11 @@ def test_space_comes_from_the_registry():
     lite_q = {c.technique for c in dict(lite.slots)["quantize"]}
     assert "quantize.int8_static" in lite_q and lite_q == {n for n in ort_q if not get_technique(n).onnx_only}
     assert lite.precisions == ("fp32", "int8")
+    # a runtime that can time layers also draws int8 only where it is faster there; ONNX Runtime does not
+    lite_static = next(c for c in dict(lite.slots)["quantize"] if c.technique == "quantize.int8_static")
+    assert lite_static.ranges["int8_where_faster"].choices == ("", "litert")
+    assert "int8_where_faster" not in next(c for c in dict(sp.slots)["quantize"]
+                                           if c.technique == "quantize.int8_static").ranges
     with pytest.raises(ConfigError, match="unknown technique 'prune.structurd'.*did you mean"):
         SearchSpace.from_registry(["prune.structurd"])
     with pytest.raises(ConfigError, match="has no field"):

@@ -95,6 +95,12 @@ class Config:
         structure (e.g. one width per channel group). A dotted name ``field.key`` sets one entry of a dict field."""
         return dict(cls.TUNABLE or {})
 
+    @classmethod
+    def tunable_in(cls, runtime: str) -> dict[str, Tunable]:
+        """Ranges that exist only for some target runtimes (e.g. timing layers in the runtime the planner measures
+        in); added to ``TUNABLE`` / ``tunable_for`` for that runtime."""
+        return {}
+
     def validate(self) -> None:  # pragma: no cover - default accepts everything
         """Raise ConfigError if a field is out of range."""
 

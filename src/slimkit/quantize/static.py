@@ -84,6 +84,14 @@ class StaticQuantConfig(Config):
     # how the model is seen: torch.fx where it traces, else torch.export (auto); or force one (fx | export)
     graph: str = "auto"
 
+    @classmethod
+    def tunable_in(cls, runtime: str) -> dict:
+        """On a runtime that can time a layer's int8 against its float (LiteRT, ExecuTorch), the planner also draws
+        whether to keep float the layers that run slower in int8 there."""
+        from ..evaluate.layer_speed import RUNTIMES
+
+        return {"int8_where_faster": Tunable(choices=("", runtime))} if runtime in RUNTIMES else {}
+
     def validate(self) -> None:
         check_choice("graph", self.graph, ("auto", "fx", "export"))
         check_choice("calibrator", self.calibrator, CALIBRATORS + ("auto",))

@@ -47,7 +47,8 @@ class SearchSpace:
         ranges). ``model``/``example``: ranges that depend on the model's structure (``Config.tunable_for``)."""
 
         def ranges_of(cfg_cls):
-            return cfg_cls.tunable_for(model, example) if model is not None else dict(cfg_cls.TUNABLE or {})
+            base = cfg_cls.tunable_for(model, example) if model is not None else dict(cfg_cls.TUNABLE or {})
+            return {**base, **cfg_cls.tunable_in(runtime)}
 
         default = {t.name: ranges_of(t.config_cls) for t in list_techniques() if t.config_cls.TUNABLE is not None}
         chosen: dict[str, dict[str, Tunable]]
@@ -191,7 +192,7 @@ def _label(step: Step, ranges: dict[str, Tunable]) -> str:
         head, dot, key = field.partition(".")
         v = getattr(step.config, head)
         v = v.get(key) if dot else v
-        vals.append(f"{v:g}" if isinstance(v, float) else str(v))
+        vals.append(f"{v:g}" if isinstance(v, float) else str(v) if v != "" else "-")
     short = step.type.split(".", 1)[1]
     return f"{short}({'/'.join(vals)})" if vals else short
 
