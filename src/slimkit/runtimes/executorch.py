@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from ..core.context import eval_mode
 from ..core.errors import ExportError, first_line
@@ -29,6 +31,40 @@ def _stock_int8(model, data, batch: int):
 
     return stock_int8(model, data, batch, XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True)))
+
+
+class _Conv1dAs2d(nn.Module):
+    """A float Conv1d computed as a Conv2d over [N, C, 1, L] (the same numbers). executorch 1.5.1's XNNPACK refuses
+    to load a float Conv1d over one input channel whose output is quantized next ("Failed to create depthwise
+    convolution node ... xnn_status_invalid_parameter"), while the same layer written as a Conv2d loads: slimkit's
+    int8 programs with a float first layer (``float_first``, ``int8_where_faster``) hit exactly that."""
+
+    def __init__(self, conv: nn.Conv1d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        c = self.conv
+        y = F.conv2d(x.unsqueeze(2), c.weight.unsqueeze(2), c.bias, (1, c.stride[0]), (0, c.padding[0]),
+                     (1, c.dilation[0]), c.groups)
+        return y.squeeze(2)
+
+
+def _float_conv1d_as_2d(prog: nn.Module) -> int:
+    """Swap the float Conv1d layers that a lowered int8 program's graphs call (a copy slimkit made; quantized layers
+    run inside their own wrapper modules and are not called by the graph) for ``_Conv1dAs2d``. Returns how many."""
+    from ..core.graph import set_module
+
+    swapped = 0
+    for gm in [m for m in prog.modules() if isinstance(m, torch.fx.GraphModule)]:
+        for node in gm.graph.nodes:
+            if node.op != "call_module":
+                continue
+            m = gm.get_submodule(node.target)
+            if type(m) is nn.Conv1d and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+                set_module(gm, node.target, _Conv1dAs2d(m))
+                swapped += 1
+    return swapped
 
 
 def _program(module, example) -> bytes:
@@ -53,7 +89,11 @@ def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifa
     try:
         with eval_mode(model), torch.no_grad(), quiet(stdout=False):
             if precision == "int8":
-                prog = model.slimkit_lower(data, fold_weights=True) if slimkit_int8 else _stock_int8(model, data, batch)
+                if slimkit_int8:
+                    prog = model.slimkit_lower(data, fold_weights=True)
+                    _float_conv1d_as_2d(prog)
+                else:
+                    prog = _stock_int8(model, data, batch)
             else:
                 prog = model
             blob = _program(prog, example)
