@@ -70,7 +70,6 @@ def main() -> None:
             plan += [(ff, lit, "int8"), (ff, et, "int8")]
         plan += where_faster(variants, lm.model, data, lit, et, "slimkit int8")
         plan += [("stock int8", tflm, "int8"), ("slimkit int8", tflm, "int8")]
-        plan = exportable(plan, variants, data, et)
         with tempfile.TemporaryDirectory() as d:
             res = measure_runtimes(variants, data, rts,
                                    workdir=d, threads=args.threads, runs=args.runs, board=b, plan=plan)
@@ -103,7 +102,6 @@ def main() -> None:
                 ("pruned + slimkit int8", et, "int8"), (ff, et, "int8"), ("pruned + slimkit int8", tflm, "int8")]
         variants = {"original": lm.model, "pruned": pruned, "pruned + slimkit int8": sk, ff: sk_ff}
         plan += where_faster(variants, pruned, data, lit, et, "pruned + slimkit int8")
-        plan = exportable(plan, variants, data, et)
         with tempfile.TemporaryDirectory() as d:
             res = measure_runtimes(variants,
                                    data, rts,
@@ -182,26 +180,6 @@ def minilm(lit, n: int = 32, runs: int = 30) -> str:
             row = row.format(ms=f"{p50[label]:.2f}", x=f"{p50[label] / p50['ort fp32']:.2f}x")
         lines.append(row)
     return "\n".join(lines)
-
-
-def exportable(plan: list, variants: dict, data, et) -> list:
-    """The plan without the ExecuTorch rows whose program its runtime refuses to load (said on the console: e.g. a
-    float Conv1d next to int8 layers, which XNNPACK rejects), so one refused artifact does not stop the table."""
-    import tempfile as tf
-
-    from slimkit.core.errors import ExportError
-
-    keep = []
-    for row in plan:
-        if row[1] is et and row[2] == "int8" and row[0] not in ("stock int8",):
-            try:
-                with tf.TemporaryDirectory() as d:
-                    et.export(variants[row[0]], data, f"{d}/m.pte", "int8", 1)
-            except ExportError as e:
-                print(f"left out {row[0]}: {et.name}: {e}", flush=True)
-                continue
-        keep.append(row)
-    return keep
 
 
 def where_faster(variants: dict, model, data, lit, et, label: str) -> list:

@@ -151,9 +151,7 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
         raise ConfigError(f"mixed precision kept every layer in float: quantizing any of {', '.join(layers[:4])} "
                           f"drops the metric by more than max_drop={cfg.max_drop}; raise max_drop")
     qm = prepare_static(model, final, captured=cap)
-    if speed:
-        qm.info["int8_speed"] = speed
-    note_coverage(qm, ctx)
+    note_coverage(qm, ctx, speed)
     calibrate(qm, data, final, ranges=calibrated)
     if cfg.bias_correction:
         bias_correct(qm, data, final)

@@ -50,16 +50,20 @@ class QScheme(Config):
         return 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
 
 
-def _reduce_dims(x: torch.Tensor, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
-    """min and max over the dimensions that share one scale."""
+def _by_scale(x: torch.Tensor, scheme: QScheme) -> torch.Tensor:
+    """A view whose last axis holds the elements that share one scale (reducing it gives one value per scale)."""
     if scheme.granularity == "per_tensor":
-        return x.min(), x.max()
+        return x.reshape(-1)
     if scheme.granularity == "per_channel":
         ax = scheme.axis % x.ndim
-        xt = x.transpose(0, ax).reshape(x.shape[ax], -1)
-        return xt.min(1).values, xt.max(1).values
-    g = _groups(x, scheme.group_size)
-    return g.min(-1).values, g.max(-1).values
+        return x.transpose(0, ax).reshape(x.shape[ax], -1)
+    return _groups(x, scheme.group_size)
+
+
+def _reduce_dims(x: torch.Tensor, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """min and max over the dimensions that share one scale."""
+    v = _by_scale(x, scheme)
+    return v.min(-1).values, v.max(-1).values
 
 
 def _groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -104,18 +108,17 @@ def compute_qparams(x: torch.Tensor, scheme: QScheme, **kw) -> tuple[torch.Tenso
     return qparams_from_range(lo, hi, scheme, **kw)
 
 
-def fit_clip(x: torch.Tensor, scheme: QScheme, ratios=torch.linspace(0.6, 1.0, 9), **kw):
+def fit_clip(x: torch.Tensor, scheme: QScheme, ratios=None, **kw):
     """Per scale group, the clip of the group's range (a ratio in ``ratios``) whose codes reconstruct the group
     with the least squared error, and its scale and zero point (``kw``: as qparams_from_range). Plain max-abs is
-    rarely the best grid at 4 bits."""
+    rarely the best grid at 4 bits. ``ratios``: default 0.6-1.0 in 9 steps."""
     x = x.detach().float()
+    ratios = torch.linspace(0.6, 1.0, 9) if ratios is None else ratios
     lo, hi = _reduce_dims(x, scheme)
     best_s = best_z = best_e = None
     for f in ratios:
         s, z = qparams_from_range(lo, hi, scheme, clip=f, **kw)
-        e = (dequantize(quantize(x, s, z, scheme), s, z, scheme) - x).pow(2)
-        e = _groups(e, scheme.group_size).sum(-1) if scheme.granularity == "per_group" else \
-            _reduce_sum(e, scheme)
+        e = _by_scale((dequantize(quantize(x, s, z, scheme), s, z, scheme) - x).pow(2), scheme).sum(-1)
         if best_e is None:
             best_s, best_z, best_e = s, z, e
         else:  # ties keep the earlier (smaller) clip
@@ -123,13 +126,6 @@ def fit_clip(x: torch.Tensor, scheme: QScheme, ratios=torch.linspace(0.6, 1.0, 9
             best_e = torch.where(better, e, best_e)
             best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
     return best_s, best_z
-
-
-def _reduce_sum(e: torch.Tensor, scheme: QScheme) -> torch.Tensor:
-    if scheme.granularity == "per_tensor":
-        return e.sum()
-    ax = scheme.axis % e.ndim
-    return e.transpose(0, ax).reshape(e.shape[ax], -1).sum(1)
 
 
 def _bshape(x: torch.Tensor, p: torch.Tensor, scheme: QScheme) -> torch.Tensor:

@@ -244,7 +244,8 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
 
 def keep_float_where_slower(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> tuple[StaticQuantConfig, dict]:
     """``int8_where_faster``: time each target layer alone in float and int8 in that runtime (calibration inputs,
-    batch 1) and add the layers whose int8 is not faster to ``keep_float``; the table of timings comes back too."""
+    batch 1) and add to ``keep_float`` the layers whose int8 takes at least ``layer_speed.SLOWER`` times their float
+    time; the table of timings comes back too (``note_coverage`` files it in the model's info)."""
     if not cfg.int8_where_faster:
         return cfg, {}
     from ..evaluate.layer_speed import SLOWER, int8_speedups
@@ -253,15 +254,14 @@ def keep_float_where_slower(model: nn.Module, cfg: StaticQuantConfig, ctx: Conte
              and n not in cfg.keep_float and cfg.per_layer_bits.get(n) != 32]
     table = int8_speedups(model, ctx.data, names, cfg.int8_where_faster)
     slow = [n for n, r in table.items() if r["ratio"] >= SLOWER]
-    ctx.note(f"int8_where_faster={cfg.int8_where_faster}: int8 / float time per layer alone at batch 1: "
-             + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in table.items())
-             + (f"; {len(slow)} layer(s) stay float ({', '.join(slow)})" if slow
-                else "; every layer is faster in int8"))
+    ratios = [f"{n} {r['ratio']:.2f}x" for n, r in table.items()]
     if len(slow) == len(table) and table:
         raise ConfigError(f"no layer of {type(model).__name__} runs faster in int8 than in float in "
-                          f"{cfg.int8_where_faster} on this CPU (int8 / float: "
-                          + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in list(table.items())[:4])
-                          + "); the float model is the faster one: export it without int8")
+                          f"{cfg.int8_where_faster} on this CPU (int8 / float: {', '.join(ratios[:4])}); the float "
+                          "model is the faster one: export it without int8")
+    ctx.note(f"int8_where_faster={cfg.int8_where_faster}: int8 / float time per layer alone at batch 1: "
+             + ", ".join(ratios) + (f"; {len(slow)} layer(s) stay float ({', '.join(slow)})" if slow
+                                    else "; every layer is faster in int8"))
     return dataclasses.replace(cfg, keep_float=cfg.keep_float + slow, int8_where_faster=""), table
 
 
@@ -686,8 +686,11 @@ def _qdq_parity(qm, blob: bytes, data: DataBundle):
 
 # ----------------------------------------------------------------------------- technique
 
-def note_coverage(qm: QuantizedModel, ctx: Context) -> None:
-    """Say on the console and in the report which weight-bearing layers stayed float, and why."""
+def note_coverage(qm: QuantizedModel, ctx: Context, speed: Optional[dict] = None) -> None:
+    """Say on the console and in the report which weight-bearing layers stayed float, and why; ``speed``: the
+    per-layer timings behind ``int8_where_faster`` (``keep_float_where_slower``), kept in the model's info."""
+    if speed:
+        qm.info["int8_speed"] = speed
     skipped = qm.info.get("skipped_layers") or {}
     if qm.info.get("float_first"):
         ctx.note(f"float_first: the first layer, {qm.info['float_first']}, stays float (its input and weights are "
@@ -710,9 +713,7 @@ def int8_static(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> Quant
     keep = 64 if cfg.calibrator == "auto" or "auto" in cfg.per_layer.values() else 0
     cfg, speed = keep_float_where_slower(model, cfg, ctx)
     qm = prepare_static(model, cfg, keep_inputs=keep, example=ctx.data.example_inputs(2))
-    if speed:
-        qm.info["int8_speed"] = speed
-    note_coverage(qm, ctx)
+    note_coverage(qm, ctx, speed)
     calibrate(qm, ctx.data, cfg)
     if cfg.bias_correction:
         qm.info["bias_correction_max_shift"] = bias_correct(qm, ctx.data, cfg)
@@ -764,9 +765,7 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> QuantizedModel:
 
     cfg, speed = keep_float_where_slower(model, cfg, ctx)
     qm = prepare_static(model, cfg, example=ctx.data.example_inputs(2))
-    if speed:
-        qm.info["int8_speed"] = speed
-    note_coverage(qm, ctx)
+    note_coverage(qm, ctx, speed)
     calibrate(qm, ctx.data, cfg)
     if cfg.learn_scales:
         for q in qm.layers().values():

@@ -50,12 +50,11 @@ class _Conv1dAs2d(nn.Module):
         return y.squeeze(2)
 
 
-def _float_conv1d_as_2d(prog: nn.Module) -> int:
+def _float_conv1d_as_2d(prog: nn.Module) -> None:
     """Swap the float Conv1d layers that a lowered int8 program's graphs call (a copy slimkit made; quantized layers
-    run inside their own wrapper modules and are not called by the graph) for ``_Conv1dAs2d``. Returns how many."""
+    run inside their own wrapper modules and are not called by the graph) for ``_Conv1dAs2d``."""
     from ..core.graph import set_module
 
-    swapped = 0
     for gm in [m for m in prog.modules() if isinstance(m, torch.fx.GraphModule)]:
         for node in gm.graph.nodes:
             if node.op != "call_module":
@@ -63,8 +62,6 @@ def _float_conv1d_as_2d(prog: nn.Module) -> int:
             m = gm.get_submodule(node.target)
             if type(m) is nn.Conv1d and m.padding_mode == "zeros" and not isinstance(m.padding, str):
                 set_module(gm, node.target, _Conv1dAs2d(m))
-                swapped += 1
-    return swapped
 
 
 def _program(module, example) -> bytes:
