@@ -5,7 +5,7 @@ Rank selection (``rank``):
 * ``ratio``: per layer, ``ratio`` of the full rank; ``ranks`` pins ranks per layer name;
 * ``auto``: a global budget (``target`` share of MACs or params removed): every layer is
   factorized alone at several ranks on held-in data, the metric drop and the saving are
-  measured, and a greedy search (``core.allocate.greedy_levels``, in the spirit of AIMET's greedy
+  measured, and a greedy search (``evaluate.sensitivity``, in the spirit of AIMET's greedy
   rank selection) takes the cheapest steps until the measured saving meets the target.
 
 A layer is only replaced when the factorized form measures fewer MACs and params than
@@ -26,13 +26,11 @@ import torch.nn as nn
 from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.context import Context
 from ..core.errors import ConfigError
-from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..evaluate.macs import count_macs, count_params
-from ..evaluate.metrics import held_in_split, split_score
+from ..evaluate.sensitivity import DropMeter, Step, measure
 from ..core.graph import input_covariances, set_module
-from ..core.allocate import greedy_levels
 from .decompose import (depthwise_separable, linear_rank_limit, rank_for_energy, singular_values,
                         spatial_rank_limit, spatial_svd_conv, svd_linear, tucker2_conv, tucker_rank_limits)
 
@@ -215,43 +213,37 @@ def lowrank(model: nn.Module, cfg: LowRankConfig, ctx: Context) -> nn.Module:
 
 
 def _auto(m, layers, cfg, ctx, example, shapes, base, pays_off, covs):
-    data = ctx.data
-    split = held_in_split(data, cfg.eval_samples, ctx.seed)
-    with torch.no_grad():
-        ref = torch.cat([m(*x) for x, _ in split.batches(256)]).float().numpy()
-    base_score = split_score(m, split, data, ref)[0]
+    """Each layer factorized alone at LEVELS (``evaluate.sensitivity``), then the greedy budget search."""
+    meter = DropMeter(m, ctx.data, cfg.eval_samples, ctx.seed)
     idx = 0 if cfg.budget == "macs" else 1
     total = count_macs(m, example) if idx == 0 else count_params(m)
-    cost, options, table = {}, {}, []
-    for n, mod in track(layers, "low-rank sensitivity (one layer at a time)"):
-        cost[n], options[n] = [(0.0, 0.0)], [None]
-        for share in LEVELS:
-            new = _factorize(mod, share, cfg, cov=covs.get(n))
-            if not pays_off(n, new):
-                cost[n].append(cost[n][-1])
-                options[n].append(options[n][-1])
-                continue
-            set_module(m, n, new)
-            drop = base_score - split_score(m, split, data, ref)[0]
-            set_module(m, n, mod)
-            saved = (base[n][idx] - shapes.cost(n, new)[idx]) / total
-            cost[n].append((drop, saved))
-            options[n].append(new)
-            table.append({"layer": n, "rank_share": share, "drop": round(drop, 5), "saved": round(saved, 4)})
+    mods = dict(layers)
+
+    def probe(n, share):
+        mod = mods[n]
+        new = _factorize(mod, share, cfg, cov=covs.get(n))
+        if not pays_off(n, new):
+            return None  # not cheaper at this rank: the level stays the previous one
+        set_module(m, n, new)
+        drop = meter(m)[0]
+        set_module(m, n, mod)
+        saved = (base[n][idx] - shapes.cost(n, new)[idx]) / total
+        return Step(drop, saved, {"layer": n, "rank_share": share, "drop": round(drop, 5), "saved": round(saved, 4)},
+                    option=new)
+
+    sens = measure(mods, LEVELS, probe, "low-rank sensitivity (one layer at a time)")
 
     def achieved(level):
         for n, mod in layers:
-            set_module(m, n, options[n][level[n]] or mod)
+            set_module(m, n, sens.options[n][level[n]] or mod)
         got = 1 - (count_macs(m, example) if idx == 0 else count_params(m)) / total
         for n, mod in layers:
             set_module(m, n, mod)
         return got
 
-    level, got = greedy_levels(cost, cfg.target, achieved)
-    if got < cfg.target:
-        raise ConfigError(f"the {cfg.budget} target {cfg.target} cannot be met by factorization (reached {got:.1%}); "
-                          "lower the target or add layer types")
-    return {n: options[n][level[n]] for n, _ in layers if level[n]}, table
+    level = sens.allocate(cfg.target, achieved, f"the {cfg.budget} target {cfg.target} cannot be met by "
+                          "factorization (reached {got:.1%}); lower the target or add layer types")
+    return {n: sens.options[n][level[n]] for n, _ in layers if level[n]}, sens.table
 
 
 @dataclasses.dataclass

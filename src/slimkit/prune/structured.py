@@ -21,14 +21,12 @@ import torch.nn.functional as F
 from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.context import Context
 from ..core.errors import ConfigError, first_line
-from ..core.progress import track
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from ..evaluate.latency import time_interleaved, torch_runner
 from ..evaluate.macs import count_macs, count_params
-from ..evaluate.metrics import held_in_split, split_score
+from ..evaluate.sensitivity import DropMeter, Step, measure
 from ..core.graph import set_module
-from ..core.allocate import greedy_levels
 from ..core.rewrite import split_attention
 from .blocks import attention_units, find_units
 from .channels import ChannelGraph
@@ -419,41 +417,33 @@ def _latency_saved(base: nn.Module, model: nn.Module, x) -> float:
 
 def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
     """Prune each group alone at LEVELS; record metric drop, MAC / param /
-    latency saving; then take greedy steps with the least drop per unit saved."""
-    data = ctx.data
-    split = held_in_split(data, cfg.eval_samples, ctx.seed)
-    with torch.no_grad():
-        ref = torch.cat([model(*x) for x, _ in split.batches(256)]).float().numpy()
-    base_score = split_score(model, split, data, ref)[0]
-    xb = split.slice(0, 64).inputs
+    latency saving; then take greedy steps with the least drop per unit saved (``evaluate.sensitivity``)."""
+    meter = DropMeter(model, ctx.data, cfg.eval_samples, ctx.seed)
+    xb = meter.split.slice(0, 64).inputs
     base_params = count_params(model)
-    full = {g: s for g, s in sizes.items()}
-    table, cost = [], {}
     levels = [lv for lv in LEVELS if lv <= cfg.max_ratio]
-    for g in track(list(sizes), "sensitivity (one group at a time)"):
-        name = "+".join(plan.groups[g]["producers"])
-        cost[g] = [(0.0, 0.0)]
-        seen = set()
-        for lv in levels:
-            counts = dict(full)
-            counts[g] = _round(sizes[g] * (1 - lv), sizes[g], cfg)
-            if counts[g] in seen:
-                cost[g].append(cost[g][-1])
-                continue
-            seen.add(counts[g])
-            m = _pruned(model, plan, counts)
-            drop = base_score - split_score(m, split, data, ref)[0]
-            saved = {"macs": 1 - count_macs(m, example) / base_macs, "params": 1 - count_params(m) / base_params,
-                     "latency": _latency_saved(model, m, xb)}
-            cost[g].append((drop, saved[cfg.budget]))
-            table.append({"group": name, "ratio": lv, "channels": f"{counts[g]}/{sizes[g]}", "drop": round(drop, 5),
-                          "macs_saved": round(saved["macs"], 4), "params_saved": round(saved["params"], 4),
-                          "latency_saved": round(saved["latency"], 4)})
+
+    def count(g, lv):
+        return _round(sizes[g] * (1 - lv), sizes[g], cfg)
+
+    def probe(g, lv):
+        counts = {**sizes, g: count(g, lv)}
+        if lv != levels[0] and counts[g] == count(g, levels[levels.index(lv) - 1]):
+            return None  # rounding to round_to made this level the previous one
+        m = _pruned(model, plan, counts)
+        drop = meter(m)[0]
+        saved = {"macs": 1 - count_macs(m, example) / base_macs, "params": 1 - count_params(m) / base_params,
+                 "latency": _latency_saved(model, m, xb)}
+        return Step(drop, saved[cfg.budget], {
+            "group": "+".join(plan.groups[g]["producers"]), "ratio": lv, "channels": f"{counts[g]}/{sizes[g]}",
+            "drop": round(drop, 5), "macs_saved": round(saved["macs"], 4),
+            "params_saved": round(saved["params"], 4), "latency_saved": round(saved["latency"], 4)})
+
+    sens = measure(sizes, levels, probe, "sensitivity (one group at a time)")
     target = cfg.target_macs if cfg.target_macs else cfg.ratio
 
     def counts_of(level):
-        return {g: (_round(sizes[g] * (1 - levels[level[g] - 1]), sizes[g], cfg) if level[g] else sizes[g])
-                for g in sizes}
+        return {g: (count(g, levels[level[g] - 1]) if level[g] else sizes[g]) for g in sizes}
 
     def achieved(level):
         m = _pruned(model, plan, counts_of(level))
@@ -463,11 +453,9 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
             return 1 - count_params(m) / base_params
         return _latency_saved(model, m, xb)
 
-    level, got = greedy_levels(cost, target, achieved)
-    if got < target:
-        raise ConfigError(f"{cfg.budget} target {target} cannot be met within max_ratio={cfg.max_ratio} "
-                          f"(reached {got:.1%}); raise max_ratio or lower the target")
-    return counts_of(level), table
+    level = sens.allocate(target, achieved, f"{cfg.budget} target {target} cannot be met within "
+                          f"max_ratio={cfg.max_ratio} (reached {{got:.1%}}); raise max_ratio or lower the target")
+    return counts_of(level), sens.table
 
 
 def _check_runs(model: nn.Module, example, ref_shape: tuple, hard_coded: str) -> None:

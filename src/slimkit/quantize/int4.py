@@ -34,6 +34,7 @@ from .gptq import gptq_codes
 from ..core.graph import input_covariances, set_module
 from .scheme import QScheme, fit_clip, pack_nibbles, quantize, sqnr_db
 from ..core.checks import check_finite_weights
+from ..evaluate.sensitivity import Step, measure, within_budget
 
 _SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _FP16_TINY, _FP16_MAX = 2.0 ** -24, 65504.0  # smallest (subnormal) and largest float16
@@ -221,25 +222,24 @@ def _upgrade_to_8bit(m: nn.Module, float_weights: dict[str, torch.Tensor], ref: 
     sb = _scale_bytes(cfg)
     split = _sensitivity_split(cfg, ctx)
     base = _output_error(m, split, ref)
-    rows = []
-    for n, c4 in track(list(layers.items()), "int4: 8-bit sensitivity"):
-        mod = m.get_submodule(n)
-        c8 = rtn(float_weights[n], c4.g, 8, cfg.symmetric, sdt)
+
+    def probe(n, bits):  # one level: this layer alone at 8 bits
+        mod, c4 = m.get_submodule(n), layers[n]
+        c8 = rtn(float_weights[n], c4.g, bits, cfg.symmetric, sdt)
         mod.use(c8)
         err = _output_error(m, split, ref)
         mod.use(c4)
         extra = c8.nbytes(sb) - c4.nbytes(sb)
-        rows.append({"layer": n, "error_saved_pct": round(100 * (base - err) / max(base, 1e-30), 2),
-                     "extra_kb": round(extra / 1e3, 1), "_per_byte": (base - err) / extra, "_extra": extra, "_c8": c8})
-    chosen = []
-    for r in sorted(rows, key=lambda r: -r["_per_byte"]):
-        if r["_per_byte"] > 0 and r["_extra"] <= budget:
-            budget -= r["_extra"]
-            chosen.append(r["layer"])
-            m.get_submodule(r["layer"]).use(r["_c8"])
+        # drop = the error it leaves minus the all-4-bit error (negative: it helps); saving = -extra bytes
+        return Step(err - base, -extra, {"layer": n, "error_saved_pct": round(100 * (base - err) / max(base, 1e-30), 2),
+                                         "extra_kb": round(extra / 1e3, 1)}, option=c8)
+
+    sens = measure(layers, (8,), probe, "int4: 8-bit sensitivity")
+    chosen = within_budget({n: (-c[1][0], -c[1][1]) for n, c in sens.cost.items()}, budget)
+    for n in chosen:
+        m.get_submodule(n).use(sens.options[n][1])
+    rows = sens.table
     for r in rows:
-        for k in ("_per_byte", "_extra", "_c8"):
-            del r[k]
         r["chosen_bits"] = 8 if r["layer"] in chosen else 4
     return chosen, rows
 

@@ -20,16 +20,14 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-import torch
 import torch.nn as nn
 
 from ..core.config import Tunable, check_range
-from ..core.context import Context, eval_mode
+from ..core.context import Context
 from ..core.errors import ConfigError
 from ..core.progress import track
 from ..core.registry import register_technique
-from ..evaluate.metrics import held_in_split, split_score
-from ..core.allocate import greedy_levels
+from ..evaluate.sensitivity import DropMeter, greedy_levels
 from .static import (QuantizedModel, StaticQuantConfig, note_coverage, bias_correct, calibrate,
                      capture_for_quantization, keep_float_where_slower, prepare_static)
 
@@ -64,10 +62,7 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
     data = ctx.data
     cfg, speed = keep_float_where_slower(model, cfg, ctx)  # layers slower in int8 in the runtime stay float
     # evaluation on held-in training samples (not the test split, which stays untouched for the report)
-    split = held_in_split(data, cfg.eval_samples, ctx.seed)
-    with torch.no_grad(), eval_mode(model):
-        ref_out = torch.cat([model(*x) for x, _ in split.batches(256)]).float().numpy()
-        base_score = split_score(model, split, data, ref_out)[0]
+    meter = DropMeter(model, data, cfg.eval_samples, ctx.seed)
     # how the model is seen (torch.fx or a torch.export capture): once, shared by every plan built below
     cap = capture_for_quantization(model, cfg, data.example_inputs(2))
 
@@ -84,8 +79,7 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
     def drop(plan: dict) -> tuple[float, float]:
         if layers and all(plan.get(n) == 32 for n in layers):
             return 0.0, float("inf")  # every layer kept in float: the float model itself
-        score, sqnr = split_score(build(plan), split, data, ref_out)
-        return base_score - score, sqnr
+        return meter(build(plan))
 
     def within(d) -> bool:
         return d[0] <= cfg.max_drop and d[1] >= cfg.min_sqnr_db
@@ -172,5 +166,5 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
                else f"{lb}-bit codes stored in int8 containers")
     ctx.note(f"mixed precision: {sum(b == cfg.low_bits for b in bits.values())} layer(s) at {cfg.low_bits} bits, "
              f"{sum(b == 32 for b in bits.values())} in fp32, the rest int8; drop {current[0]:.4f}, output SQNR "
-             f"{current[1]:.1f} dB on {len(split)} training samples (budget: {goal}); {storage}")
+             f"{current[1]:.1f} dB on {len(meter.split)} training samples (budget: {goal}); {storage}")
     return qm
