@@ -557,17 +557,16 @@ def _auto_choose(g: QGroup, members, layers, cfg) -> str:
     """Per tensor, the calibrator whose range gives the smallest error at the
     output of the layer(s) it feeds (or of the tensor itself)."""
     best, best_err = "minmax", float("inf")
+    # each fed layer's float output does not depend on the candidate range: computed once, not once per calibrator
+    fed = [(layers[m.consumer], torch.cat(m.inputs)) for m in members if m.consumer and m.inputs]
+    fed = [(layer, x, layer.layer(x)) for layer, x in fed]
     for method in CALIBRATORS:
         lo, hi = g.observer.range(method, percentile=cfg.percentile)
         g.set_range(lo, hi)
         err = 0.0
-        fed = [m for m in members if m.consumer and m.inputs]
         if fed:
-            for m in fed:
-                layer = layers[m.consumer]
-                x = torch.cat(m.inputs)
+            for layer, x, ref in fed:
                 xq = torch.fake_quantize_per_tensor_affine(x, float(g.scale), int(g.zero_point), 0, 255)
-                ref = layer.layer(x)
                 err += float((QuantLayer.forward(layer, xq) - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-12))
         else:
             v = torch.from_numpy(g.observer.values())
@@ -576,6 +575,10 @@ def _auto_choose(g: QGroup, members, layers, cfg) -> str:
         if err < best_err:
             best, best_err = method, err
     return best
+
+
+class _Reached(Exception):
+    """Raised by a forward hook to end a pass once the layer it measures has run."""
 
 
 @torch.no_grad()
@@ -588,18 +591,34 @@ def bias_correct(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig, b
     # the float reference stays untouched: corrected biases must not leak into it
     ref_model = copy.deepcopy(qm)
     ref_model.set_mode("off")
-    refs, outs = {}, {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, k=n: refs.__setitem__(k, o.detach()))
-             for n, m in ref_model.layers().items()]
+    refs, outs, calls = {}, {}, {}
+
+    def keep(k, o):
+        refs[k] = o.detach()
+        calls[k] = calls.get(k, 0) + 1
+
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=n: keep(k, o)) for n, m in ref_model.layers().items()]
     ref_model(*x_all)
     for h in hooks:
         h.remove()
     shifts = {}
     qm.set_mode("quant")
+
+    def stop_here(mod, i, o):  # the layers after this one do not change its output: stop the forward pass there
+        outs["cur"] = o.detach()
+        raise _Reached
+
+    def last_output(mod, i, o):  # a layer called more than once: its last call's output, as in the reference
+        outs["cur"] = o.detach()
+
     for name, layer in layers.items():
-        h = layer.register_forward_hook(lambda mod, i, o: outs.__setitem__("cur", o.detach()))
-        qm(*x_all)
-        h.remove()
+        h = layer.register_forward_hook(stop_here if calls.get(name) == 1 else last_output)
+        try:
+            qm(*x_all)
+        except _Reached:
+            pass
+        finally:
+            h.remove()
         ref, got = refs[name], outs["cur"]
         lin = layer.layer
         # output channels: dim 1 of a convolution's output, the last dim of a Linear's (B, ..., features)
