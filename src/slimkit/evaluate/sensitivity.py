@@ -20,7 +20,6 @@ import dataclasses
 import math
 from typing import Any, Callable, Hashable, Iterable, Optional
 
-import numpy as np
 import torch
 
 from ..core.context import eval_mode
@@ -133,7 +132,7 @@ def within_budget(gain: dict[Hashable, tuple[float, float]], budget: float) -> l
     """``gain[u] = (gain, cost)``: the units with the most gain per unit of cost, while their costs fit ``budget``
     (a unit that gains nothing is never taken). Greedy knapsack; returns the chosen units in the order taken."""
     chosen = []
-    for u in sorted(gain, key=lambda u: -gain[u][0] / gain[u][1] if gain[u][1] > 0 else -np.inf):
+    for u in sorted(gain, key=lambda u: -gain[u][0] / gain[u][1] if gain[u][1] > 0 else -math.inf):
         g, c = gain[u]
         if g > 0 and c <= budget:
             budget -= c
