@@ -49,8 +49,10 @@ def test_int8_gptq_lowers_the_output_error_and_exports_its_exact_codes(tmp_path)
     ref = model(x[256:]).detach()
     err = {}
     for on in (False, True):
-        qm = int8_dynamic(model, DynamicQuantConfig(gptq=on, smoothquant_alpha=0, per_token={"types": []}),
-                          Context(data=data))
+        # 7-bit weights on every CPU: with "auto" a VNNI CPU takes full 8-bit weights, whose rounding error is 4x
+        # smaller, and the activations' dynamic rounding then dominates the output error (measured: GPTQ 0.86x)
+        qm = int8_dynamic(model, DynamicQuantConfig(gptq=on, smoothquant_alpha=0, per_token={"types": []},
+                                                    weight_range="reduced"), Context(data=data))
         err[on] = float((qm(x[256:]).detach() - ref).pow(2).mean())
     assert err[True] < 0.7 * err[False], err  # held-out inputs, not the calibration ones
     lin = qm.model.fc1

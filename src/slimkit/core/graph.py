@@ -320,12 +320,35 @@ def holds_program(model: nn.Module) -> bool:
     return any(isinstance(m, ProgramModule) for m in model.modules())
 
 
-def program_sizes_from_batch(model: nn.Module) -> bool:
-    """Whether a loaded ``.pt2`` program inside ``model`` computes sizes from its input's batch (``x.size(0)``,
-    from the program's ``sym_size``: attention reshapes, recurrent state): an exporter that traces at one batch
-    would fix them there."""
-    return any(n.op == "call_method" and n.target == "size" for m in model.modules() if isinstance(m, ProgramModule)
-               for n in m.gm.graph.nodes)
+RECURRENT_OPS = ("gru", "lstm", "rnn_tanh", "rnn_relu")
+
+
+def program_recurrent_ops(model: nn.Module) -> dict[str, str]:
+    """The recurrent ATen ops of the loaded ``.pt2`` programs inside ``model`` (a program keeps ``nn.GRU``/``nn.LSTM``
+    as one op over flat weights, not a module): owner name (the prefix of its first weight) -> op name."""
+    out = {}
+    for m in model.modules():
+        if not isinstance(m, ProgramModule):
+            continue
+        for n in m.gm.graph.nodes:
+            op = getattr(n.target, "_opname", "") if n.op == "call_function" else ""
+            if op in RECURRENT_OPS:
+                weights = next((a for a in n.args if isinstance(a, (list, tuple))), [])
+                first = next((w.target for w in weights if isinstance(w, fx.Node) and w.op == "get_attr"), n.name)
+                out[first.rpartition(".")[0] or first] = op
+    return out
+
+
+def program_fixed_units(model: nn.Module) -> list[str]:
+    """What a loaded ``.pt2`` program inside ``model`` holds that structured pruning cannot shrink: attention
+    (``scaled_dot_product_attention``, its head count a constant of the program's reshapes) and recurrent ops."""
+    found = []
+    for m in model.modules():
+        if isinstance(m, ProgramModule):
+            ops = {getattr(n.target, "_opname", "") for n in m.gm.graph.nodes if n.op == "call_function"}
+            found += ["attention heads"] * ("scaled_dot_product_attention" in ops)
+            found += [f"aten.{op} hidden units" for op in RECURRENT_OPS if op in ops]
+    return list(dict.fromkeys(found))
 
 
 def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:

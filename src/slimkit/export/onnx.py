@@ -63,7 +63,9 @@ def ort_run(sess, inputs: Sequence[torch.Tensor]) -> np.ndarray:
     return sess.run(None, feed)[0]
 
 
-def _to_bytes(model: nn.Module, example: tuple, input_names, dynamic_axes, opset: int) -> bytes:
+def onnx_bytes(model: nn.Module, example: tuple, input_names, dynamic_axes, opset: int) -> bytes:
+    """The serialized ONNX model of ``model`` (dynamic batch, output named "output"); models built on a loaded
+    ``.pt2`` program take the torch.export-based exporter."""
     if holds_program(model):
         return _to_bytes_dynamo(model, example, input_names, dynamic_axes, opset)
     buf = io.BytesIO()
@@ -88,7 +90,10 @@ def _to_bytes_dynamo(model: nn.Module, example: tuple, input_names, dynamic_axes
         warnings.simplefilter("ignore")
         onx = torch.onnx.export(model, example, dynamo=True, dynamic_shapes=shapes, input_names=list(input_names),
                                 output_names=["output"], opset_version=max(opset, 18), verbose=False)
-    return onx.model_proto.SerializeToString()
+    proto = onx.model_proto
+    for node in proto.graph.node:  # the exporter's per-node debug record (stack traces, fx names): 2x the file
+        del node.metadata_props[:]
+    return proto.SerializeToString()
 
 
 def export_onnx(model: nn.Module, data: DataBundle, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
@@ -109,7 +114,7 @@ def export_onnx(model: nn.Module, data: DataBundle, out: str | os.PathLike, *, o
 def _export_checked(model, data, out, *, opset, check, parity_samples, atol, min_cosine, reference):
     example = data.example_inputs(2)
     try:
-        blob = _to_bytes(model, example, data.input_names, data.dynamic_axes, opset)
+        blob = onnx_bytes(model, example, data.input_names, data.dynamic_axes, opset)
     except Exception as e:  # noqa: BLE001
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ExportError(f"ONNX export failed: {first}") from None

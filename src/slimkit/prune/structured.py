@@ -26,7 +26,7 @@ from ..core.targets import Targets
 from ..evaluate.latency import time_interleaved, torch_runner
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.sensitivity import DropMeter, Step, measure
-from ..core.graph import set_module
+from ..core.graph import program_fixed_units, set_module
 from ..core.rewrite import split_attention
 from .blocks import attention_units, find_units
 from .channels import ChannelGraph
@@ -454,8 +454,17 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
         return _latency_saved(model, m, xb)
 
     level = sens.allocate(target, achieved, f"{cfg.budget} target {target} cannot be met within "
-                          f"max_ratio={cfg.max_ratio} (reached {{got:.1%}}); raise max_ratio or lower the target")
+                          f"max_ratio={cfg.max_ratio} (reached {{got:.1%}}); raise max_ratio or lower the target"
+                          + _program_hint(model).replace("{", "{{").replace("}", "}}"))
     return counts_of(level), sens.table
+
+
+def _program_hint(model: nn.Module) -> str:
+    """Why a ``.pt2`` program prunes less than the same model given as Python code, for a refusal's message."""
+    fixed = program_fixed_units(model)
+    return (f"; in a .pt2 program the {' and '.join(fixed)} are not prunable (their counts are constants of the "
+            "program's reshapes and ops): give the model as Python code (pkg.module:factory) to prune them"
+            if fixed else "")
 
 
 def _check_runs(model: nn.Module, example, ref_shape: tuple, hard_coded: str) -> None:
@@ -576,7 +585,7 @@ def _prune_units(model: nn.Module, m: nn.Module, cfg: StructuredPruneConfig, ctx
     if not units:
         raise ConfigError(f"{why_not_channels}; and no attention head, feed-forward width or recurrent unit was "
                           "found to prune either" + (f" ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})"
-                                                     if skipped else ""))
+                                                     if skipped else "") + _program_hint(model))
     if cfg.widths:
         raise ConfigError("explicit widths name channel groups of a torch.fx graph; this model's prunable parts are "
                           f"block units ({', '.join(u.name for u in units[:3])}...): use ratio or target_macs")

@@ -495,12 +495,12 @@ def export_float_graph(qm, data: DataBundle, opset: int, linear_cls, embedding_c
     touches exactly those (found by value: names are lost)."""
     import onnx
 
-    from ..export.onnx import _to_bytes
+    from ..export.onnx import onnx_bytes
 
     qm.eval()
     qm.set_sim(False)
     try:
-        blob = _to_bytes(qm, data.example_inputs(2), data.input_names, data.dynamic_axes, opset)
+        blob = onnx_bytes(qm, data.example_inputs(2), data.input_names, data.dynamic_axes, opset)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"ONNX export failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
     finally:

@@ -3,7 +3,8 @@ accuracy work, calibration and QAT) and export to ONNX as
 QuantizeLinear/DequantizeLinear pairs with the same scales and zero points."""
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -29,6 +30,7 @@ class ActQuant(nn.Module):
         self.keep_inputs = keep_inputs  # for calibrator "auto": inputs of the layer this feeds
         self.inputs: list[torch.Tensor] = []
         self.consumer: Optional[str] = None
+        self.const_qparams: Optional[tuple[float, int]] = None  # set by ``constant_qparams`` for torch.export
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.group
@@ -42,8 +44,56 @@ class ActQuant(nn.Module):
             return x
         if g.learnable:  # QAT with learnable scale (LSQ-style straight-through)
             return _lsq(x, g.log_scale.exp(), g.zero_point, g.scheme.qmin, g.scheme.qmax)
+        if self.const_qparams is not None:
+            return _qdq_tensor(x, *self.const_qparams, g.scheme.qmin, g.scheme.qmax)
         return torch.fake_quantize_per_tensor_affine(x, float(g.scale), int(g.zero_point), g.scheme.qmin,
                                                      g.scheme.qmax)
+
+
+def _decomposed():
+    """The ``quantized_decomposed`` quantize/dequantize ops of the PyTorch 2 quantization flow: torch.export
+    captures them (the ``fake_quantize_*`` ops have no fake-tensor kernel) and the torch.export-based ONNX exporter
+    writes them as QuantizeLinear/DequantizeLinear."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
+
+    return torch.ops.quantized_decomposed
+
+
+def _qdq_tensor(x, scale: float, zp: int, qmin: int, qmax: int):
+    qd = _decomposed()
+    dt = torch.int8 if qmin < 0 else torch.uint8
+    return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zp, qmin, qmax, dt), scale, zp, qmin, qmax, dt)
+
+
+def _qdq_channel(w, scale, zp, qmin: int, qmax: int):
+    qd = _decomposed()
+    dt = torch.int8 if qmin < 0 else torch.uint8
+    return qd.dequantize_per_channel(qd.quantize_per_channel(w, scale, zp, 0, qmin, qmax, dt), scale, zp, 0, qmin,
+                                     qmax, dt)
+
+
+@contextlib.contextmanager
+def constant_qparams(model: nn.Module) -> Iterator[None]:
+    """Inside: every activation quantizer and weight of ``model`` fake-quantizes with its current scales as graph
+    constants, through the ``quantized_decomposed`` ops, so that torch.export captures the fake-quant model (its
+    buffers are fake tensors there, and ``float(scale)`` would be data-dependent). Used to export programs whose
+    sizes depend on the batch with the torch.export-based ONNX exporter; the simulation is unchanged outside."""
+    _decomposed()  # registered before the exporter builds its table of ONNX functions
+    quants = [m for m in model.modules() if isinstance(m, ActQuant) and m.mode == "quant"]
+    layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
+    if any(q.group.learnable for q in quants) or any(m.learnable for m in layers):
+        raise ValueError("freeze the learned scales (QAT) before exporting")
+    for q in quants:
+        q.const_qparams = (float(q.group.scale), int(q.group.zero_point))
+    for m in layers:
+        m.const_qparams = True
+    try:
+        yield
+    finally:
+        for q in quants:
+            q.const_qparams = None
+        for m in layers:
+            m.const_qparams = None
 
 
 def _lsq(x, scale, zp, qmin, qmax):
@@ -118,6 +168,7 @@ class QuantLayer(LearnableScale):
         s, z = compute_qparams(layer.weight, scheme)
         self.register_buffer("w_scale", s.reshape(-1).float())
         self.register_buffer("w_zero_point", z.reshape(-1).to(torch.int32))
+        self.const_qparams: Optional[bool] = None  # set by ``constant_qparams``
 
     _scale_attr = "w_scale"
 
@@ -157,6 +208,9 @@ class QuantLayer(LearnableScale):
         if self.learnable:
             s = self.log_scale.exp().reshape([-1] + [1] * (w.ndim - 1))
             return _lsq(w, s, 0, sc.qmin, sc.qmax)
+        if self.const_qparams:  # torch.export: per-channel ops take the scales as tensors (lifted as constants)
+            n = w.shape[0]
+            return _qdq_channel(w, self.w_scale.expand(n), self.w_zero_point.expand(n), lo, hi)
         if sc.granularity == "per_channel":
             return torch.fake_quantize_per_channel_affine(w, self.w_scale, self.w_zero_point, 0, lo, hi)
         return torch.fake_quantize_per_tensor_affine(w, float(self.w_scale[0]), int(self.w_zero_point[0]), lo, hi)
@@ -174,7 +228,7 @@ class QuantLayer(LearnableScale):
         b = self.layer.bias
         if b is None or aq is None or not self.enabled or aq.mode != "quant" or self.learnable or aq.group.learnable:
             return b
-        if torch.onnx.is_in_onnx_export():  # the file gets the int32 codes from quantize_biases, not a Round op
+        if torch.onnx.is_in_onnx_export() or self.const_qparams:  # the file gets the int32 codes (quantize_biases)
             return b
         s = aq.group.scale * (self.w_scale if self.scheme.granularity == "per_channel" else self.w_scale[0])
         codes = b / s

@@ -88,9 +88,45 @@ def fold_weight_quantize(model: onnx.ModelProto) -> int:
         G.rewire(n.output[0], name)
         remove.append(n)
         folded += 1
+        for c in G.consumers.get(n.output[0], []):
+            lo, hi = (G.const(c.input[k]) if len(c.input) > k and c.input[k] else None for k in (1, 2))
+            if c.op_type == "Clip" and lo is not None and hi is not None:
+                # the torch.export-based exporter clips per-channel codes to quant_min/quant_max between Q and DQ
+                G.rewire(c.output[0], G.add_init(name + "_clipped", np.clip(q, lo, hi).astype(q.dtype)))
+                remove.append(c)
     for n in remove:
         G.g.node.remove(n)
     prune_unused(model)
+    G.reindex()
+    _fold_weight_transposes(G)
+    return folded
+
+
+def _fold_weight_transposes(G: Graph) -> int:
+    """Transpose(DequantizeLinear(constant codes)) -> DequantizeLinear(transposed codes) on the transposed axis:
+    the torch.export-based exporter writes a Linear on 3-d inputs as MatMul(x, Transpose(W)), and ONNX Runtime
+    fuses its integer MatMul only where the DequantizeLinear of the weight feeds the MatMul directly."""
+    folded = 0
+    for t in list(G.g.node):
+        dq = G.producer.get(t.input[0]) if t.op_type == "Transpose" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in G.inits:
+            continue
+        if len(G.consumers.get(dq.output[0], [])) != 1:
+            continue
+        codes = numpy_helper.to_array(G.inits[dq.input[0]])
+        perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), list(range(codes.ndim))[::-1])
+        scale = G.const(dq.input[1])
+        axis = perm.index(G.axis(dq) % codes.ndim) if scale is not None and scale.size > 1 else 0
+        name = G.add_init(dq.input[0] + "_transposed", np.ascontiguousarray(codes.transpose(perm)))
+        G.g.node.append(helper.make_node("DequantizeLinear", [name, *dq.input[1:]], [t.output[0]],
+                                         name=(dq.name or name) + "_transposed", axis=axis))
+        G.g.node.remove(t)
+        G.g.node.remove(dq)
+        folded += 1
+    if folded:
+        topo_sort(G.model)
+        prune_unused(G.model)
+        G.reindex()
     return folded
 
 

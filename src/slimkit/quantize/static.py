@@ -27,7 +27,7 @@ from ..evaluate.environment import cpu_info
 from ..core.data import DataBundle
 from ..core import graph as G
 from .calibrate import CALIBRATORS
-from .modules import ActQuant, InputQuantLayer, OutputQuant, QGroup, QuantLayer
+from .modules import ActQuant, InputQuantLayer, OutputQuant, QGroup, QuantLayer, constant_qparams
 from .scheme import QScheme
 
 INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
@@ -218,13 +218,6 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
     """The fake-quant model of ``model`` under ``cfg``; ``captured``: ``capture_for_quantization``'s result
     (computed here when "auto"; needs ``example``)."""
     check_finite_weights(model)
-    if G.holds_program(model) and G.program_sizes_from_batch(model):
-        # checked before the work: the int8 file is traced at the example's batch (TorchScript, which carries
-        # slimkit's QDQ), and this program's reshapes would keep that batch; convolutional programs do not
-        raise ConfigError("static int8 of this .pt2 program is not supported: it computes reshapes from the batch "
-                          "(x.size(0)), which slimkit's int8 ONNX exporter would fix at the example's; use "
-                          "quantize.int8_dynamic (recipe int8-dynamic), or load the model from Python code "
-                          "(pkg.module:factory)")
     first = first_layer(model, cfg, example) if cfg.float_first else ""
     keep = list(dict.fromkeys(cfg.keep_float + ([first] if first else [])))
     for name in keep:
@@ -418,6 +411,9 @@ def _skipped(model: nn.Module, quantized: list, cfg: StaticQuantConfig, cap) -> 
                          "its weights in int8")
         elif isinstance(m, nn.MultiheadAttention) and cap is None:
             out[name] = "MultiheadAttention: its packed projections are not Linear calls under torch.fx"
+    for owner, op in G.program_recurrent_ops(model).items():
+        out[owner] = (f"aten.{op} (a recurrent op of the .pt2 program): no int8 static kernel in ONNX Runtime; "
+                      "quantize.int8_dynamic stores its weights in int8")
     return out
 
 
@@ -638,27 +634,21 @@ def export_qdq(qm: QuantizedModel, data: DataBundle, path, *, opset: int = 17, c
     int32 biases. Checks (1) ONNX Runtime with graph optimisations off (pure
     QDQ arithmetic) matches the PyTorch fake-quant model tightly, and (2) the
     optimised int8 session agrees on the task (top-1 / cosine)."""
-    import contextlib
-    import warnings
-
     import onnx
 
-    from ..export.onnx import check_parity
+    from ..export.onnx import check_parity, onnx_bytes
     from .onnx_passes import fold_weight_quantize, optimized_op_types, pack_low_bit_weights, quantize_biases
 
     qm.eval()
-    ex = data.example_inputs(2)
-    buf = io.BytesIO()
-    axes = {n: {0: "batch", **data.dynamic_axes.get(n, {})} for n in data.input_names}
-    axes["output"] = {0: "batch"}
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(qm, ex, buf, input_names=list(data.input_names), output_names=["output"],
-                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+        if G.holds_program(qm):  # sizes computed from the batch stay symbolic: the torch.export-based exporter
+            with constant_qparams(qm):
+                blob = onnx_bytes(qm, data.example_inputs(2), data.input_names, data.dynamic_axes, opset)
+        else:
+            blob = _torchscript_qdq(qm, data, opset)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"int8 ONNX export failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
-    model = onnx.load_from_string(buf.getvalue())
+    model = onnx.load_from_string(blob)
     fold_weight_quantize(model)
     quantize_biases(model)
     packed = pack_low_bit_weights(model) if qm.info.get("pack_4bit", False) else 0
@@ -685,6 +675,21 @@ def export_qdq(qm: QuantizedModel, data: DataBundle, path, *, opset: int = 17, c
                               f"agreement {parity.agree_top1}); nothing was written")
     write_onnx(path, blob)
     return parity
+
+
+def _torchscript_qdq(qm: QuantizedModel, data: DataBundle, opset: int) -> bytes:
+    """The TorchScript exporter writes the fake-quant ops as QuantizeLinear/DequantizeLinear with their scales."""
+    import contextlib
+    import warnings
+
+    buf = io.BytesIO()
+    axes = {n: {0: "batch", **data.dynamic_axes.get(n, {})} for n in data.input_names}
+    axes["output"] = {0: "batch"}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(qm, data.example_inputs(2), buf, input_names=list(data.input_names), output_names=["output"],
+                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+    return buf.getvalue()
 
 
 @torch.no_grad()
