@@ -711,6 +711,11 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
                                                                      "split, which the original was trained on), test "
                                                                      "(carved from the test split, figures stated on "
                                                                      "the rest); auto: val if given, else train."),
+             noise_margin: float = typer.Option(1.0, "--noise-margin", help="Standard errors of the validation drop "
+                                                                         "(paired with the original, sample by "
+                                                                         "sample) added to it before it is held "
+                                                                         "against --max-drop; 0: take the "
+                                                                         "validation figure at face value."),
              val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Share of that split carved off "
                                                                                    "to decide on (0.05-0.5; default "
                                                                                    "0.2 of train, 0.5 of test)."),
@@ -784,8 +789,8 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
         res = run(lm.model, bundle, out=out, max_drop=max_drop, objective=objective, budget=budget, runtime=runtime,
                   trials=trials, time_limit=seconds, seed=seed, storage=storage, space=space, sampler=sampler,
                   variants=variants, threads=threads, batch=batch, runs=runs, references=references,
-                  val_fraction=val_fraction, val_from=val_from, model_spec=model, command=_command_line(), inputs=inputs, board=brd, worker=worker,
-                  wait_for=wait_for)
+                  val_fraction=val_fraction, val_from=val_from, noise_margin=noise_margin, model_spec=model,
+                  command=_command_line(), inputs=inputs, board=brd, worker=worker, wait_for=wait_for)
     finally:
         for h in helpers:
             if h.poll() is None:

@@ -112,3 +112,30 @@ def test_interleaved_timing_shuffles_the_order_each_round_with_a_seed():
     before_a = {r[r.index("a") - 1] for r in rounds if r.index("a") > 0}
     assert len(before_a) >= 3
     assert rounds == orders(0) and rounds != orders(1)
+
+
+def test_paired_drop_counts_only_the_samples_on_which_the_two_disagree():
+    from slimkit.core.data import DataBundle, DataSplit
+    from slimkit.evaluate.metrics import paired_drop, sample_scores, task_metrics
+
+    y = torch.arange(400) % 4
+    data = DataBundle("toy", "classification", DataSplit(torch.zeros(400, 4), y), DataSplit(torch.zeros(400, 4), y))
+    right = torch.nn.functional.one_hot(y, 4).float().numpy()
+    base = right.copy()
+    base[:40] = np.roll(base[:40], 1, axis=1)  # the original misses 40
+    same = base.copy()
+    traded = base.copy()
+    traded[:4] = right[:4]  # 4 of its misses mended ...
+    traded[100:104] = np.roll(right[100:104], 1, axis=1)  # ... and 4 new ones
+    sb = sample_scores(base, data)
+    assert sb.mean() == pytest.approx(task_metrics(base, data)["accuracy"])
+    assert paired_drop(sb, sample_scores(same, data)) == (0.0, 0.0)  # same predictions: no noise at all
+    drop, se = paired_drop(sb, sample_scores(traded, data))
+    assert drop == 0.0
+    # 8 disagreements of +-1 in 400: sd = sqrt(8/399), se = sd / sqrt(400)
+    assert se == pytest.approx(np.sqrt(8 / 399) / 20)
+    # embeddings: the cosine to the reference, sample by sample
+    emb = DataBundle("e", "embedding", DataSplit(torch.zeros(3, 2), None), DataSplit(torch.zeros(3, 2), None))
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    got = np.array([[1.0, 0.0], [1.0, 0.0], [2.0, 2.0]])
+    np.testing.assert_allclose(sample_scores(got, emb, ref), [1.0, 0.0, 1.0], atol=1e-9)

@@ -66,6 +66,12 @@ def test_a_study_chooses_a_smaller_faster_model_on_validation_and_states_test(st
     assert done, trials
     best = res.best
     assert best is not None and best["feasible"] and best["drop_pt"] <= 0.5
+    # the default noise margin: one standard error of the paired validation drop is added before the budget
+    assert best["drop_pt"] + best["val_drop_se_pt"] <= 0.5 + 1e-9
+    for t in done:
+        assert t["judged_drop_pt"] == pytest.approx(t["drop_pt"] + t["val_drop_se_pt"])
+        assert t["feasible"] == (t["judged_drop_pt"] <= 0.5 + 1e-9)
+        assert t["feasible"] or "drop" in t["why_infeasible"]
     # the choice is the feasible trial with the lowest objective, decided on validation figures
     feasible = [t for t in done if t["feasible"]]
     assert best["ratios"]["latency_bN"] == min(t["ratios"]["latency_bN"] for t in feasible)
@@ -177,6 +183,7 @@ def _cli(*args):
     (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the database|cannot open the study"),
     (["--val-from", "dev"], "--val-from 'dev' is not one of"),
     (["--val-from", "val"], "has no validation split"),
+    (["--noise-margin", "9"], "--noise-margin 9.0 must be"),
 ])
 def test_refusals_are_one_line_before_work(tmp_path, args, msg):
     code, text = _cli("optimize", "zoo:digits-cnn", "--out", tmp_path / "o", "--trials", 1, "--no-references", *args)

@@ -51,6 +51,30 @@ def task_metrics(outputs: np.ndarray, data: DataBundle, reference: Optional[np.n
     return fidelity(outputs, outputs if reference is None else reference)
 
 
+def sample_scores(outputs: np.ndarray, data: DataBundle, reference: Optional[np.ndarray] = None) -> np.ndarray:
+    """The primary metric sample by sample (its mean is the metric): 1.0 / 0.0 for a right / wrong class, the
+    cosine to the reference embedding."""
+    outputs = np.asarray(outputs)
+    if data.task == "classification":
+        if data.test.targets is None:
+            raise DataError(f"data set {data.name!r} has no labels; accuracy cannot be measured")
+        return (outputs.argmax(-1) == data.test.targets.numpy()).astype(np.float64)
+    emb = outputs.astype(np.float64).reshape(len(outputs), -1)
+    ref = (outputs if reference is None else np.asarray(reference)).astype(np.float64).reshape(len(outputs), -1)
+    return np.sum(emb * ref, 1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
+
+
+def paired_drop(base: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
+    """(drop, its standard error) of a candidate's metric against the baseline's on the same samples: the mean and
+    the standard error of the per-sample differences. Paired: for accuracies only the samples on which the two
+    disagree count (a candidate that keeps every prediction has no noise, one that trades 4 wins for 4 losses has
+    some), not two independent binomials."""
+    d = np.asarray(base, np.float64) - np.asarray(cand, np.float64)
+    if not np.isfinite(d).all():
+        return float("nan"), float("nan")
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
 def primary_metric(data: DataBundle) -> str:
     return "accuracy" if data.task == "classification" else "fidelity_cos_mean"
 

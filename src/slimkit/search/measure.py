@@ -22,7 +22,7 @@ from ..evaluate.compare import default_batch, onnx_weight_stats
 from ..evaluate.latency import summarize, time_interleaved
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.memory import peak_memory
-from ..evaluate.metrics import primary_metric, task_metrics
+from ..evaluate.metrics import paired_drop, primary_metric, sample_scores, task_metrics
 from ..runtimes import get_runtime
 from ..core.data import DataBundle
 
@@ -51,6 +51,7 @@ class Meter:
         art = self.ort.export(baseline, val, self.workdir / "original.onnx", "fp32")
         self.base_sess = self.ort.open(art, threads)
         self.original = self._figures(baseline, art, self.base_sess, "fp32")
+        self.base_val_scores = self._val_scores
         self.original.update(self._time({"x": self.base_sess}, {"x": self.base_sess} if self.batch_n else {})["x"])
         if memory:
             self.original["peak_mem_bytes"] = peak_memory(art.path, self.exN, threads).get("peak_mem_bytes")
@@ -68,6 +69,9 @@ class Meter:
         art = self.rt.export(model, self.val, stem.with_suffix(self.rt.suffix), precision, **kw)
         sess = self.rt.open(art, self.threads)
         m = self._figures(model, art, sess, precision, macs)
+        # the standard error of its validation drop, paired with the original's on the same samples (the planner's
+        # noise margin): points, as drop_pt
+        m["val_drop_se_pt"] = paired_drop(self.base_val_scores, self._val_scores)[1] * 100.0
         runners_n = {}
         if self.batch_n:
             if self.rt.name == "ort":
@@ -101,6 +105,7 @@ class Meter:
         chunk = 256 if self.rt.batch_n or art.runtime == "ort" else 1
         out_val = np.concatenate([sess.run(x) for x, _ in self.val.test.batches(chunk)])
         out_test = np.concatenate([sess.run(x) for x, _ in self.test.test.batches(chunk)])
+        self._val_scores = sample_scores(out_val, self.val, self.ref_val)
         m = {"runtime": art.runtime, "precision": precision, "size_bytes": Path(art.path).stat().st_size,
              "val": task_metrics(out_val, self.val, self.ref_val)[self.key],
              "test": task_metrics(out_test, self.test, self.ref_test)[self.key]}
