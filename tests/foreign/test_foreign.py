@@ -377,6 +377,57 @@ def test_a_pt2_cnn_program_is_channel_pruned_and_statically_quantized(foreign, t
     assert _acc_ort(tmp_path / "q.onnx", data) >= _acc_torch(model, data) - 0.02
 
 
+def test_a_pt2_gru_gets_its_recurrent_module_back_and_prunes_its_hidden_units(foreign, tmp_path):
+    """A program holds nn.GRU as one aten.gru op on flat weights: loaded, it is an nn.GRU again, so hidden-unit
+    pruning and dynamic int8 reach it as they reach the module."""
+    from slimkit.load import load_model
+    from slimkit.prune.structured import StructuredPruneConfig, structured_prune
+    from slimkit.quantize.dynamic import DynamicQuantConfig, int8_dynamic
+
+    model, data = foreign("gru")
+    _save_pt2(model, data, tmp_path / "g.pt2")
+    loaded = load_model(str(tmp_path / "g.pt2")).model
+    grus = [m for m in loaded.modules() if type(m) is nn.GRU]
+    assert len(grus) == 1 and grus[0].hidden_size == model.rnn.hidden_size
+    x = data.test.inputs
+    with torch.no_grad():
+        assert torch.allclose(loaded(*x), model(*x), atol=1e-6)
+    pruned = structured_prune(loaded, StructuredPruneConfig(ratio=0.5), _ctx(loaded, data))
+    assert next(m for m in pruned.modules() if type(m) is nn.GRU).hidden_size < model.rnn.hidden_size
+    assert sum(p.numel() for p in pruned.parameters()) < 0.5 * sum(p.numel() for p in loaded.parameters())
+    export_artifact(pruned, data, tmp_path / "p.onnx")  # parity at a batch of 64 (exported at 2)
+    q = int8_dynamic(loaded, DynamicQuantConfig(), _ctx(loaded, data))
+    export_artifact(q, data, tmp_path / "q.onnx")
+    export_artifact(loaded, data, tmp_path / "f.onnx")
+    assert (tmp_path / "q.onnx").stat().st_size < 0.5 * (tmp_path / "f.onnx").stat().st_size  # the GRU's weights too
+
+
+def test_a_pt2_lstm_with_a_given_state_keeps_it():
+    """LSTM outputs are remapped ((out, h, c) -> (out, (h, c))) and a non-zero initial state stays an input."""
+    from slimkit.core.graph import modules_from_program
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(6, 5, num_layers=2, batch_first=True, bidirectional=True)
+            self.h = nn.Parameter(torch.randn(4, 1, 5))
+
+        def forward(self, x):
+            h = self.h.expand(4, x.size(0), 5).contiguous()
+            out, (hn, cn) = self.lstm(x, (h, torch.zeros_like(h)))
+            return out[:, -1] + hn[-1].repeat(1, 2) + cn[0].repeat(1, 2)
+
+    torch.manual_seed(0)
+    m = M().eval()
+    x = torch.randn(3, 7, 6)
+    ep = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    gm = modules_from_program(ep.module())
+    assert [type(v) for v in gm.modules() if isinstance(v, nn.RNNBase)] == [nn.LSTM]
+    with torch.no_grad():
+        y = torch.randn(5, 7, 6)  # another batch than the export's
+        assert torch.allclose(gm(y), m(y), atol=1e-5)
+
+
 def test_a_pt2_with_a_fixed_batch_is_refused_at_load(foreign, tmp_path):
     from slimkit.core.errors import LoadError
     from slimkit.load import load_model

@@ -3,6 +3,7 @@ be traced, BatchNorm folding, layer patterns, module replacement, input covarian
 from __future__ import annotations
 
 import copy
+import operator
 import dataclasses
 from typing import Optional
 
@@ -406,6 +407,8 @@ def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:
             if b is not None:
                 conv.bias = nn.Parameter(b.detach())
             install(node, conv, (a[0],))
+        elif t in _RECURRENT and all(_owned(w) for w in a[2]):
+            _install_recurrent(new, graph, node)
     for node in list(graph.nodes):
         if node.op == "get_attr" and not node.users:
             graph.erase_node(node)
@@ -413,6 +416,54 @@ def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:
     new.recompile()
     new.delete_all_unused_submodules()
     return new
+
+
+_RECURRENT = {_A.gru.input: nn.GRU, _A.lstm.input: nn.LSTM, _A.rnn_tanh.input: nn.RNN, _A.rnn_relu.input: nn.RNN}
+
+
+def _install_recurrent(new: fx.GraphModule, graph: fx.Graph, node: fx.Node) -> None:
+    """``aten.gru/lstm/rnn_*`` on flat weights -> the ``nn.GRU``/``nn.LSTM``/``nn.RNN`` module that owns them, so the
+    techniques that work on recurrent modules (hidden-unit pruning, dynamic int8, unstructured pruning) reach a
+    program's recurrent layer too. A zero initial state (``aten.zeros([layers, batch, hidden])``, the module's own
+    default) is dropped, so that no constant holds the hidden size; the op's outputs are remapped to the module's
+    (LSTM: ``(out, h, c)`` -> ``(out, (h, c))``)."""
+    inp, hx, params, has_bias, layers, dropout, _train, bidir, batch_first = node.args
+    tensors = [getattr(_attr(new, w), w.target.rpartition(".")[2]) for w in params]
+    cls = _RECURRENT[node.target]
+    kw = {"nonlinearity": "relu"} if node.target is _A.rnn_relu.input else {}
+    w_ih, w_hh = tensors[0], tensors[1]
+    gates = {nn.GRU: 3, nn.LSTM: 4, nn.RNN: 1}[cls]
+    mod = cls(w_ih.shape[1], w_hh.shape[1], num_layers=layers, bias=has_bias, batch_first=batch_first,
+              dropout=dropout, bidirectional=bidir, **kw)
+    if len(tensors) != len(mod._flat_weights_names) or w_ih.shape[0] != gates * w_hh.shape[1]:
+        return  # a layout this does not know (projections): the op stays as it is
+    with torch.no_grad():
+        for name, t in zip(mod._flat_weights_names, tensors):
+            getattr(mod, name).copy_(t)
+    path = params[0].target.rpartition(".")[0]
+    name = path if path and not list(new.get_submodule(path).children()) else f"{path or 'rnn'}_mod"
+    set_module(new, name, mod)
+    states = hx if isinstance(hx, (list, tuple)) else [hx]
+    zero = all(isinstance(h, fx.Node) and h.target is _A.zeros.default for h in states)
+    with graph.inserting_before(node):
+        if zero:
+            call = graph.call_module(name, (inp,))
+        else:
+            call = graph.call_module(name, (inp, tuple(hx) if cls is nn.LSTM else hx))
+    call.meta = dict(node.meta)
+    for user in list(node.users):
+        k = user.args[1] if user.target is operator.getitem else None
+        if cls is nn.LSTM and k in (1, 2):
+            with graph.inserting_before(user):
+                pair = graph.call_function(operator.getitem, (call, 1))
+                repl = graph.call_function(operator.getitem, (pair, k - 1))
+            user.replace_all_uses_with(repl)
+            graph.erase_node(user)
+    node.replace_all_uses_with(call)
+    graph.erase_node(node)
+    for h in states:
+        if zero and isinstance(h, fx.Node) and not h.users:
+            graph.erase_node(h)
 
 
 def fixed_batch(program) -> Optional[int]:
