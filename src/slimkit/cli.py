@@ -711,7 +711,7 @@ def optimize(model: str = typer.Argument(..., help="MODEL spec."),
                                                                      "split, which the original was trained on), test "
                                                                      "(carved from the test split, figures stated on "
                                                                      "the rest); auto: val if given, else train."),
-             noise_margin: float = typer.Option(1.0, "--noise-margin", help="Standard errors of the validation drop "
+             noise_margin: float = typer.Option(2.0, "--noise-margin", help="Standard errors of the validation drop "
                                                                          "(paired with the original, sample by "
                                                                          "sample) added to it before it is held "
                                                                          "against --max-drop; 0: take the "

@@ -253,7 +253,7 @@ def optimize(model: nn.Module, data: DataBundle, *, out: str | os.PathLike, max_
              time_limit: Optional[float] = None, seed: int = 0, storage: Optional[str] = None, space: Any = None,
              sampler: str = "tpe", variants: int = 0, threads: int = 1, batch: Optional[int] = None, runs: int = 30,
              references: bool = True, val_fraction: Optional[float] = None, val_from: str = "auto",
-             noise_margin: float = 1.0, model_spec: str = "", command: str = "",
+             noise_margin: float = 2.0, model_spec: str = "", command: str = "",
              inputs: Sequence = (), board=None, worker: int = 0, finish: bool = True,
              wait_for=None) -> OptimizeResult:
     """Search compressed versions of ``model`` under the budget and write the result to ``out`` (see the module
