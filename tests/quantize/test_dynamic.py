@@ -50,7 +50,8 @@ def test_int8_gptq_lowers_the_output_error_and_exports_its_exact_codes(tmp_path)
     err = {}
     for on in (False, True):
         # 7-bit weights on every CPU: with "auto" a VNNI CPU takes full 8-bit weights, whose rounding error is 4x
-        # smaller, and the activations' dynamic rounding then dominates the output error (measured: GPTQ 0.86x)
+        # smaller, and the activations' dynamic rounding then dominates the output error (measured: GPTQ left
+        # 0.85x-0.91x of the error over seeds 0-4; the test asks 0.7x)
         qm = int8_dynamic(model, DynamicQuantConfig(gptq=on, smoothquant_alpha=0, per_token={"types": []},
                                                     weight_range="reduced"), Context(data=data))
         err[on] = float((qm(x[256:]).detach() - ref).pow(2).mean())

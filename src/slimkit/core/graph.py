@@ -321,7 +321,9 @@ def holds_program(model: nn.Module) -> bool:
     return any(isinstance(m, ProgramModule) for m in model.modules())
 
 
-RECURRENT_OPS = ("gru", "lstm", "rnn_tanh", "rnn_relu")
+#: recurrent ATen ops of a program -> the module that owns their flat weights (``modules_from_program``)
+_RECURRENT = {_A.gru.input: nn.GRU, _A.lstm.input: nn.LSTM, _A.rnn_tanh.input: nn.RNN, _A.rnn_relu.input: nn.RNN}
+RECURRENT_OPS = tuple(op._opname for op in _RECURRENT)
 
 
 def program_recurrent_ops(model: nn.Module) -> dict[str, str]:
@@ -416,9 +418,6 @@ def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:
     new.recompile()
     new.delete_all_unused_submodules()
     return new
-
-
-_RECURRENT = {_A.gru.input: nn.GRU, _A.lstm.input: nn.LSTM, _A.rnn_tanh.input: nn.RNN, _A.rnn_relu.input: nn.RNN}
 
 
 def _install_recurrent(new: fx.GraphModule, graph: fx.Graph, node: fx.Node) -> None:

@@ -50,8 +50,7 @@ class Meter:
             self.ref_test = _outputs_torch(baseline, test)
         art = self.ort.export(baseline, val, self.workdir / "original.onnx", "fp32")
         self.base_sess = self.ort.open(art, threads)
-        self.original = self._figures(baseline, art, self.base_sess, "fp32")
-        self.base_val_scores = self._val_scores
+        self.original, self.base_val_scores = self._figures(baseline, art, self.base_sess, "fp32")
         self.original.update(self._time({"x": self.base_sess}, {"x": self.base_sess} if self.batch_n else {})["x"])
         if memory:
             self.original["peak_mem_bytes"] = peak_memory(art.path, self.exN, threads).get("peak_mem_bytes")
@@ -68,10 +67,10 @@ class Meter:
         kw = {} if self.rt.name == "ort" else {"batch": 1}
         art = self.rt.export(model, self.val, stem.with_suffix(self.rt.suffix), precision, **kw)
         sess = self.rt.open(art, self.threads)
-        m = self._figures(model, art, sess, precision, macs)
+        m, scores = self._figures(model, art, sess, precision, macs)
         # the standard error of its validation drop, paired with the original's on the same samples (the planner's
         # noise margin): points, as drop_pt
-        m["val_drop_se_pt"] = paired_drop(self.base_val_scores, self._val_scores)[1] * 100.0
+        m["val_drop_se_pt"] = paired_drop(self.base_val_scores, scores)[1] * 100.0
         runners_n = {}
         if self.batch_n:
             if self.rt.name == "ort":
@@ -101,11 +100,11 @@ class Meter:
         return m
 
     # -----------------------------------------------------------------------------------------------
-    def _figures(self, model, art, sess, precision, macs=None) -> dict:
+    def _figures(self, model, art, sess, precision, macs=None) -> tuple[dict, np.ndarray]:
+        """The artifact's figures, and its validation metric sample by sample (``sample_scores``)."""
         chunk = 256 if self.rt.batch_n or art.runtime == "ort" else 1
         out_val = np.concatenate([sess.run(x) for x, _ in self.val.test.batches(chunk)])
         out_test = np.concatenate([sess.run(x) for x, _ in self.test.test.batches(chunk)])
-        self._val_scores = sample_scores(out_val, self.val, self.ref_val)
         m = {"runtime": art.runtime, "precision": precision, "size_bytes": Path(art.path).stat().st_size,
              "val": task_metrics(out_val, self.val, self.ref_val)[self.key],
              "test": task_metrics(out_test, self.test, self.ref_test)[self.key]}
@@ -122,7 +121,7 @@ class Meter:
         else:
             m["int8_fraction"] = 1.0 if precision == "int8" else 0.0
             m["energy_mj_est"] = E.energy_mj(m["macs"], m["size_bytes"], m["int8_fraction"])
-        return m
+        return m, sample_scores(out_val, self.val, self.ref_val)
 
     def _time(self, sessions_b1: dict, sessions_bn: dict) -> dict:
         out: dict = {k: {} for k in sessions_b1}
