@@ -11,9 +11,10 @@ from slimkit.export import ort_run, ort_session
 from slimkit.export.onnx import export_artifact
 
 TECHS = [t for t in list_techniques() if not t.name.startswith("test.")]
-# accuracy floors without recovery; depthwise-separable conversion is a lossy re-parametrisation that relies on
-# the stage's fine-tune (its floor after recovery is in tests/factorize)
-FLOOR = {"factorize.dsconv": 0.80}
+# accuracy floors without recovery; depthwise-separable conversion is a lossy re-parametrisation (refitted on
+# calibration data, 96.7% here; the stage's fine-tune recovers the rest: its floor after recovery is in
+# tests/factorize)
+FLOOR = {"factorize.dsconv": 0.90}
 
 
 def test_registry_lists_the_built_in_families():

@@ -131,6 +131,22 @@ def test_factorized_cnn_recovers_with_kd(kind, digits_cnn, digits):
     assert acc >= 0.985
 
 
+def test_dsconv_refit_on_calibration_data_beats_the_weight_space_fit(digits_cnn, digits):
+    def acc(f):
+        with torch.no_grad():
+            return float(np.mean(f(digits.test.inputs[0]).argmax(1).numpy() == digits.test.targets.numpy()))
+
+    ctx = Context(data=digits)
+    aware = dsconv(digits_cnn, DSConvConfig(), ctx)
+    plain = dsconv(digits_cnn, DSConvConfig(data_aware=False), Context(data=digits))
+    row = ctx.tables["Depthwise-separable conversion"][0]
+    before, after = (float(v) for v in row["output error (weight fit -> refit)"].split(" -> "))
+    assert after < 0.9 * before
+    assert acc(aware) >= 0.93 and acc(aware) > acc(plain) + 0.05  # measured: 0.967 vs 0.792
+    # the refit touches only the pointwise half: the depthwise kernels are the weight-space fit's
+    torch.testing.assert_close(aware.features[4][0].weight, plain.features[4][0].weight)
+
+
 def test_data_aware_svd_minimises_the_output_error():
     g = torch.Generator().manual_seed(0)
     lin = nn.Linear(32, 32)

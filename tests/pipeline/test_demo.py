@@ -7,15 +7,21 @@ from slimkit.cli import app
 KEYS = ("params", "macs", "size_bytes", "latency_ms_p50_b1", "latency_ms_p50_bN", "peak_mem_bytes", "energy_mj_est")
 
 
-def test_demo_runs_the_planner_and_ends_smaller_and_faster(tmp_path):
+def test_demo_runs_the_planner_and_ends_smaller_with_an_honest_speed_verdict(tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--trials", "4"])
     assert res.exit_code == 0, res.output
-    assert "is smaller and faster than the original" in res.output, res.output
     for f in ("trials.json", "pareto.json", "study.journal", "best/model.onnx", "best/recipe.yaml"):
         assert (out / f).is_file(), f
     rep = json.loads((out / "best" / "report.json").read_text())
-    assert rep["ratios"]["size_bytes"] < 1 and rep["compressed"]["accuracy"] >= 0.97 and rep["pareto"]
+    r = rep["ratios"]
+    assert r["size_bytes"] < 1 and rep["compressed"]["accuracy"] >= 0.97 and rep["pareto"]
+    # whether it is faster is a timing (bench/, docs/BENCHMARKS.md); what the demo must do is say what it measured:
+    # "faster" only where both batch sizes are below 0.9x in the report it wrote, "NOT faster" otherwise
+    faster = r["latency_ms_p50_b1"] < 0.9 and r["latency_ms_p50_bN"] < 0.9
+    verdict = "is smaller and faster than" if faster else "is smaller but NOT faster at both batch sizes than"
+    assert verdict in res.output, res.output
+    assert f"{r['latency_ms_p50_b1']:.2f}x the batch-1" in res.output
     # an earlier demo output is replaced whole
     res = CliRunner().invoke(app, ["--quiet", "demo", "--out", str(out), "--recipe", "demo"])
     assert res.exit_code == 0, res.output
