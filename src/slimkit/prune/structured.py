@@ -31,6 +31,7 @@ from ..core.rewrite import split_attention
 from .blocks import attention_units, find_units
 from .channels import ChannelGraph
 from .importance import accumulate_gradients
+from .kernels import kernel_options, shrink_kernels
 
 LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
@@ -481,31 +482,60 @@ def _check_runs(model: nn.Module, example, ref_shape: tuple, hard_coded: str) ->
 
 @dataclasses.dataclass
 class WidthSearchConfig(StructuredPruneConfig):
-    """Architecture search over the model's own channel widths (NAS): the planner draws, for every prunable channel
-    group of *this* model, the share of channels kept (1/8 steps from 1/4 to 1); the candidate keeps the
-    teacher's most important channels and is recovered by distillation from it in the stage's fine-tune."""
+    """Architecture search over the model's own structure (NAS): the planner draws, for every prunable channel
+    group of *this* model, the share of channels kept (1/8 steps from 1/4 to 1), and for every convolution whose
+    kernel can shrink, how many steps of 2 it shrinks (``kernels``: 0 = as is, 1 = 5x5 -> 3x3, ...; see
+    ``prune/kernels.py``). The candidate keeps the teacher's most important channels and the centre of its kernels
+    (refitted on calibration data), and is recovered by distillation from it in the stage's fine-tune."""
 
     TUNABLE: ClassVar = {}
     WIDTH_STEPS: ClassVar = Tunable(0.25, 1.0, step=0.125)
     #: the search starts from the shapes people pick by hand: the distill-student recipe's uniform half width with
-    #: its recovery (40 epochs, T = 4), and a uniform three-quarter width; the sampler looks for better from there
-    SEED_POINTS: ClassVar = ({"widths": 0.5, "finetune.epochs": 40, "finetune.temperature": 4.0},
-                             {"widths": 0.75, "finetune.epochs": 40, "finetune.temperature": 4.0})
+    #: its recovery (40 epochs, T = 4), and a uniform three-quarter width, kernels as they are; the sampler looks
+    #: for better from there
+    SEED_POINTS: ClassVar = ({"widths": 0.5, "kernels": 0, "finetune.epochs": 40, "finetune.temperature": 4.0},
+                             {"widths": 0.75, "kernels": 0, "finetune.epochs": 40, "finetune.temperature": 4.0})
+
+    #: convolution name -> shrink step of its kernel (0: as is); names not given stay as they are
+    kernels: dict = dataclasses.field(default_factory=dict)
+    refit_samples: int = 256  # calibration samples the shrunk kernels are refitted on (0: centre crop only)
+
+    def validate(self) -> None:
+        super().validate()
+        for k, v in self.kernels.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"kernels[{k!r}]={v!r}: a shrink step is a whole number >= 0 (1: 5x5 -> 3x3)")
+        if self.refit_samples < 0:
+            raise ConfigError(f"refit_samples must be >= 0 (got {self.refit_samples})")
 
     @classmethod
     def tunable_for(cls, model: nn.Module, example) -> dict:
         plan = analyse(copy.deepcopy(model).eval(), example, cls())
-        return {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}
+        out = {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}
+        out.update({f"kernels.{n}": Tunable(choices=tuple(range(s + 1)))
+                    for n, s in kernel_options(model, example).items()})
+        return out
 
 
 @register_technique("prune.widths", WidthSearchConfig, needs=("example_inputs",),
-                    summary="NAS over the model's own channel widths: a kept share per channel group (drawn by the "
-                            "planner), the teacher's most important channels kept, recovered with KD")
+                    summary="NAS over the model's own structure: a kept share per channel group and a kernel size "
+                            "per convolution (drawn by the planner), initialised from the teacher, recovered with KD")
 def width_search(model: nn.Module, cfg: WidthSearchConfig, ctx: Context) -> nn.Module:
-    """A candidate architecture from ``widths`` (none given: the model unchanged, every group whole)."""
-    if not cfg.widths:
+    """A candidate architecture from ``widths`` and ``kernels`` (none given: the model unchanged)."""
+    steps = {n: s for n, s in cfg.kernels.items() if s}
+    if not any(v < 1 for v in cfg.widths.values()) and not steps:
         return copy.deepcopy(model)
-    return structured_prune(model, cfg, ctx)
+    m = structured_prune(model, cfg, ctx) if cfg.widths else copy.deepcopy(model).eval()
+    if steps:
+        split = ctx.data.calib if cfg.refit_samples and ctx.has("calibration_data") else None
+        rows = shrink_kernels(m, steps, split, cfg.refit_samples)
+        ctx.tables["Kernel sizes"] = rows
+        ctx.note(f"kernel sizes: {len(rows)} convolution(s) shrunk ({', '.join(r['layer'] + ' ' + r['kernel'] for r in rows)})"
+                 + ("; refitted on calibration data" if split is not None else "; centre crop"))
+        with torch.no_grad():
+            ref_shape = tuple(copy.deepcopy(model).eval()(*ctx.example_inputs).shape)
+        _check_runs(m, ctx.example_inputs, ref_shape, "a kernel size: leave that convolution's kernel as it is")
+    return m
 
 
 @register_technique("prune.structured", StructuredPruneConfig, needs=("example_inputs",),
