@@ -98,3 +98,13 @@ def test_the_candidate_has_the_drawn_widths(digits_cnn, digits, tmp_path):
         width_search(digits_cnn, WidthSearchConfig(widths={"conv9": 0.5}), ctx)
     with pytest.raises(ConfigError, match="must be in \\(0, 1\\]"):
         WidthSearchConfig(widths={"features.0": 1.5})
+
+
+def test_a_candidates_name_reads_its_kernels(digits_cnn, digits):
+    from slimkit.pipeline.recipe import Step
+    from slimkit.search.space import _label
+
+    ranges = WidthSearchConfig.tunable_for(digits_cnn, digits.example_inputs(1))
+    cfg = WidthSearchConfig(widths={k.split(".", 1)[1]: 0.5 for k in ranges if k.startswith("widths.")},
+                            kernels={"features.0": 0, "features.4": 1})
+    assert _label(Step("prune.widths", cfg), ranges) == "widths(0.5/0.5/0.5/0.5/k/k-2)"

@@ -96,6 +96,11 @@ class Config:
         return dict(cls.TUNABLE or {})
 
     @classmethod
+    def label_value(cls, field: str, value: Any) -> str:
+        """How a drawn value reads in a candidate's name (``widths(0.5/0.75)``); ``field`` may be dotted."""
+        return f"{value:g}" if isinstance(value, float) else str(value) if value != "" else "-"
+
+    @classmethod
     def tunable_in(cls, runtime: str) -> dict[str, Tunable]:
         """Ranges that exist only for some target runtimes (e.g. timing layers in the runtime the planner measures
         in); added to ``TUNABLE`` / ``tunable_for`` for that runtime."""

@@ -509,6 +509,12 @@ class WidthSearchConfig(StructuredPruneConfig):
             raise ConfigError(f"refit_samples must be >= 0 (got {self.refit_samples})")
 
     @classmethod
+    def label_value(cls, field: str, value) -> str:
+        if field.startswith("kernels."):  # k: the kernel as it is; k-2: two smaller (5x5 -> 3x3)
+            return f"k-{2 * value}" if value else "k"
+        return super().label_value(field, value)
+
+    @classmethod
     def tunable_for(cls, model: nn.Module, example) -> dict:
         plan = analyse(copy.deepcopy(model).eval(), example, cls())
         out = {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}

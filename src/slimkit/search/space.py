@@ -192,7 +192,7 @@ def _label(step: Step, ranges: dict[str, Tunable]) -> str:
         head, dot, key = field.partition(".")
         v = getattr(step.config, head)
         v = v.get(key) if dot else v
-        vals.append(f"{v:g}" if isinstance(v, float) else str(v) if v != "" else "-")
+        vals.append(step.config.label_value(field, v))
     short = step.type.split(".", 1)[1]
     return f"{short}({'/'.join(vals)})" if vals else short
 
