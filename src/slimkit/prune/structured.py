@@ -29,6 +29,7 @@ from ..evaluate.sensitivity import DropMeter, Step, measure
 from ..core.graph import program_fixed_units, set_module
 from ..core.rewrite import split_attention
 from .blocks import attention_units, find_units
+from .depth import check_drops, drop_blocks, droppable_blocks
 from .channels import ChannelGraph
 from .importance import accumulate_gradients
 from .kernels import kernel_options, shrink_kernels
@@ -485,19 +486,25 @@ class WidthSearchConfig(StructuredPruneConfig):
     """Architecture search over the model's own structure (NAS): the planner draws, for every prunable channel
     group of *this* model, the share of channels kept (1/8 steps from 1/4 to 1), and for every convolution whose
     kernel can shrink, how many steps of 2 it shrinks (``kernels``: 0 = as is, 1 = 5x5 -> 3x3, ...; see
-    ``prune/kernels.py``). The candidate keeps the teacher's most important channels and the centre of its kernels
-    (refitted on calibration data), and is recovered by distillation from it in the stage's fine-tune."""
+    ``prune/kernels.py``), and for every residual block whether it is dropped (``drop``: elastic depth, see
+    ``prune/depth.py``). The candidate keeps the teacher's most important channels, the centre of its kernels
+    (refitted on calibration data) and its other blocks, and is recovered by distillation from it in the stage's
+    fine-tune."""
 
     TUNABLE: ClassVar = {}
     WIDTH_STEPS: ClassVar = Tunable(0.25, 1.0, step=0.125)
     #: the search starts from the shapes people pick by hand: the distill-student recipe's uniform half width with
     #: its recovery (40 epochs, T = 4), and a uniform three-quarter width, kernels as they are; the sampler looks
     #: for better from there
-    SEED_POINTS: ClassVar = ({"widths": 0.5, "kernels": 0, "finetune.epochs": 40, "finetune.temperature": 4.0},
-                             {"widths": 0.75, "kernels": 0, "finetune.epochs": 40, "finetune.temperature": 4.0})
+    SEED_POINTS: ClassVar = ({"widths": 0.5, "kernels": 0, "drop": 0, "finetune.epochs": 40,
+                              "finetune.temperature": 4.0},
+                             {"widths": 0.75, "kernels": 0, "drop": 0, "finetune.epochs": 40,
+                              "finetune.temperature": 4.0})
 
     #: convolution name -> shrink step of its kernel (0: as is); names not given stay as they are
     kernels: dict = dataclasses.field(default_factory=dict)
+    #: residual block name -> 1 to drop it (elastic depth, ``prune/depth.py``); names not given stay
+    drop: dict = dataclasses.field(default_factory=dict)
     refit_samples: int = 256  # calibration samples the shrunk kernels are refitted on (0: centre crop only)
 
     def validate(self) -> None:
@@ -505,6 +512,9 @@ class WidthSearchConfig(StructuredPruneConfig):
         for k, v in self.kernels.items():
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"kernels[{k!r}]={v!r}: a shrink step is a whole number >= 0 (1: 5x5 -> 3x3)")
+        for k, v in self.drop.items():
+            if v not in (0, 1) or isinstance(v, float):
+                raise ConfigError(f"drop[{k!r}]={v!r}: 1 drops the block, 0 keeps it")
         if self.refit_samples < 0:
             raise ConfigError(f"refit_samples must be >= 0 (got {self.refit_samples})")
 
@@ -512,14 +522,20 @@ class WidthSearchConfig(StructuredPruneConfig):
     def label_value(cls, field: str, value) -> str:
         if field.startswith("kernels."):  # k: the kernel as it is; k-2: two smaller (5x5 -> 3x3)
             return f"k-{2 * value}" if value else "k"
+        if field.startswith("drop."):  # b: the block kept; -b: dropped
+            return "-b" if value else "b"
         return super().label_value(field, value)
 
     @classmethod
     def tunable_for(cls, model: nn.Module, example) -> dict:
-        plan = analyse(copy.deepcopy(model).eval(), example, cls())
-        out = {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}
+        try:
+            plan = analyse(copy.deepcopy(model).eval(), example, cls())
+            out = {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}
+        except ConfigError:  # no torch.fx channel groups (a transformer): kernels and depth only
+            out = {}
         out.update({f"kernels.{n}": Tunable(choices=tuple(range(s + 1)))
                     for n, s in kernel_options(model, example).items()})
+        out.update({f"drop.{n}": Tunable(choices=(0, 1)) for n in droppable_blocks(model, example)})
         return out
 
 
@@ -529,8 +545,11 @@ class WidthSearchConfig(StructuredPruneConfig):
 def width_search(model: nn.Module, cfg: WidthSearchConfig, ctx: Context) -> nn.Module:
     """A candidate architecture from ``widths`` and ``kernels`` (none given: the model unchanged)."""
     steps = {n: s for n, s in cfg.kernels.items() if s}
-    if not any(v < 1 for v in cfg.widths.values()) and not steps:
+    drops = [n for n, v in cfg.drop.items() if v]
+    if not any(v < 1 for v in cfg.widths.values()) and not steps and not drops:
         return copy.deepcopy(model)
+    if drops:
+        check_drops(model, ctx.example_inputs, drops)
     m = structured_prune(model, cfg, ctx) if cfg.widths else copy.deepcopy(model).eval()
     if steps:
         split = ctx.data.calib if cfg.refit_samples and ctx.has("calibration_data") else None
@@ -541,7 +560,28 @@ def width_search(model: nn.Module, cfg: WidthSearchConfig, ctx: Context) -> nn.M
         with torch.no_grad():
             ref_shape = tuple(copy.deepcopy(model).eval()(*ctx.example_inputs).shape)
         _check_runs(m, ctx.example_inputs, ref_shape, "a kernel size: leave that convolution's kernel as it is")
+    if drops:
+        drops, kept = _one_per_container(model, drops)
+        rows = drop_blocks(m, drops)
+        ctx.tables["Dropped blocks"] = rows
+        ctx.note(f"depth: {len(rows)} residual block(s) dropped ({', '.join(drops)})"
+                 + (f"; kept {', '.join(kept)}: every block of its container was drawn" if kept else ""))
+        with torch.no_grad():
+            ref_shape = tuple(copy.deepcopy(model).eval()(*ctx.example_inputs).shape)
+        _check_runs(m, ctx.example_inputs, ref_shape, "a loop over a fixed count: keep that block")
     return m
+
+
+def _one_per_container(model: nn.Module, drops: list[str]) -> tuple[list[str], list[str]]:
+    """The drawn blocks less the last block of any container all of whose blocks were drawn (one must stay)."""
+    out, kept = list(drops), []
+    for parent in {n.rpartition(".")[0] for n in drops}:
+        cont = model.get_submodule(parent) if parent else model
+        names = [f"{parent}.{k}" if parent else k for k, _ in cont.named_children()]
+        if all(n in drops for n in names):
+            out.remove(names[-1])
+            kept.append(names[-1])
+    return out, kept
 
 
 @register_technique("prune.structured", StructuredPruneConfig, needs=("example_inputs",),
