@@ -497,3 +497,31 @@ def test_nas_drops_residual_blocks_and_the_candidate_recovers_runs_and_exports(f
     with torch.no_grad():
         np.testing.assert_allclose(ort_run(ort_session(tmp_path / "t.onnx"), tdata.test.inputs),
                                    t(*tdata.test.inputs).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_nas_draws_heads_ffn_widths_and_depth_of_transformer_blocks(foreign, tmp_path):
+    from slimkit.prune import WidthSearchConfig, width_search
+
+    model, data = foreign("transformer-encoder")
+    ranges = WidthSearchConfig.tunable_for(model, data.example_inputs(2))
+    assert {"widths.encoder.layers.0.self_attn", "widths.encoder.layers.1.linear1->encoder.layers.1.linear2",
+            "drop.encoder.layers.1"} <= set(ranges)
+    before = _state(model)
+    ctx = _ctx(model, data)
+    cfg = WidthSearchConfig(widths={"encoder.layers.0.self_attn": 0.5,
+                                    "encoder.layers.1.linear1->encoder.layers.1.linear2": 0.25})
+    c = width_search(model, cfg, ctx)
+    _unchanged(model, before)
+    att0, l1 = c.encoder.layers[0].self_attn, c.encoder.layers[1]
+    assert att0.num_heads == 2 and c.encoder.layers[0].linear1.out_features == 64  # unnamed sets stay whole
+    assert l1.linear1.out_features == 16 and "explicit shares" in ctx.notes[-1]
+    both = width_search(model, WidthSearchConfig(widths={"encoder.layers.0.self_attn": 0.5},
+                                                 drop={"encoder.layers.1": 1}), ctx)
+    assert len(both.encoder.layers) == 1 and both.encoder.layers[0].self_attn.num_heads == 2
+    for m, name in ((c, "w"), (both, "wd")):
+        export_artifact(m, data, tmp_path / f"{name}.onnx")
+        with torch.no_grad():
+            np.testing.assert_allclose(ort_run(ort_session(tmp_path / f"{name}.onnx"), data.test.inputs),
+                                       m(*data.test.inputs).numpy(), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="not a unit set"):
+        width_search(model, WidthSearchConfig(widths={"encoder.layers.0.nope": 0.5}), ctx)

@@ -531,8 +531,16 @@ class WidthSearchConfig(StructuredPruneConfig):
         try:
             plan = analyse(copy.deepcopy(model).eval(), example, cls())
             out = {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}
-        except ConfigError:  # no torch.fx channel groups (a transformer): kernels and depth only
+        except ConfigError:  # torch.fx cannot trace it (a Hugging Face transformer): its block units below
             out = {}
+        if not out:  # attention heads, FFN widths, recurrent units: what structured_prune falls back to
+            m = copy.deepcopy(model).eval()
+            split_attention(m)
+            try:
+                units, _ = find_units(m, tuple(example))
+            except ConfigError:
+                units = []
+            out = {f"widths.{u.name}": cls.WIDTH_STEPS for u in units}
         out.update({f"kernels.{n}": Tunable(choices=tuple(range(s + 1)))
                     for n, s in kernel_options(model, example).items()})
         out.update({f"drop.{n}": Tunable(choices=(0, 1)) for n in droppable_blocks(model, example)})
@@ -662,12 +670,21 @@ def _prune_units(model: nn.Module, m: nn.Module, cfg: StructuredPruneConfig, ctx
         raise ConfigError(f"{why_not_channels}; and no attention head, feed-forward width or recurrent unit was "
                           "found to prune either" + (f" ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})"
                                                      if skipped else "") + _program_hint(model))
-    if cfg.widths:
-        raise ConfigError("explicit widths name channel groups of a torch.fx graph; this model's prunable parts are "
-                          f"block units ({', '.join(u.name for u in units[:3])}...): use ratio or target_macs")
+    names = {u.name for u in units}
+    unknown = [k for k in cfg.widths if k not in names]
+    if unknown:
+        raise ConfigError(f"widths: {', '.join(map(repr, unknown[:3]))} is not a unit set of this model; its prunable "
+                          f"parts are block units ({', '.join(sorted(names)[:4])}...)")
     scores = {u.name: u.score(m) for u in units}
 
     def keep_count(u, r: float) -> int:
+        if u.name in cfg.widths:  # an explicit kept share (the NAS draws one per unit set)
+            n = int(round(cfg.widths[u.name] * u.size))
+            if u.kind != "heads" and u.size >= 2 * cfg.round_to:
+                n = max(cfg.round_to, int(round(n / cfg.round_to)) * cfg.round_to)
+            return max(1, min(u.size, n))
+        if cfg.widths:  # explicit widths given: unit sets not named stay whole
+            return u.size
         share = cfg.heads if (u.kind == "heads" and cfg.heads) else min(r, cfg.max_ratio)
         n = u.size - int(round(share * u.size))
         if u.kind != "heads" and u.size >= 2 * cfg.round_to:
@@ -713,7 +730,8 @@ def _prune_units(model: nn.Module, m: nn.Module, cfg: StructuredPruneConfig, ctx
     for a, b, kind in kept.values():
         k0 = by_kind.setdefault(kind, [0, 0])
         k0[0], k0[1] = k0[0] + a, k0[1] + b
-    ctx.note(f"structured pruning of block units (torch.export capture; {why_not_channels[:120]}): share {r:.3f}; "
+    how = "explicit shares per unit set" if cfg.widths else f"share {r:.3f}"
+    ctx.note(f"structured pruning of block units (torch.export capture; {why_not_channels[:120]}): {how}; "
              + ", ".join(f"{kind} {a}/{b} kept" for kind, (a, b) in by_kind.items())
              + (f"; left alone: {'; '.join(f'{k} ({v})' for k, v in skipped.items())}" if skipped else "")
              + (f"; {'; '.join(notes)}" if notes else ""))
