@@ -42,8 +42,9 @@ def _is_residual(cap: G.Captured, path: str) -> bool:
     if not nodes:
         return False
     inside = set(nodes)
-    acts = {a for n in nodes for a in n.all_input_nodes  # symbolic sizes (batch * heads) are not activations
-            if a not in inside and _tensor(a) and not (a.op == "placeholder" and a.name in cap.params) and a.op != "get_attr"}
+    # the block's activations in: not its weights, not symbolic sizes (batch * heads)
+    acts = {a for n in nodes for a in n.all_input_nodes if a not in inside and _tensor(a)
+            and a.op != "get_attr" and not (a.op == "placeholder" and a.name in cap.params)}
     outs = [n for n in nodes if any(u not in inside for u in n.users)]
     if len(outs) != 1:
         return False

@@ -494,8 +494,8 @@ class WidthSearchConfig(StructuredPruneConfig):
     TUNABLE: ClassVar = {}
     WIDTH_STEPS: ClassVar = Tunable(0.25, 1.0, step=0.125)
     #: the search starts from the shapes people pick by hand: the distill-student recipe's uniform half width with
-    #: its recovery (40 epochs, T = 4), and a uniform three-quarter width, kernels as they are; the sampler looks
-    #: for better from there
+    #: its recovery (40 epochs, T = 4), and a uniform three-quarter width, kernels and blocks as they are; the
+    #: sampler looks for better from there
     SEED_POINTS: ClassVar = ({"widths": 0.5, "kernels": 0, "drop": 0, "finetune.epochs": 40,
                               "finetune.temperature": 4.0},
                              {"widths": 0.75, "kernels": 0, "drop": 0, "finetune.epochs": 40,
@@ -534,10 +534,8 @@ class WidthSearchConfig(StructuredPruneConfig):
         except ConfigError:  # torch.fx cannot trace it (a Hugging Face transformer): its block units below
             out = {}
         if not out:  # attention heads, FFN widths, recurrent units: what structured_prune falls back to
-            m = copy.deepcopy(model).eval()
-            split_attention(m)
             try:
-                units, _ = find_units(m, tuple(example))
+                units, _ = _block_units(copy.deepcopy(model).eval(), tuple(example))
             except ConfigError:
                 units = []
             out = {f"widths.{u.name}": cls.WIDTH_STEPS for u in units}
@@ -551,13 +549,16 @@ class WidthSearchConfig(StructuredPruneConfig):
                     summary="NAS over the model's own structure: a kept share per channel group and a kernel size "
                             "per convolution (drawn by the planner), initialised from the teacher, recovered with KD")
 def width_search(model: nn.Module, cfg: WidthSearchConfig, ctx: Context) -> nn.Module:
-    """A candidate architecture from ``widths`` and ``kernels`` (none given: the model unchanged)."""
+    """A candidate architecture from ``widths``, ``kernels`` and ``drop`` (none given: the model unchanged)."""
     steps = {n: s for n, s in cfg.kernels.items() if s}
     drops = [n for n, v in cfg.drop.items() if v]
     if not any(v < 1 for v in cfg.widths.values()) and not steps and not drops:
         return copy.deepcopy(model)
     if drops:
         check_drops(model, ctx.example_inputs, drops)
+    if steps or drops:
+        with torch.no_grad():
+            ref_shape = tuple(copy.deepcopy(model).eval()(*ctx.example_inputs).shape)
     m = structured_prune(model, cfg, ctx) if cfg.widths else copy.deepcopy(model).eval()
     if steps:
         split = ctx.data.calib if cfg.refit_samples and ctx.has("calibration_data") else None
@@ -565,8 +566,6 @@ def width_search(model: nn.Module, cfg: WidthSearchConfig, ctx: Context) -> nn.M
         ctx.tables["Kernel sizes"] = rows
         ctx.note(f"kernel sizes: {len(rows)} convolution(s) shrunk ({', '.join(r['layer'] + ' ' + r['kernel'] for r in rows)})"
                  + ("; refitted on calibration data" if split is not None else "; centre crop"))
-        with torch.no_grad():
-            ref_shape = tuple(copy.deepcopy(model).eval()(*ctx.example_inputs).shape)
         _check_runs(m, ctx.example_inputs, ref_shape, "a kernel size: leave that convolution's kernel as it is")
     if drops:
         drops, kept = _one_per_container(model, drops)
@@ -574,8 +573,6 @@ def width_search(model: nn.Module, cfg: WidthSearchConfig, ctx: Context) -> nn.M
         ctx.tables["Dropped blocks"] = rows
         ctx.note(f"depth: {len(rows)} residual block(s) dropped ({', '.join(drops)})"
                  + (f"; kept {', '.join(kept)}: every block of its container was drawn" if kept else ""))
-        with torch.no_grad():
-            ref_shape = tuple(copy.deepcopy(model).eval()(*ctx.example_inputs).shape)
         _check_runs(m, ctx.example_inputs, ref_shape, "a loop over a fixed count: keep that block")
     return m
 
@@ -658,14 +655,19 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
 
 # -- transformer and recurrent blocks (torch.export capture) -------------------------------------------------------
 
+def _block_units(m: nn.Module, example) -> tuple[list, dict]:
+    """The block units of ``m`` (a copy: its ``nn.MultiheadAttention`` layers are split in place first)."""
+    split_attention(m)
+    return find_units(m, example)
+
+
 def _prune_units(model: nn.Module, m: nn.Module, cfg: StructuredPruneConfig, ctx: Context, example, ref_shape,
                  why_not_channels: str) -> nn.Module:
     """Attention heads, feed-forward widths and recurrent hidden units (``blocks.py``), pruned at one share in
     every unit set: ``ratio``, or the smallest share that removes ``target_macs`` of the MACs (bisection on
     measured MACs). Heads use ``heads`` when it is set."""
 
-    split_attention(m)
-    units, skipped = find_units(m, example)
+    units, skipped = _block_units(m, example)
     if not units:
         raise ConfigError(f"{why_not_channels}; and no attention head, feed-forward width or recurrent unit was "
                           "found to prune either" + (f" ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})"
@@ -678,15 +680,13 @@ def _prune_units(model: nn.Module, m: nn.Module, cfg: StructuredPruneConfig, ctx
     scores = {u.name: u.score(m) for u in units}
 
     def keep_count(u, r: float) -> int:
-        if u.name in cfg.widths:  # an explicit kept share (the NAS draws one per unit set)
+        if cfg.widths:  # explicit kept shares (the NAS draws one per unit set); sets not named stay whole
+            if u.name not in cfg.widths:
+                return u.size
             n = int(round(cfg.widths[u.name] * u.size))
-            if u.kind != "heads" and u.size >= 2 * cfg.round_to:
-                n = max(cfg.round_to, int(round(n / cfg.round_to)) * cfg.round_to)
-            return max(1, min(u.size, n))
-        if cfg.widths:  # explicit widths given: unit sets not named stay whole
-            return u.size
-        share = cfg.heads if (u.kind == "heads" and cfg.heads) else min(r, cfg.max_ratio)
-        n = u.size - int(round(share * u.size))
+        else:
+            share = cfg.heads if (u.kind == "heads" and cfg.heads) else min(r, cfg.max_ratio)
+            n = u.size - int(round(share * u.size))
         if u.kind != "heads" and u.size >= 2 * cfg.round_to:
             n = max(cfg.round_to, int(round(n / cfg.round_to)) * cfg.round_to)
         return max(1, min(u.size, n))
