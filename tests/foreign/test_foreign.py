@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from slimkit.core import Context, list_techniques
 from slimkit.core.errors import ConfigError, SlimkitError
@@ -400,6 +401,122 @@ def test_a_pt2_gru_gets_its_recurrent_module_back_and_prunes_its_hidden_units(fo
     export_artifact(q, data, tmp_path / "q.onnx")
     export_artifact(loaded, data, tmp_path / "f.onnx")
     assert (tmp_path / "q.onnx").stat().st_size < 0.5 * (tmp_path / "f.onnx").stat().st_size  # the GRU's weights too
+
+
+@pytest.mark.parametrize("name", ["transformer-encoder", "hf-bert"])
+def test_a_pt2_transformer_loses_heads_as_its_python_model_does(name, foreign, tmp_path):
+    """In a program the head count is a constant of its reshapes (``view(q, [s0, 64, -1, 8])``, ``s0*4``,
+    ``unflatten(qkv, -1, [3, 32])``): ``program_heads`` follows the heads there and rewrites those sizes, so the
+    .pt2 model pruned at a share computes what the Python model pruned at that share computes, at any batch."""
+    from slimkit.load import load_model
+    from slimkit.prune.structured import StructuredPruneConfig, WidthSearchConfig, structured_prune
+
+    model, data = foreign(name)
+    _save_pt2(model, data, tmp_path / "m.pt2")
+    loaded = load_model(str(tmp_path / "m.pt2")).model
+    before = _state(loaded)
+    cfg = StructuredPruneConfig(ratio=0.5)
+    p = structured_prune(loaded, cfg, _ctx(loaded, data))
+    _unchanged(loaded, before)
+    ref = structured_prune(model, cfg, _ctx(model, data))
+    units = p.slimkit_info["units"]
+    assert sorted(v for v in units.values() if v.endswith("heads")) == ["2/4 heads", "2/4 heads"]
+    assert sorted(units.values()) == sorted(ref.slimkit_info["units"].values())
+    x = data.test.inputs
+    with torch.no_grad():
+        assert torch.allclose(p(*x), ref(*x), atol=1e-4)  # the same heads and widths kept, batch 360
+    assert sum(q.numel() for q in p.parameters()) == sum(q.numel() for q in ref.parameters())
+    export_artifact(p, data, tmp_path / "p.onnx")  # parity at a batch of 64 (exported at 2)
+    space = WidthSearchConfig.tunable_for(loaded, data.example_inputs(2))  # the NAS draws the heads too
+    assert {f"widths.{k}" for k, v in units.items() if v.endswith("heads")} <= set(space)
+
+
+class _Attention(nn.Module):
+    """Self-attention written three ways users write it: separate q/k/v projections (BERT, Llama), one packed
+    projection chunked in three (GPT-2 style), one packed projection reshaped to (3, heads, width) and unbound
+    (timm's ViT)."""
+
+    def __init__(self, layout: str, e: int = 16, h: int = 4, table: bool = False):
+        super().__init__()
+        self.layout, self.h = layout, h
+        self.table = nn.Parameter(torch.randn(6, e)) if table else None  # multiplies the query (rotary-like)
+        if layout == "separate":
+            self.q, self.k, self.v = (nn.Linear(e, e) for _ in range(3))
+        else:
+            self.qkv = nn.Linear(e, 3 * e)
+        self.o, self.ff1, self.ff2, self.head = nn.Linear(e, e), nn.Linear(e, 32), nn.Linear(32, e), nn.Linear(e, 3)
+
+    def forward(self, x):
+        b, n, e = x.shape
+        if self.layout == "unbind":
+            q, k, v = self.qkv(x).reshape(b, n, 3, self.h, e // self.h).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q, k, v = (self.q(x), self.k(x), self.v(x)) if self.layout == "separate" else self.qkv(x).chunk(3, -1)
+            q = q if self.table is None else q * self.table
+            q, k, v = (t.view(b, n, self.h, e // self.h).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.o(a.transpose(1, 2).reshape(b, n, e))
+        x = x + self.ff2(torch.relu(self.ff1(x)))
+        return self.head(x.mean(1))
+
+
+def _program(model, xs):
+    from slimkit.core.graph import ProgramModule, modules_from_program
+
+    ep = torch.export.export(model, (xs[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return ProgramModule(modules_from_program(ep.module()))
+
+
+def _tiny_data(model, xs):
+    from slimkit.core.data import DataBundle, DataSplit
+
+    with torch.no_grad():
+        split = DataSplit((xs,), model(xs).argmax(1))
+    return DataBundle(name="t", task="classification", train=split, test=split)
+
+
+@pytest.mark.parametrize("layout", ["separate", "chunk", "unbind"])
+def test_the_heads_a_pt2_program_loses_are_the_ones_it_did_not_need(layout, tmp_path):
+    """Heads 1 and 3 are made silent (zero q/k/v rows, zero output columns): pruning half the heads of the
+    program must remove exactly them, so its output is the original's, whatever way the heads were laid out
+    (the reshape sizes that held the head count rewritten, at a batch other than the export's)."""
+    from slimkit.prune.structured import StructuredPruneConfig, structured_prune
+
+    torch.manual_seed(0)
+    m = _Attention(layout).eval()
+    d = 4
+    silent = torch.cat([torch.arange(h * d, (h + 1) * d) for h in (1, 3)])
+    with torch.no_grad():
+        for lin, rows in ([(m.q, silent), (m.k, silent), (m.v, silent)] if layout == "separate" else
+                          [(m.qkv, torch.cat([silent + p * 16 for p in range(3)]))]):
+            lin.weight[rows] = 0
+            lin.bias[rows] = 0
+        m.o.weight[:, silent] = 0
+    xs = torch.randn(40, 6, 16)
+    data = _tiny_data(m, xs)
+    ctx = Context(data=data)
+    p = structured_prune(_program(m, xs), StructuredPruneConfig(widths={"gm.o": 0.5}), ctx)  # heads only
+    assert p.slimkit_info["units"]["gm.o"] == "2/4 heads"
+    assert (p.gm.q if layout == "separate" else p.gm.qkv).out_features == (8 if layout == "separate" else 24)
+    with torch.no_grad():
+        assert torch.allclose(p(xs), m(xs), atol=1e-5)
+    export_artifact(p, data, tmp_path / "p.onnx")  # parity at a batch of 40 (exported at 2)
+
+
+def test_a_pt2_attention_the_heads_cannot_be_followed_through_is_left_whole_and_said():
+    """A query scaled by a table (as rotary embeddings do) hides which rows are which head: the heads stay, the
+    feed-forward widths are still pruned, and the reason is a warning."""
+    from slimkit.prune.structured import StructuredPruneConfig, structured_prune
+
+    torch.manual_seed(0)
+    m = _Attention("separate", table=True).eval()
+    xs = torch.randn(40, 6, 16)
+    ctx = Context(data=_tiny_data(m, xs))
+    p = structured_prune(_program(m, xs), StructuredPruneConfig(ratio=0.5), ctx)
+    assert p.gm.q.out_features == 16 and p.gm.ff1.out_features == 16
+    assert any("attention heads left whole: a mul by a tensor" in w for w in ctx.warnings)
+    with torch.no_grad():
+        assert p(xs[:5]).shape == (5, 3)
 
 
 def test_a_pt2_lstm_with_a_given_state_keeps_it():

@@ -343,8 +343,9 @@ def program_recurrent_ops(model: nn.Module) -> dict[str, str]:
 
 
 def program_fixed_units(model: nn.Module) -> list[str]:
-    """What a loaded ``.pt2`` program inside ``model`` holds that structured pruning cannot shrink: attention
-    (``scaled_dot_product_attention``, its head count a constant of the program's reshapes) and recurrent ops."""
+    """What a loaded ``.pt2`` program inside ``model`` may hold that structured pruning cannot shrink: attention
+    (``scaled_dot_product_attention``: its head count is a constant of the program's reshapes, which
+    ``prune/program_heads.py`` rewrites where it can follow the heads) and recurrent ops left as ops."""
     found = []
     for m in model.modules():
         if isinstance(m, ProgramModule):
@@ -411,13 +412,32 @@ def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:
             install(node, conv, (a[0],))
         elif t in _RECURRENT and all(_owned(w) for w in a[2]):
             _install_recurrent(new, graph, node)
+    dropped = set()
     for node in list(graph.nodes):
         if node.op == "get_attr" and not node.users:
+            dropped.add(node.target)
             graph.erase_node(node)
+    _drop_dead_tensors(new, graph, dropped)
     graph.lint()
     new.recompile()
     new.delete_all_unused_submodules()
     return new
+
+
+def _drop_dead_tensors(gm: fx.GraphModule, graph: fx.Graph, targets: set) -> None:
+    """Delete the tensors no node reads any more (an attention's packed ``in_proj_weight`` once its op is an
+    ``nn.Linear`` of its own): left behind they would be counted, saved and shipped twice."""
+    live = {n.target for n in graph.nodes if n.op == "get_attr"}
+    called = {n.target for n in graph.nodes if n.op == "call_module"}
+    for t in targets - live:
+        owner, _, attr = t.rpartition(".")
+        if any(owner == c or owner.startswith(c + ".") for c in called):
+            continue  # a tensor of a module installed at its old path (``out_proj.weight``)
+        mod = gm.get_submodule(owner) if owner else gm
+        for table in (mod._parameters, mod._buffers):
+            table.pop(attr, None)
+        if attr in mod.__dict__:
+            delattr(mod, attr)
 
 
 def _install_recurrent(new: fx.GraphModule, graph: fx.Graph, node: fx.Node) -> None:

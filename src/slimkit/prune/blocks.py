@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ..core import graph as G
 from .importance import magnitude
+from .program_heads import program_heads
 
 _ELEMENTWISE = {"gelu", "relu", "relu_", "silu", "silu_", "tanh", "sigmoid", "hardtanh", "hardtanh_", "dropout",
                 "clone", "hardswish", "leaky_relu", "elu", "mish"}
@@ -267,7 +268,9 @@ def find_units(model: nn.Module, example) -> tuple[list[Unit], dict]:
     """Every prunable unit set of ``model`` (in place: call it on a copy whose ``nn.MultiheadAttention`` layers
     have been split) and the reasons for layers left alone."""
     heads = attention_units(model)
+    found, skipped = program_heads(model, example)  # attention inside a loaded .pt2 program
+    heads += [Unit("heads", u.name, u.h, u.score, u.apply, u.projections) for u in found]
     cap = G.capture(model, example, what="structured pruning")
     ffn = ffn_units(model, cap, {n for u in heads for n in u.projections})
-    rnn, skipped = rnn_units(model, cap)
-    return heads + ffn + rnn, skipped
+    rnn, why = rnn_units(model, cap)
+    return heads + ffn + rnn, {**skipped, **why}

@@ -26,9 +26,10 @@ from ..core.targets import Targets
 from ..evaluate.latency import time_interleaved, torch_runner
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.sensitivity import DropMeter, Step, measure
-from ..core.graph import program_fixed_units, set_module
+from ..core.graph import holds_program, program_fixed_units, set_module
 from ..core.rewrite import split_attention
 from .blocks import attention_units, find_units
+from .program_heads import program_heads
 from .depth import check_drops, drop_blocks, droppable_blocks
 from .channels import ChannelGraph
 from .importance import accumulate_gradients
@@ -464,9 +465,9 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
 def _program_hint(model: nn.Module) -> str:
     """Why a ``.pt2`` program prunes less than the same model given as Python code, for a refusal's message."""
     fixed = program_fixed_units(model)
-    return (f"; in a .pt2 program the {' and '.join(fixed)} are not prunable (their counts are constants of the "
-            "program's reshapes and ops): give the model as Python code (pkg.module:factory) to prune them"
-            if fixed else "")
+    return (f"; in this .pt2 program the {' and '.join(fixed)} are not prunable (their counts are constants of "
+            "the program's reshapes and ops, which slimkit could not follow: the warnings say where): give the model "
+            "as Python code (pkg.module:factory) to prune them" if fixed else "")
 
 
 def _check_runs(model: nn.Module, example, ref_shape: tuple, hard_coded: str) -> None:
@@ -528,11 +529,14 @@ class WidthSearchConfig(StructuredPruneConfig):
 
     @classmethod
     def tunable_for(cls, model: nn.Module, example) -> dict:
-        try:
-            plan = analyse(copy.deepcopy(model).eval(), example, cls())
-            out = {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}
-        except ConfigError:  # torch.fx cannot trace it (a Hugging Face transformer): its block units below
-            out = {}
+        out = {}
+        # a .pt2 transformer is pruned as block units (structured_prune), so it is searched as block units
+        if not (holds_program(model) and program_heads(copy.deepcopy(model).eval(), tuple(example))[0]):
+            try:
+                plan = analyse(copy.deepcopy(model).eval(), example, cls())
+                out = {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}
+            except ConfigError:  # torch.fx cannot trace it (a Hugging Face transformer): its block units below
+                pass
         if not out:  # attention heads, FFN widths, recurrent units: what structured_prune falls back to
             try:
                 units, _ = _block_units(copy.deepcopy(model).eval(), tuple(example))
@@ -598,6 +602,10 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     m = copy.deepcopy(model).eval()
     with torch.no_grad():
         ref_shape = tuple(m(*example).shape)
+    heads_found, heads_left = program_heads(m, example) if holds_program(m) else ([], {})
+    if heads_found:  # a .pt2 transformer: its heads are block units, with its FFN widths
+        return _prune_units(model, m, cfg, ctx, example, ref_shape, "a .pt2 program holds attention: its heads, "
+                            "feed-forward widths and recurrent units are pruned as block units")
     try:
         plan = analyse(m, example, cfg)
     except ConfigError as e:  # torch.fx cannot trace it: the block units of its torch.export capture
@@ -631,6 +639,9 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
         counts = {}
     m.zero_grad(set_to_none=True)
     heads = prune_heads(m, plan.graph.attention, cfg.heads) if cfg.heads else {}
+    for k, v in heads_left.items():  # attention of a .pt2 program whose layout program_heads could not follow
+        plan.skipped[k] = [v]
+        ctx.warn(f"structured pruning left {k} whole: {v}")
     _check_runs(m, example, ref_shape, "a channel count: exclude that layer in targets")
     per_group = {"+".join(plan.groups[g]["producers"]): f"{counts[g]}/{plan.groups[g]['size']}" for g in counts}
     m.slimkit_info = {"channels": per_group, "skipped": plan.skipped, "heads": heads, "sensitivity": table,
