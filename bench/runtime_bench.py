@@ -125,6 +125,7 @@ def minilm(lit, n: int = 32, runs: int = 30) -> str:
     import dataclasses
 
     from slimkit.core.targets import Targets
+    from slimkit.quantize.mixed import MixedPrecisionConfig, mixed_precision
     from slimkit.quantize.static import StaticQuantConfig, int8_static
 
     lm, data = resolve("zoo:minilm")
@@ -136,6 +137,11 @@ def minilm(lit, n: int = 32, runs: int = 30) -> str:
     # those six layers stay float, every other Linear is int8 (the recipe form: targets: {exclude: [...]})
     ffn_out_float = dataclasses.replace(cfg, targets=Targets(types=["Linear"],
                                                              exclude=[r"re:.*layer\.\d+\.output\.dense$"]))
+    # the same choice made automatically: mixed precision with int8 or fp32 per layer keeps float the layers whose
+    # float copy helps the fidelity most until the drop (on training sentences) is within budget
+    auto_float = MixedPrecisionConfig(low_bits=8, max_drop=0.005, min_sqnr_db=0, eval_samples=64,
+                                      calibration_samples=64, bias_correction=False, weight_range="full",
+                                      calibrator="minmax")
     rows, sessions = [], {}
     with tempfile.TemporaryDirectory() as d:
         ort = get_runtime("ort")
@@ -148,7 +154,9 @@ def minilm(lit, n: int = 32, runs: int = 30) -> str:
                 ("slimkit int8 (static, min-max/auto, 8-bit weights)",
                  lambda: int8_static(lm.model, cfg, Context(data=data)), "int8"),
                 ("slimkit int8 (static, the 6 FFN output projections float)",
-                 lambda: int8_static(lm.model, ffn_out_float, Context(data=data)), "int8"))):
+                 lambda: int8_static(lm.model, ffn_out_float, Context(data=data)), "int8"),
+                ("slimkit int8, float layers chosen by mixed precision (low_bits 8, cos drop <= 0.005)",
+                 lambda: mixed_precision(lm.model, auto_float, Context(data=data)), "int8"))):
             t0 = time.perf_counter()
             try:
                 art = lit.export(make(), data, f"{d}/m{k}.tflite", prec, batch=1)

@@ -61,3 +61,21 @@ def test_size_budget_is_met_and_4bit_weights_are_packed_on_disk(digits_mlp, digi
 def test_size_budget_below_low_bits_everywhere_is_refused(digits_mlp, digits):
     with pytest.raises(ConfigError, match="raise target_size"):
         mixed_precision(digits_mlp, MixedPrecisionConfig(target_size=0.1), Context(data=digits))
+
+
+def test_low_bits_8_keeps_float_only_the_layers_int8_hurts_most(digits_mlp, digits):
+    """``low_bits: 8`` is the automatic float-layer choice (int8 or fp32 per layer, nothing lower): with a budget
+    int8 everywhere misses, the layer whose float copy helps most stays float and the budget is met."""
+    free = mixed_precision(digits_mlp, MixedPrecisionConfig(low_bits=8, max_drop=1.0, min_sqnr_db=0),
+                           Context(data=digits))
+    assert set(free.info["precision_plan"].values()) == {8}  # a loose budget: int8 everywhere
+    assert not any("sqnr_db_int4" in r for r in free.info["sensitivity"])
+    s0 = free.info["output_sqnr_db"]
+    best = max(free.info["sensitivity"], key=lambda r: r["sqnr_db_int8_rest_this_fp32"])
+    assert best["sqnr_db_int8_rest_this_fp32"] > s0
+    goal = (s0 + best["sqnr_db_int8_rest_this_fp32"]) / 2
+    qm = mixed_precision(digits_mlp, MixedPrecisionConfig(low_bits=8, max_drop=1.0, min_sqnr_db=goal),
+                         Context(data=digits))
+    plan = qm.info["precision_plan"]
+    assert set(plan.values()) == {8, 32} and plan[best["layer"]] == 32
+    assert qm.info["output_sqnr_db"] >= goal

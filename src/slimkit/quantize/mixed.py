@@ -1,6 +1,8 @@
 """Layer-wise mixed precision ("hierarchical quantization"): measure each
 layer's sensitivity (quantize it alone to low bits, or keep it alone in
-float), then choose per layer fp32 / int8 / low-bit weights to meet a budget:
+float), then choose per layer fp32 / int8 / low-bit weights to meet a budget (``low_bits: 8``: fp32 or int8
+only, i.e. the layers int8 hurts most stay float: what a transformer with outlier channels needs for an int8
+LiteRT/ExecuTorch file, where 4-bit weights have no kernel):
 
 - ``max_drop`` (default): the task metric may drop by at most this much;
 - ``target_size``: the quantized layers' weights must fit in this share of
@@ -47,7 +49,7 @@ class MixedPrecisionConfig(StaticQuantConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_range("low_bits", self.low_bits, 2, 7)
+        check_range("low_bits", self.low_bits, 2, 8)  # 8: int8 or fp32 per layer (no low-bit weights)
         check_range("max_drop", self.max_drop, 0, 1)
         check_range("target_size", self.target_size, 0, 1)
         check_range("min_sqnr_db", self.min_sqnr_db, 0, 100)
@@ -95,14 +97,16 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
                           f"({container / 32:.3f} of fp32 with {container}-bit storage); raise target_size")
     all_fp = {n: 32 for n in layers}
     for name in track(layers, "sensitivity"):
-        d_low, s_low = drop({name: lb})
         d_fp, s_fp = drop({name: 32})
-        row = {"layer": name, "params": params.get(name, 0), f"drop_int{lb}": round(d_low, 5),
-               f"sqnr_db_int{lb}": round(s_low, 2), "drop_int8_rest_this_fp32": round(d_fp, 5),
-               "sqnr_db_int8_rest_this_fp32": round(s_fp, 2)}
+        row = {"layer": name, "params": params.get(name, 0)}
+        if lb < 8:
+            d_low, s_low = drop({name: lb})
+            row.update({f"drop_int{lb}": round(d_low, 5), f"sqnr_db_int{lb}": round(s_low, 2)})
+        row.update({"drop_int8_rest_this_fp32": round(d_fp, 5), "sqnr_db_int8_rest_this_fp32": round(s_fp, 2)})
         if cfg.target_size:  # the size search starts from fp32: each layer alone at int8 and at low bits
             row["drop_alone_int8"] = round(drop(dict(all_fp, **{name: 8}))[0], 5)
-            row[f"drop_alone_int{lb}"] = round(drop(dict(all_fp, **{name: lb}))[0], 5)
+            row[f"drop_alone_int{lb}"] = row["drop_alone_int8"] if lb == 8 else \
+                round(drop(dict(all_fp, **{name: lb}))[0], 5)
         rows.append(row)
     if cfg.target_size:
         # levels per layer: fp32 -> int8 -> low bits; saving in bytes against all-fp32
@@ -133,7 +137,7 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
             plan[r["layer"]] = 32
             current = drop(plan)
         # 2) lower the least sensitive layers first (highest SQNR when alone at low bits) while the budget holds
-        for r in sorted(rows, key=lambda r: -r[f"sqnr_db_int{lb}"]):
+        for r in sorted(rows, key=lambda r: -r[f"sqnr_db_int{lb}"]) if lb < 8 else ():
             if r["layer"] in plan:
                 continue
             trial = dict(plan, **{r["layer"]: lb})
@@ -164,7 +168,7 @@ def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -
     storage = (f"{lb}-bit codes packed in INT4 (ONNX Runtime re-expands them to int8 at each run; unpack once with "
                "`slimkit unpack IN.onnx OUT.onnx`, or set pack_4bit: false)" if container == 4
                else f"{lb}-bit codes stored in int8 containers")
-    ctx.note(f"mixed precision: {sum(b == cfg.low_bits for b in bits.values())} layer(s) at {cfg.low_bits} bits, "
-             f"{sum(b == 32 for b in bits.values())} in fp32, the rest int8; drop {current[0]:.4f}, output SQNR "
+    lows = f"{sum(b == lb for b in bits.values())} layer(s) at {lb} bits, " if lb < 8 else ""
+    ctx.note(f"mixed precision: {lows}{sum(b == 32 for b in bits.values())} in fp32, the rest int8; drop {current[0]:.4f}, output SQNR "
              f"{current[1]:.1f} dB on {len(meter.split)} training samples (budget: {goal}); {storage}")
     return qm
