@@ -101,7 +101,7 @@ def _cols(mod: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     return w.transpose(0, 1)[idx].flatten(1)
 
 
-def _use_index(u, size: int) -> torch.Tensor:
+def use_index(u, size: int) -> torch.Tensor:
     """Input positions of a use for each of the group's ``size`` channels: [size, expand]."""
     base = u.offset + torch.arange(size)[:, None] * u.expand
     return base + torch.arange(u.expand)[None, :]
@@ -139,7 +139,7 @@ def channel_scores(model: nn.Module, groups: dict, criterion: str, seed: int = 0
                 if u.role != "in":
                     continue
                 mod = model.get_submodule(u.name)
-                idx = _use_index(u, size)
+                idx = use_index(u, size)
                 cols = _cols(mod, idx.reshape(-1)).reshape(size, -1)
                 if criterion == "taylor":
                     gcols = mod.weight.grad.transpose(0, 1)[idx.reshape(-1)].flatten(1).reshape(size, -1)
@@ -181,11 +181,11 @@ def apply_keep(model: nn.Module, groups: dict, keep: dict[int, torch.Tensor]) ->
         for u in grp["uses"]:
             if u.role == "in":
                 in_keep.setdefault(u.name, []).append((u.offset, grp["size"] * u.expand,
-                                                       _use_index(u, grp["size"])[idx].reshape(-1)))
+                                                       use_index(u, grp["size"])[idx].reshape(-1)))
             else:  # bn / ln / dw / vec index the same channels; several segments compose via the same path
                 role = f"vec{u.dim}" if u.role == "vec" else u.role
                 in_keep.setdefault(u.name + "\0" + role, []).append((u.offset, grp["size"] * u.expand,
-                                                                     _use_index(u, grp["size"])[idx].reshape(-1)))
+                                                                     use_index(u, grp["size"])[idx].reshape(-1)))
     for key, parts in in_keep.items():
         name, _, role = key.partition("\0")
         if role.startswith("vec"):  # a parameter or buffer, by path, along dimension ``dim``
@@ -226,7 +226,9 @@ def keep_from_counts(scores: dict[int, torch.Tensor], counts: dict[int, int]) ->
     return {g: scores[g].argsort(descending=True)[:counts[g]].sort().values for g in counts}
 
 
-def _round(n_keep: float, size: int, cfg: StructuredPruneConfig) -> int:
+def kept_count(n_keep: float, size: int, cfg: StructuredPruneConfig) -> int:
+    """Channels a group of ``size`` keeps for ``n_keep`` asked: at least ``1 - max_ratio`` of them, rounded up to
+    ``round_to`` (ORT's blocked kernels) where the group is that wide."""
     floor = max(1, math.ceil(size * (1 - cfg.max_ratio)))
     k = max(floor, int(round(n_keep)))
     if cfg.round_to > 1 and size >= cfg.round_to:
@@ -304,7 +306,7 @@ def sparse_penalty(model: nn.Module, groups: dict, kind: str):
     norm of all weights that channel owns across its coupled layers; ``l1_bn``
     is network slimming's L1 on BatchNorm scales."""
     mods = {n: model.get_submodule(n) for grp in groups.values() for n in grp["producers"]}
-    idx = {gid: [(model.get_submodule(u.name), _use_index(u, grp["size"]).reshape(-1), grp["size"])
+    idx = {gid: [(model.get_submodule(u.name), use_index(u, grp["size"]).reshape(-1), grp["size"])
                  for u in grp["uses"] if u.role == "in"] for gid, grp in groups.items()}
     bns = [model.get_submodule(u.name) for grp in groups.values() for u in grp["uses"] if u.role == "bn"]
 
@@ -373,14 +375,14 @@ def _allocate(model, plan: _Plan, cfg: StructuredPruneConfig, ctx: Context, exam
     base_macs = count_macs(model, example)
 
     def uniform(r):
-        return {g: _round(s * (1 - r), s, cfg) for g, s in sizes.items()}
+        return {g: kept_count(s * (1 - r), s, cfg) for g, s in sizes.items()}
 
     def global_(r):
         norm = {g: plan.scores[g] / (plan.scores[g].mean() + 1e-12) for g in sizes}
         allv = torch.cat(list(norm.values()))
         k = int(round(r * allv.numel()))
         thr = allv.sort().values[k - 1] if k > 0 else -math.inf
-        return {g: _round(int((norm[g] > thr).sum()), s, cfg) for g, s in sizes.items()}
+        return {g: kept_count(int((norm[g] > thr).sum()), s, cfg) for g, s in sizes.items()}
 
     def macs_removed(counts):
         return 1 - count_macs(_pruned(model, plan, counts), example) / base_macs
@@ -391,7 +393,7 @@ def _allocate(model, plan: _Plan, cfg: StructuredPruneConfig, ctx: Context, exam
         if unknown:
             raise ConfigError(f"widths names unknown channel group(s) {', '.join(unknown)}; this model's groups: "
                               f"{', '.join(sorted(label.values()))}")
-        return {g: _round(s * cfg.widths.get(label[g], 1.0), s, cfg) for g, s in sizes.items()}, []
+        return {g: kept_count(s * cfg.widths.get(label[g], 1.0), s, cfg) for g, s in sizes.items()}, []
 
     if cfg.allocation in ("uniform", "global"):
         fn = uniform if cfg.allocation == "uniform" else global_
@@ -427,7 +429,7 @@ def _sensitivity(model, plan, cfg, ctx, example, sizes, base_macs):
     levels = [lv for lv in LEVELS if lv <= cfg.max_ratio]
 
     def count(g, lv):
-        return _round(sizes[g] * (1 - lv), sizes[g], cfg)
+        return kept_count(sizes[g] * (1 - lv), sizes[g], cfg)
 
     def probe(g, lv):
         counts = {**sizes, g: count(g, lv)}
