@@ -49,7 +49,7 @@ def test_elastic_training_makes_narrow_sub_networks_work_without_retraining(digi
 def test_elastic_refuses_a_model_without_channel_groups_and_bad_shares(digits):
     import torch.nn as nn
 
-    lin = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # its only layer reaches the output
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(256, 10))  # its only layer reaches the output
     with pytest.raises(ConfigError, match="no channel group"):
         Supernet(lin, digits.example_inputs(2))
     with pytest.raises(ConfigError, match="min_width"):

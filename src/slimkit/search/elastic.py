@@ -29,7 +29,7 @@ from ..core.context import Context, seed_everything
 from ..core.errors import ConfigError
 from ..core.progress import track
 from ..distill.losses import kd_loss
-from ..prune.structured import (StructuredPruneConfig, _round, use_index, analyse, apply_keep, channel_scores)
+from ..prune.structured import StructuredPruneConfig, analyse, apply_keep, channel_scores, kept_count, use_index
 
 
 @dataclasses.dataclass
@@ -83,7 +83,8 @@ class Supernet:
 
     def counts(self, shares: dict) -> dict:
         """Channels kept per group for shares per group (1.0 where not given)."""
-        return {g: kept_count(v["size"] * shares.get(g, 1.0), v["size"], self._prune_cfg) for g, v in self.groups.items()}
+        return {g: kept_count(v["size"] * shares.get(g, 1.0), v["size"], self._prune_cfg)
+                for g, v in self.groups.items()}
 
     def by_name(self, widths: dict) -> dict:
         """Shares keyed by group id from shares keyed by the group names the report and the NAS use."""
