@@ -40,7 +40,7 @@ def test_nm_mask_keeps_n_of_every_m():
     assert (kept.max(-1).values >= dropped.max(-1).values).all()
 
 
-@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("scope", ["global", "layer", "lamp"])
 def test_sparsity_exactly_as_requested_and_model_untouched(scope, digits_cnn, digits):
     before = copy.deepcopy(digits_cnn.state_dict())
     pm = magnitude_prune(digits_cnn, MagnitudePruneConfig(sparsity=0.7, scope=scope), Context(data=digits))
@@ -50,10 +50,28 @@ def test_sparsity_exactly_as_requested_and_model_untouched(scope, digits_cnn, di
     w = [m.weight for m in plain.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     total = sum(x.numel() for x in w)
     zeros = sum(int((x == 0).sum()) for x in w)
-    assert abs(zeros - round(0.7 * total)) <= (0 if scope == "global" else len(w))
+    assert abs(zeros - round(0.7 * total)) <= (len(w) if scope == "layer" else 0)
     if scope == "layer":
         assert all(abs(v - 0.7) < 0.01 for v in layer_sparsity(plain).values())
     assert not any(hasattr(m, "weight_orig") for m in plain.modules())
+
+
+def test_lamp_keeps_every_layer_alive_where_one_global_ranking_empties_the_small_ones():
+    """A layer of small weights beside large layers: one magnitude ranking at 95% leaves it its 2% fallback, LAMP
+    (each layer's largest weight scores 1) keeps a real share of it and still removes exactly 95% overall."""
+    from slimkit.prune.unstructured import lamp_scores, rank_masks
+
+    torch.manual_seed(0)
+    scores = {"small": torch.rand(8, 8) * 0.01, "big": torch.rand(256, 64) + 0.5}
+    g = rank_masks(scores, 0.95, "global")
+    lamp = rank_masks(scores, 0.95, "lamp")
+    total = sum(s.numel() for s in scores.values())
+    assert int(sum((m == 0).sum() for m in lamp.values())) == round(0.95 * total)
+    assert g["small"].sum() <= 2 < lamp["small"].sum()
+    ls = lamp_scores(scores["small"])
+    assert ls.max() == pytest.approx(1.0) and (ls > 0).all()
+    # within a layer LAMP keeps the order of the magnitudes: it only rescales layers against each other
+    assert torch.equal(ls.reshape(-1).argsort(), scores["small"].reshape(-1).argsort())
 
 
 def test_masks_survive_finetuning_and_accuracy_recovers(digits_cnn, digits, tmp_path):

@@ -16,7 +16,7 @@ from ..core.errors import ConfigError
 from ..core.registry import register_technique
 from ..core.targets import Targets
 from .schedule import agp
-from .unstructured import weight_layers
+from .unstructured import rank_masks, weight_layers
 
 
 @dataclasses.dataclass
@@ -39,7 +39,7 @@ class GradualPruneConfig(Config):
         check_range("initial_sparsity", self.initial_sparsity, 0, self.final_sparsity)
         check_range("prune_fraction_of_training", self.prune_fraction_of_training, 0, 1, lo_open=True)
         check_range("regrow_fraction", self.regrow_fraction, 0, 0.5)
-        check_choice("scope", self.scope, ("global", "layer"))
+        check_choice("scope", self.scope, ("global", "layer", "lamp"))
         check_choice("method", self.method, ("kd", "plain"))
         if self.epochs < 1 or self.update_every < 1:
             raise ConfigError("epochs and update_every must be >= 1")
@@ -48,26 +48,7 @@ class GradualPruneConfig(Config):
 
 
 def _masks_for(layers, sparsity: float, scope: str) -> dict:
-    if scope == "layer":
-        out = {}
-        for n, m in layers:
-            w = m.weight.detach().abs().reshape(-1)
-            k = int(round(sparsity * w.numel()))
-            mk = torch.ones_like(w)
-            if k:
-                mk[w.argsort()[:k]] = 0
-            out[n] = mk.reshape(m.weight.shape)
-        return out
-    allv = torch.cat([m.weight.detach().abs().reshape(-1) for _, m in layers])
-    k = int(round(sparsity * allv.numel()))
-    flat = torch.ones_like(allv)
-    if k:
-        flat[allv.argsort()[:k]] = 0
-    out, off = {}, 0
-    for n, m in layers:
-        out[n] = flat[off:off + m.weight.numel()].reshape(m.weight.shape)
-        off += m.weight.numel()
-    return out
+    return rank_masks({n: m.weight.detach().abs() for n, m in layers}, sparsity, scope)
 
 
 def _setup(model: nn.Module, cfg, ctx: Context, name: str):
@@ -141,7 +122,7 @@ class IterativePruneConfig(Config):
 
     def validate(self) -> None:
         check_range("final_sparsity", self.final_sparsity, 0, 1, hi_open=True)
-        check_choice("scope", self.scope, ("global", "layer"))
+        check_choice("scope", self.scope, ("global", "layer", "lamp"))
         check_choice("method", self.method, ("kd", "plain"))
         if self.cycles < 1 or self.epochs_per_cycle < 1:
             raise ConfigError("cycles and epochs_per_cycle must be >= 1")

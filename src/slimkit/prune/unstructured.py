@@ -36,7 +36,11 @@ class MagnitudePruneConfig(Config):
     """Unstructured pruning to ``sparsity`` by an importance criterion, layer-wise or global; or N:M."""
 
     sparsity: float = 0.5
-    scope: str = "global"  # global | layer
+    #: global: one magnitude ranking over all layers; layer: the same sparsity in each; lamp: one ranking of
+    #: layer-adaptive scores (LAMP, Lee et al., ICLR 2021: w^2 over the sum of w^2 of the layer's weights at least
+    #: as large), which never empties a small layer (depthwise, first and last layers) the way a plain global
+    #: ranking does on small models
+    scope: str = "global"
     criterion: str = "magnitude"  # magnitude | l2 | taylor | random
     pattern: str = ""  # "" (unstructured) or "N:M", e.g. "2:4"
     # recurrent layers too: "90% sparsity" of a GRU model must not leave its GRU dense
@@ -45,7 +49,7 @@ class MagnitudePruneConfig(Config):
 
     def validate(self) -> None:
         check_range("sparsity", self.sparsity, 0, 1, hi_open=True)
-        check_choice("scope", self.scope, ("global", "layer"))
+        check_choice("scope", self.scope, ("global", "layer", "lamp"))
         check_choice("criterion", self.criterion, ("magnitude", "l1", "l2", "taylor", "random"))
         if self.pattern:
             try:
@@ -114,6 +118,48 @@ class PrunedModel(Compressed):
         return self.model
 
 
+def rank_masks(scores: dict, sparsity: float, scope: str, note=None) -> dict:
+    """Masks (1 = kept) removing ``sparsity`` of the weights by their scores: per layer (``layer``), or by one
+    ranking over all layers of the scores (``global``) or of their LAMP transform (``lamp``), exactly k weights
+    removed. A layer one ranking would empty keeps its strongest 2% (said through ``note``)."""
+    if scope == "layer":
+        masks = {}
+        for n, s in scores.items():
+            k = int(round(sparsity * s.numel()))
+            mask = torch.ones_like(s)
+            if k:
+                mask.view(-1)[s.reshape(-1).argsort()[:k]] = 0
+            masks[n] = mask
+        return masks
+    ranked = {n: lamp_scores(sc) for n, sc in scores.items()} if scope == "lamp" else scores
+    allv = torch.cat([sc.reshape(-1) for sc in ranked.values()])
+    k = int(round(sparsity * allv.numel()))
+    flat = torch.ones_like(allv)
+    flat[allv.argsort()[:k]] = 0
+    masks, off = {}, 0
+    for n, sc in scores.items():
+        masks[n] = flat[off:off + sc.numel()].reshape(sc.shape)
+        off += sc.numel()
+        if masks[n].sum() == 0:  # one global ranking emptied a small layer: keep its strongest 2% alive
+            keep = max(1, int(0.02 * sc.numel()))
+            masks[n].view(-1)[sc.reshape(-1).argsort(descending=True)[:keep]] = 1
+            if note is not None:
+                note(f"global pruning would have removed every weight of {n}; kept its {keep} largest")
+    return masks
+
+
+def lamp_scores(score: torch.Tensor) -> torch.Tensor:
+    """LAMP: each weight's squared score over the sum of the squared scores of its layer's weights that are at
+    least as large (the largest weight of every layer scores 1, so one global ranking keeps some of each layer)."""
+    flat = score.reshape(-1).double().pow(2)
+    order = flat.argsort()
+    sorted_ = flat[order]
+    tail = sorted_.flip(0).cumsum(0).flip(0)  # sum of the weights >= each, in ascending order
+    out = torch.empty_like(flat)
+    out[order] = sorted_ / tail.clamp_min(1e-30)
+    return out.reshape(score.shape).float()
+
+
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
     return {n: float((m.weight == 0).float().mean()) for n, m in model.named_modules()
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
@@ -136,26 +182,8 @@ def magnitude_prune(model: nn.Module, cfg: MagnitudePruneConfig, ctx: Context) -
     if cfg.pattern:
         n_, m_ = (int(v) for v in cfg.pattern.split(":"))
         masks = {n: nm_mask(s, n_, m_) for n, s in scores.items()}
-    elif cfg.scope == "global":  # one ranking across all layers; exactly k weights removed
-        allv = torch.cat([sc.reshape(-1) for sc in scores.values()])
-        k = int(round(cfg.sparsity * allv.numel()))
-        flat = torch.ones_like(allv)
-        flat[allv.argsort()[:k]] = 0
-        off = 0
-        for n, sc in scores.items():
-            masks[n] = flat[off:off + sc.numel()].reshape(sc.shape)
-            off += sc.numel()
-            if masks[n].sum() == 0:  # one global ranking emptied a small layer: keep its strongest 2% alive
-                keep = max(1, int(0.02 * sc.numel()))
-                masks[n].view(-1)[sc.reshape(-1).argsort(descending=True)[:keep]] = 1
-                ctx.note(f"global pruning would have removed every weight of {n}; kept its {keep} largest")
     else:
-        for n, s in scores.items():
-            k = int(round(cfg.sparsity * s.numel()))
-            mask = torch.ones_like(s)
-            if k:
-                mask.view(-1)[s.reshape(-1).argsort()[:k]] = 0
-            masks[n] = mask
+        masks = rank_masks(scores, cfg.sparsity, cfg.scope, ctx.note)
     for n, mod, p in layers:
         if masks[n].sum() == 0:
             raise ConfigError(f"sparsity {cfg.sparsity} would remove every weight of {n}; lower it or use scope: layer")
