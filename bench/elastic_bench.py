@@ -1,5 +1,5 @@
 """A variant family two ways: Once-for-All-style (one elastic network trained once, sub-networks cut out without
-retraining; ``search/elastic.py``) against one by one (each variant pruned from the original and recovered by
+retraining; ``prune/elastic.py``) against one by one (each variant pruned from the original and recovered by
 distillation on its own, as the planner's NAS trials and the distill-student recipe do), same widths, same
 channel ranking, same epochs, same KD settings (T = 4, half hard labels, lr 0.002, batch 64).
 
@@ -24,7 +24,7 @@ from slimkit.distill.trainer import recover
 from slimkit.evaluate.macs import count_macs, count_params
 from slimkit.load import resolve
 from slimkit.prune.structured import StructuredPruneConfig, structured_prune
-from slimkit.search.elastic import ElasticConfig, Supernet
+from slimkit.prune.elastic import ElasticConfig, Supernet
 
 
 def _acc(model, split) -> float:

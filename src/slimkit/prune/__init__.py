@@ -2,6 +2,7 @@
 from .importance import CRITERIA, accumulate_gradients, bn_scale, magnitude, random, taylor
 from .cluster import ClusterConfig, ClusteredModel, cluster, kmeans_1d
 from .container import load_slim, save_slim
+from .elastic import ElasticConfig, ElasticWidthsConfig, Supernet, elastic_widths
 from .gradual import GradualPruneConfig, IterativePruneConfig, gradual_prune, iterative_prune
 from .schedule import agp
 from .structured import (SlimMultiheadAttention, StructuredPruneConfig, WidthSearchConfig, prune_heads,
@@ -10,7 +11,8 @@ from .unstructured import MagnitudePruneConfig, PrunedModel, layer_sparsity, mag
 
 __all__ = ["CRITERIA", "accumulate_gradients", "bn_scale", "magnitude", "random", "taylor", "agp",
            "MagnitudePruneConfig", "PrunedModel", "layer_sparsity", "magnitude_prune", "nm_mask",
-           "GradualPruneConfig", "IterativePruneConfig", "iterative_prune", "StructuredPruneConfig", "structured_prune", "WidthSearchConfig", "width_search", "prune_heads", "SlimMultiheadAttention", "gradual_prune", "load_slim", "save_slim", "ClusterConfig", "ClusteredModel", "cluster", "kmeans_1d"]
+           "GradualPruneConfig", "IterativePruneConfig", "iterative_prune", "StructuredPruneConfig", "structured_prune", "WidthSearchConfig", "width_search", "prune_heads", "SlimMultiheadAttention", "gradual_prune", "load_slim", "save_slim", "ClusterConfig", "ClusteredModel", "cluster", "kmeans_1d",
+           "ElasticConfig", "ElasticWidthsConfig", "Supernet", "elastic_widths"]
 
 from ..core.family import callable_family  # noqa: E402
 

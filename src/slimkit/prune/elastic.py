@@ -12,24 +12,31 @@ gradients. A sub-network is then cut out by ``prune.structured.apply_keep`` (a r
 class) and its BatchNorm statistics re-estimated on training samples (the supernet's running statistics mix every
 width it ran at).
 
-Used by ``bench/elastic_bench.py`` to weigh this route against searching the variants one by one (each pruned from
-the original and recovered by distillation): docs/BENCHMARKS.md says which won and by how much.
+As a technique, ``prune.elastic`` is the NAS slot's other way to build a candidate: the planner draws a kept share
+per channel group as for ``prune.widths``, and the candidate is cut out of the supernet, trained once per model,
+data and settings (kept in the user cache as a state dict, so later trials, resumed studies and other workers on
+the machine reuse it) instead of pruned from the teacher and recovered for 10-40 epochs.
+``bench/elastic_bench.py`` and ``bench/optimize_bench.py --nas --elastic`` weigh the two routes: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
-from ..core.config import Config, check_range
+from ..core.config import Config, Tunable, check_range
 from ..core.context import Context, seed_everything
 from ..core.errors import ConfigError
-from ..core.progress import track
+from ..core.io import atomic_path, cache_dir
+from ..core.progress import info, track
+from ..core.registry import register_technique
 from ..distill.losses import kd_loss
-from ..prune.structured import StructuredPruneConfig, analyse, apply_keep, channel_scores, kept_count, use_index
+from .structured import StructuredPruneConfig, analyse, apply_keep, channel_scores, kept_count, use_index
 
 
 @dataclasses.dataclass
@@ -207,3 +214,90 @@ class Supernet:
         sub.eval()
         sub.zero_grad(set_to_none=True)
         return sub
+
+
+# -- the technique: a candidate of the NAS cut out of a supernet trained once -------------------------------------
+
+@dataclasses.dataclass
+class ElasticWidthsConfig(ElasticConfig):
+    """A sub-network of the elastic network: ``widths`` maps channel group names (as structured pruning's report
+    names them) to the share of channels kept, on the ``width_step`` grid from ``min_width`` to 1; groups not named
+    stay whole. The supernet is trained on first use (``epochs`` of the sandwich rule) and cached."""
+
+    #: not in the planner's default space (each model pays one supernet training first); name it: ``--space
+    #: prune.elastic``. Its ranges are the model's channel groups (``tunable_for``)
+    TUNABLE: ClassVar = None
+    WIDTH_STEPS: ClassVar = Tunable(0.25, 1.0, step=0.125)
+    SEED_POINTS: ClassVar = ({"widths": 0.5, "finetune.epochs": 0}, {"widths": 0.75, "finetune.epochs": 0})
+    widths: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        super().validate()
+        for k, v in self.widths.items():
+            if not isinstance(v, (int, float)) or not self.min_width - 1e-9 <= v <= 1:
+                raise ConfigError(f"widths[{k!r}]={v!r}: a share of channels between min_width={self.min_width} "
+                                  "and 1")
+
+    @classmethod
+    def tunable_for(cls, model: nn.Module, example) -> dict:
+        try:
+            plan = analyse(copy.deepcopy(model).eval(), example, StructuredPruneConfig())
+        except ConfigError:
+            return {}
+        return {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}
+
+
+_TRAINED: dict = {}  # fingerprint -> the supernet's state dict, for the trials of one process
+
+
+def _fingerprint(model: nn.Module, cfg: ElasticConfig, ctx: Context) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    for t in ctx.data.train.inputs + (ctx.data.train.targets,):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    train = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ElasticConfig)}
+    h.update(repr(sorted(train.items())).encode() + str(ctx.seed).encode())
+    return h.hexdigest()[:24]
+
+
+def trained_supernet(model: nn.Module, cfg: ElasticConfig, ctx: Context) -> Supernet:
+    """The supernet of ``model`` trained with ``cfg`` on ``ctx``'s training data: from this process's memory, the
+    user cache (``elastic/<fingerprint>.pt``, read with ``weights_only``), or trained now and cached."""
+    sn = Supernet(model, ctx.example_inputs, cfg)
+    fp = _fingerprint(model, cfg, ctx)
+    path = cache_dir() / "elastic" / f"{fp}.pt"
+    state = _TRAINED.get(fp)
+    if state is None and path.exists():
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - an unreadable cache entry is trained again, not trusted
+            state = None
+    if state is None:
+        teacher = ctx.teacher if ctx.teacher is not None else copy.deepcopy(model).eval()
+        sn.train(dataclasses.replace(ctx, teacher=teacher))
+        state = {k: v.detach().clone() for k, v in sn.net.state_dict().items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    else:
+        info(f"slimkit: elastic network {fp} reused (trained once for this model, data and settings)")
+        sn.net.load_state_dict(state)
+    _TRAINED[fp] = state
+    return sn
+
+
+@register_technique("prune.elastic", ElasticWidthsConfig, needs=("example_inputs", "train_data"),
+                    summary="a sub-network cut out of a Once-for-All-style elastic network trained once (sandwich "
+                            "rule, KD from the original): NAS candidates without a recovery each")
+def elastic_widths(model: nn.Module, cfg: ElasticWidthsConfig, ctx: Context) -> nn.Module:
+    sn = trained_supernet(model, cfg, ctx)
+    shares = sn.by_name(cfg.widths)
+    sub = sn.extract(shares, ctx.data)
+    counts = sn.counts(shares)
+    kept = {sn.names[g]: f"{counts[g]}/{v['size']}" for g, v in sn.groups.items()}
+    ctx.tables["Elastic sub-network: channels kept per group"] = [{"group": k, "kept": v} for k, v in kept.items()]
+    ctx.note(f"elastic widths: cut out of a supernet trained once ({cfg.epochs} epochs, sandwich rule); "
+             + ", ".join(f"{k} {v}" for k, v in kept.items()))
+    return sub

@@ -7,7 +7,7 @@ import torch
 
 from slimkit.core import Context
 from slimkit.core.errors import ConfigError
-from slimkit.search.elastic import ElasticConfig, Supernet
+from slimkit.prune.elastic import ElasticConfig, Supernet
 
 
 def _acc(model, split) -> float:
@@ -54,3 +54,32 @@ def test_elastic_refuses_a_model_without_channel_groups_and_bad_shares(digits):
         Supernet(lin, digits.example_inputs(2))
     with pytest.raises(ConfigError, match="min_width"):
         ElasticConfig(min_width=0.0)
+
+
+def test_the_elastic_technique_trains_its_supernet_once_and_cuts_candidates_out_of_it(digits_cnn, digits, monkeypatch,
+                                                                                    tmp_path):
+    """``prune.elastic``: the first candidate trains the supernet and caches it (a state dict, read back with
+    weights_only); the next ones are cut out of it without training; the planner's ranges are the channel groups."""
+    import slimkit.prune.elastic as E
+    from slimkit.core.registry import get_technique
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(E, "_TRAINED", {})
+    ranges = E.ElasticWidthsConfig.tunable_for(digits_cnn, digits.example_inputs(1))
+    assert set(ranges) == {"widths.features.0", "widths.features.4", "widths.classifier.1", "widths.classifier.3"}
+    ctx = Context(data=digits, teacher=copy.deepcopy(digits_cnn).eval())
+    cfg = E.ElasticWidthsConfig(epochs=3, widths={"features.0": 0.5, "classifier.1": 0.25})
+    trained = []
+    real_train = E.Supernet.train
+    monkeypatch.setattr(E.Supernet, "train", lambda self, c: trained.append(1) or real_train(self, c))
+    a = get_technique("prune.elastic").apply(digits_cnn, cfg, ctx)
+    assert trained == [1] and len(list((tmp_path / "elastic").glob("*.pt"))) == 1
+    monkeypatch.setattr(E, "_TRAINED", {})  # a new process: the cache file, not the memory
+    b = get_technique("prune.elastic").apply(digits_cnn, E.ElasticWidthsConfig(epochs=3, widths={"features.4": 0.25}),
+                                             ctx)
+    assert trained == [1]  # not trained again
+    assert a.features[0].out_channels < digits_cnn.features[0].out_channels
+    assert b.features[4].out_channels < digits_cnn.features[4].out_channels
+    assert _acc(a, digits.test) >= 0.9 and _acc(b, digits.test) >= 0.9
+    with pytest.raises(ConfigError, match="unknown channel group"):
+        get_technique("prune.elastic").apply(digits_cnn, E.ElasticWidthsConfig(epochs=3, widths={"nope": 0.5}), ctx)
