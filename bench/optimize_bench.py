@@ -83,7 +83,7 @@ def run(model: str, trials: int, objective: str, max_drop: float, val_from: str 
 
 
 def run_nas(model: str, trials: int, objective: str, max_drop: float, val_from: str = "auto",
-            elastic: bool = False) -> str:
+            elastic: bool = False, widths_only: bool = False) -> str:
     """NAS over the model's own channel widths (prune.widths: one kept share per channel group, teacher-initialised,
     KD-recovered) against the hand-designed half-width student of the distill-student recipe, three seeds."""
     from slimkit.pipeline.recipe import Recipe
@@ -94,7 +94,8 @@ def run_nas(model: str, trials: int, objective: str, max_drop: float, val_from: 
     lm, data = resolve(f"zoo:{model}", None)
     # elastic: candidates cut out of one supernet trained once (prune.elastic), then 0-10 epochs of KD each
     space = ({"prune.elastic": {}, "finetune": {"epochs": [0, 10], "temperature": [1.0, 4.0]}} if elastic else
-             {"prune.widths": {}, "finetune": {"epochs": [10, 40], "temperature": [1.0, 4.0]}})
+             {"prune.widths": {"kernels": 0} if widths_only else {},
+              "finetune": {"epochs": [10, 40], "temperature": [1.0, 4.0]}})
     with tempfile.TemporaryDirectory() as td:
         t0 = time.perf_counter()
         res = optimize(lm.model, data, out=Path(td) / "o", trials=trials, objective=objective, max_drop=max_drop,
@@ -112,7 +113,8 @@ def run_nas(model: str, trials: int, objective: str, max_drop: float, val_from: 
 
     accs = [100 * r["test"] for r in rows]
     how = "cut out of one elastic network (prune.elastic), 0-10 epochs KD each" if elastic else \
-        "pruned from the teacher, 10-40 epochs KD each (prune.widths)"
+        ("pruned from the teacher, 10-40 epochs KD each (prune.widths" + (", kernels as they are)" if widths_only
+                                                                           else ")"))
     lines = [f"#### zoo:{model}: NAS over channel widths, candidates {how} ({trials} trials, objective {objective}, max drop {max_drop} "
              "pt) vs the distill-student recipe (half width, 40 epochs KD), 3 seeds", "",
              "| candidate | val | test | ORT b1 | ORT bN | size | within max drop (val) |", "|---|---|---|---|---|---|---|"]
@@ -153,12 +155,13 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--nas", action="store_true", help="the width-NAS study vs the distill-student recipe instead")
     ap.add_argument("--elastic", action="store_true", help="with --nas: candidates cut out of one elastic network")
+    ap.add_argument("--widths-only", action="store_true", help="with --nas: channel widths only (kernels kept)")
     ap.add_argument("--val-from", default="auto", help="auto | train | test | val (slimkit optimize --val-from)")
     ap.add_argument("--samplers", default="tpe,random")
     a = ap.parse_args()
     for m in a.models.split(","):
         if a.nas:
-            print(run_nas(m, a.trials, a.objective, a.max_drop, a.val_from, a.elastic), flush=True)
+            print(run_nas(m, a.trials, a.objective, a.max_drop, a.val_from, a.elastic, a.widths_only), flush=True)
             continue
         print(run(m, a.trials, a.objective, a.max_drop, a.val_from, tuple(a.samplers.split(","))), flush=True)
         print()
