@@ -11,7 +11,10 @@ result is not a plain float model yet. The wrapper's contract, each part optiona
 - ``slimkit_metrics``: its own figures for the report (quantization details);
 - ``slimkit_export(data, path)``: its own ONNX form (QDQ int8, integer MatMul, MatMulNBits), parity-checked;
 - ``slimkit_lower(data)``: the same integer model as a PT2E quantize/dequantize program for LiteRT, TFLM and
-  ExecuTorch.
+  ExecuTorch;
+- ``slimkit_dequantized()``: for weight-only or dynamic int8 results, the float model whose weights are slimkit's
+  int8 codes times their scales, for a runtime's own dynamic-range int8 (LiteRT: its per-channel weight codes then
+  are slimkit's, activations quantized at run time).
 
 The runner, the exporters, the runtimes and the planner's meter ask through the functions below (``finalized``,
 ``is_simulated``, ``own_metrics``, ``own_export``, ``lowers``), so a new kind of result is one subclass.
@@ -29,6 +32,7 @@ class Compressed(nn.Module):
     slimkit_simulated: ClassVar[bool] = False
     slimkit_export: ClassVar[Optional[Callable]] = None
     slimkit_lower: ClassVar[Optional[Callable]] = None
+    slimkit_dequantized: ClassVar[Optional[Callable]] = None
 
     def slimkit_finalize(self) -> nn.Module:
         return self
@@ -60,3 +64,8 @@ def own_export(model: nn.Module) -> Optional[Callable]:
 def lowers(model: nn.Module) -> bool:
     """Whether ``model`` is slimkit's quantized simulation that lowers to an int8 program (``slimkit_lower``)."""
     return isinstance(model, Compressed) and model.slimkit_lower is not None
+
+
+def dequantized(model: nn.Module) -> Optional[nn.Module]:
+    """The float model with slimkit's dequantized int8 weights (``slimkit_dequantized``); None for other models."""
+    return model.slimkit_dequantized() if isinstance(model, Compressed) and model.slimkit_dequantized else None

@@ -212,6 +212,29 @@ class DynQuantModel(Compressed):
     def slimkit_export(self, data: DataBundle, path, **kw):
         return export_dynamic(self, data, path, **kw)
 
+    @torch.no_grad()
+    def slimkit_dequantized(self) -> nn.Module:
+        """A float copy whose Linear, recurrent and embedding weights are the int8 codes times their scales (the
+        GPTQ codes where GPTQ chose them), SmoothQuant's input scaling kept: what LiteRT's dynamic-range int8
+        quantizes again per channel, to the same codes where a row's largest code is the full one."""
+        m = copy.deepcopy(self.model)
+        for mod in m.modules():
+            if isinstance(mod, DynQuantLinear):
+                q, sc = _wq(mod.weight, mod.qmax, mod.per_channel, mod.w_scale)
+                mod.weight.copy_(q * sc[:, None])
+            elif isinstance(mod, _QuantRNN):
+                for name in mod._flat_weights_names:
+                    if name.startswith("weight_"):
+                        w = getattr(mod, name)
+                        q, sc = _wq(w, mod.qmax, True)
+                        w.copy_(q * sc[:, None])
+            elif isinstance(mod, DynQuantEmbedding):
+                q, sc = _wq(mod.weight, 127, True)
+                mod.weight.copy_(q * sc[:, None])
+            if hasattr(mod, "sim"):
+                mod.sim = False
+        return m.eval()
+
 
 @torch.no_grad()
 def _act_absmax(model: nn.Module, names: list[str], data: DataBundle,

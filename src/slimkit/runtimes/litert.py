@@ -20,6 +20,7 @@ import torch
 from ..core.context import eval_mode
 from ..core.errors import ExportError, first_line
 from ..core.io import GENERATED_TAG, atomic_write_bytes, scratch
+from ..core.result import dequantized
 from .base import Artifact, Runtime, Session, check_int8, export_form, quiet, register_runtime, stock_int8
 
 PIP = "pip install 'slimkit[litert]' (litert-torch and ai-edge-litert)"
@@ -51,11 +52,16 @@ def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifa
     """A ``.tflite`` for exactly ``batch`` samples (the converter bakes the batch into reshapes; export one per
     batch size you run). slimkit's quantized models (int8 static, QAT, mixed precision) lower with their own
     scales and codes (``precision`` is then int8, checked against slimkit's simulation before anything is written);
-    a float model is exported in fp32, or in int8 by the stock PT2E quantizer."""
+    slimkit's dynamic int8 (ONNX-only elsewhere) becomes LiteRT's dynamic-range int8 of its own codes, checked
+    against its simulation; a float model is exported in fp32, or in int8 by the stock PT2E quantizer."""
     with quiet():
         import litert_torch
 
-    model, slimkit_int8 = export_form(model, "LiteRT")
+    sim, plain = model, dequantized(model)  # slimkit's dynamic int8: LiteRT's dynamic-range form of its codes
+    if plain is not None:
+        model, slimkit_int8, precision = plain, False, "int8-dynamic"
+    else:
+        model, slimkit_int8 = export_form(model, "LiteRT")
     if slimkit_int8:
         precision = "int8"
     example = data.example_inputs(batch)
@@ -80,8 +86,14 @@ def export(model, data, path, precision: str = "fp32", batch: int = 1) -> Artifa
         raise
     except Exception as e:  # noqa: BLE001 - the converter raises many types; name the failure in one line
         raise ExportError(conversion_error(e, model, example)) from None
-    art = Artifact(Path(path), "litert", precision, batch, "slimkit" if slimkit_int8 else
+    art = Artifact(Path(path), "litert", precision, batch, "slimkit" if slimkit_int8 or plain is not None else
                    ("stock" if precision != "fp32" else ""))
+    if plain is not None:  # against slimkit's own simulation of its dynamic int8, before anything is written
+        with scratch() as d:
+            tmp = Path(d) / "m.tflite"
+            tmp.write_bytes(blob)
+            art.parity = check_int8(LiteRTSession(Artifact(tmp, "litert", precision, batch), 1, False), sim, data,
+                                    "LiteRT dynamic-range int8 (slimkit's codes)", precision)
     if slimkit_int8:
         with scratch() as d:
             tmp = Path(d) / "m.tflite"
