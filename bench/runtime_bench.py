@@ -82,7 +82,8 @@ def main() -> None:
         lm, data = resolve("zoo:mnist1d-lstm")
         dyn = int8_dynamic(lm.model, DynamicQuantConfig(), Context(data=data))
         plan = [("fp32", ort, "fp32"), ("slimkit int8-dynamic", ort, "int8"), ("fp32", lit, "fp32"),
-                ("fp32", lit, "int8-dynamic"), ("stock int8", lit, "int8"), ("fp32", et, "fp32"),
+                ("fp32", lit, "int8-dynamic"), ("slimkit int8-dynamic", lit, "int8-dynamic"),
+                ("stock int8", lit, "int8"), ("fp32", et, "fp32"),
                 ("stock int8", et, "int8")]
         with tempfile.TemporaryDirectory() as d:
             res = measure_runtimes({"fp32": lm.model, "stock int8": lm.model, "slimkit int8-dynamic": dyn}, data, rts,

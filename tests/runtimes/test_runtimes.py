@@ -164,8 +164,44 @@ def test_compress_to_every_runtime(tmp_path, digits_mlp):
     assert 'id="runtimes"' in html and 'data-figure="runtimes"' in html
 
 
+def test_slimkit_dynamic_int8_becomes_litert_dynamic_range_int8_of_its_own_codes(digits_mlp, digits, tmp_path):
+    """slimkit's dynamic int8 (GPTQ codes, SmoothQuant) is ONNX-only elsewhere; in LiteRT it is the dynamic-range
+    int8 of slimkit's dequantized weights: the file's int8 weight codes are slimkit's, its outputs agree with
+    slimkit's simulation, and `compress --runtime litert` measures it beside the baseline."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from slimkit.core import Context
+    from slimkit.quantize.dynamic import DynamicQuantConfig, DynQuantLinear, _wq, int8_dynamic
+
+    dyn = int8_dynamic(digits_mlp, DynamicQuantConfig(), Context(data=digits))
+    art = get_runtime("litert").export(dyn, digits, tmp_path / "d.tflite", "fp32", batch=1)
+    assert art.precision == "int8-dynamic" and art.quantizer == "slimkit" and art.parity["top1_agreement"] >= 0.95
+    it = Interpreter(model_path=str(art.path))
+    it.allocate_tensors()
+    codes = {}
+    for d in it.get_tensor_details():
+        if d["dtype"] == np.int8 and len(d["shape"]) == 2:
+            codes[tuple(int(v) for v in d["shape"])] = it.get_tensor(d["index"])
+    layers = [m for m in dyn.model.modules() if isinstance(m, DynQuantLinear)]
+    assert len(codes) == len(layers) == 4
+    for m in layers:
+        q, _ = _wq(m.weight.detach(), m.qmax, m.per_channel, m.w_scale)
+        same = float((torch.from_numpy(codes[tuple(q.shape)].astype(np.float32)) == q).float().mean())
+        assert same >= 0.99, same  # LiteRT re-derives each row's scale from its largest code
+    assert _acc(get_runtime("litert").open(art, 1), digits) >= 0.97
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app, ["-q", "compress", "zoo:digits-mlp", "--recipe", "int8-dynamic", "--runtime",
+                                   "litert", "--out", str(out), "--runs", "20"])
+    assert res.exit_code == 0, res.stderr
+    rows = json.loads((out / "report.json").read_text())["runtimes"]["rows"]
+    row = rows["compressed: litert int8-dynamic"]
+    assert row["quantizer"] == "slimkit" and row["accuracy"] >= rows["baseline: ort fp32"]["accuracy"] - 0.01
+    assert (out / "model_int8_dynamic.tflite").exists()
+
+
 @pytest.mark.parametrize("args, msg", [
-    (["--recipe", "int8-dynamic", "--runtime", "litert"], "exports to ONNX only"),
+    (["--recipe", "int8-dynamic", "--runtime", "tflm"], "exports to ONNX Runtime and litert only"),
+    (["--recipe", "int4-weights", "--runtime", "litert"], "exports to ONNX Runtime only"),
     (["--recipe", "int8-static", "--runtime", "litert", "--precision", "fp16"], "quantizes already"),
     (["--recipe", "prune-structured-50", "--precision", "fp16"], "add --runtime litert"),
     (["--recipe", "prune-structured-50", "--runtime", "tflm", "--precision", "fp16"], "none of tflm exports it"),

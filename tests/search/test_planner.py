@@ -42,7 +42,8 @@ def test_space_comes_from_the_registry():
     lite = SearchSpace.from_registry(runtime="litert")
     ort_q = {c.technique for c in dict(sp.slots)["quantize"]}
     lite_q = {c.technique for c in dict(lite.slots)["quantize"]}
-    assert "quantize.int8_static" in lite_q and lite_q == {n for n in ort_q if not get_technique(n).onnx_only}
+    assert "quantize.int8_static" in lite_q and lite_q == {n for n in ort_q if get_technique(n).exports_to("litert")}
+    assert "quantize.int8_dynamic" in lite_q and not any("int4" in n for n in lite_q)  # LiteRT: dynamic range only
     assert lite.precisions == ("fp32", "int8")
     # a runtime that can time layers also draws int8 only where it is faster there; ONNX Runtime does not
     lite_static = next(c for c in dict(lite.slots)["quantize"] if c.technique == "quantize.int8_static")

@@ -23,13 +23,19 @@ class Technique:
     #: its result runs only in ONNX Runtime (kernels the on-device runtimes lack): why, in a few words; "" = it
     #: exports to every runtime
     onnx_only: str = ""
+    #: on-device runtimes an ``onnx_only`` result still exports to, in that runtime's own form (dynamic int8:
+    #: LiteRT's dynamic-range int8 of slimkit's codes)
+    lowers_to: tuple = ()
+
+    def exports_to(self, runtime: str) -> bool:
+        return runtime == "ort" or not self.onnx_only or runtime in self.lowers_to
 
 
 _REGISTRY: dict[str, Technique] = {}
 
 
 def register_technique(name: str, config_cls: type[Config], *, needs: Iterable[str] = (), summary: str = "",
-                       family: str = "", onnx_only: str = ""):
+                       family: str = "", onnx_only: str = "", lowers_to: Iterable[str] = ()):
     """Decorator: register ``fn(model, config, ctx) -> model`` under ``name``."""
     needs = tuple(needs)
     bad = [n for n in needs if n not in NEEDS]
@@ -40,7 +46,7 @@ def register_technique(name: str, config_cls: type[Config], *, needs: Iterable[s
         if name in _REGISTRY and _REGISTRY[name].apply is not fn:
             raise ValueError(f"technique {name!r} registered twice")
         _REGISTRY[name] = Technique(name, config_cls, fn, needs, summary or (fn.__doc__ or "").strip().split("\n")[0],
-                                    family or name.split(".")[0], onnx_only)
+                                    family or name.split(".")[0], onnx_only, tuple(lowers_to))
         return fn
 
     return deco

@@ -66,6 +66,11 @@ def lowers(model: nn.Module) -> bool:
     return isinstance(model, Compressed) and model.slimkit_lower is not None
 
 
+def dequantizes(model: nn.Module) -> bool:
+    """Whether ``model`` is slimkit's dynamic or weight-only int8 with a dequantized float form (``dequantized``)."""
+    return isinstance(model, Compressed) and model.slimkit_dequantized is not None
+
+
 def dequantized(model: nn.Module) -> Optional[nn.Module]:
     """The float model with slimkit's dequantized int8 weights (``slimkit_dequantized``); None for other models."""
-    return model.slimkit_dequantized() if isinstance(model, Compressed) and model.slimkit_dequantized else None
+    return model.slimkit_dequantized() if dequantizes(model) else None

@@ -21,7 +21,7 @@ from ..core.progress import info
 from ..core.io import (GENERATED_TAG, atomic_write_text, check_output_dir, publish_dir, scratch_dir, sweep_stale,
                        write_output_marker)
 from ..core.registry import get_technique
-from ..core.result import finalized, is_simulated, lowers, own_export, own_metrics
+from ..core.result import dequantizes, finalized, is_simulated, lowers, own_export, own_metrics
 from ..distill.trainer import recover
 from ..evaluate.compare import Candidate, compare
 from ..evaluate.energy import SOURCE as ENERGY_SOURCE
@@ -85,17 +85,21 @@ def _check_args(model, recipe, data) -> Recipe:
 
 def check_runtime_recipe(recipe: Recipe, runtimes: Sequence, precisions=None) -> list:
     """The on-device runtimes a recipe's result can go to (before any work): slimkit's static int8, QAT and mixed
-    precision lower to every runtime; int4 weight-only and dynamic int8 export to ONNX only. ``precisions``
+    precision lower to every runtime; int4 weight-only exports to ONNX only, dynamic int8 to ONNX and LiteRT (its
+    dynamic-range int8 of slimkit's codes). ``precisions``
     (comma list or sequence): weight formats beyond fp32/int8 (LiteRT's int8-dynamic, int8-weights, fp16), which
     apply to a float result: a recipe that quantizes already chose its int8 form."""
     from ..runtimes.base import parse_precisions
 
     runtimes = [rt for rt in runtimes if rt.name != "ort"]
     techs = [get_technique(s.type) for st in recipe.stages for s in st.techniques]
-    bad = [t for t in techs if t.onnx_only]
-    if runtimes and bad:
-        raise ConfigError(f"recipe {recipe.name} uses {bad[0].onnx_only} ({bad[0].name}), which exports to ONNX only; "
-                          f"for {', '.join(r.name for r in runtimes)} use quantize.int8_static, quantize.qat or "
+    bad = [(t, [r.name for r in runtimes if not t.exports_to(r.name)]) for t in techs]
+    bad = [(t, names) for t, names in bad if names]
+    if bad:
+        t, names = bad[0]
+        where = f"ONNX Runtime{' and ' + ', '.join(t.lowers_to) if t.lowers_to else ''} only"
+        raise ConfigError(f"recipe {recipe.name} uses {t.onnx_only} ({t.name}), which exports to {where}; "
+                          f"for {', '.join(names)} use quantize.int8_static, quantize.qat or "
                           "quantize.mixed_precision, or a float recipe (each runtime's stock int8 is made from it)")
     if _precision_list(precisions) and not runtimes:
         raise ConfigError("--precision names formats of an on-device runtime; add --runtime litert (ONNX Runtime "
@@ -174,12 +178,15 @@ def _on_device(baseline, work, data, runtimes, tmp: Path, *, threads, batch, run
 
     ort = get_runtime("ort")
     quantized = lowers(work)  # slimkit's int8: the same integer model in every runtime, beside the stock int8
+    dynamic = not quantized and dequantizes(work)  # slimkit's dynamic int8: LiteRT's dynamic-range form of it
     plan = [("baseline", ort, "fp32")] + ([("compressed", ort, "int8")] if quantized else [])
     for rt in runtimes:
         for prec in (["int8"] if rt.name == "tflm" else ["fp32", "int8"]):
             plan.append(("baseline", rt, prec))
-            if prec == "int8" or not quantized:
+            if (prec == "int8" or not quantized) and not dynamic:
                 plan.append(("compressed", rt, prec))
+        if dynamic:
+            plan.append(("compressed", rt, "int8-dynamic"))
         for prec in (p for p in extra if p in rt.precisions):  # weight formats of a float result
             plan += [("baseline", rt, prec), ("compressed", rt, prec)]
     res = measure_runtimes({"baseline": baseline, "compressed": work}, data, runtimes, workdir=tmp / "work" / "rt",

@@ -289,7 +289,7 @@ def select_linears(model: nn.Module, targets: Targets, keep_float: list) -> list
 
 @register_technique("quantize.int8_dynamic", DynamicQuantConfig, needs=("calibration_data",),
                     summary="int8 dynamic quantization of Linear/MatMul + embeddings, SmoothQuant -> ONNX integer MatMul",
-                    onnx_only="dynamic int8 (ONNX Runtime's DynamicQuantizeLinear)")
+                    onnx_only="dynamic int8 (ONNX Runtime's DynamicQuantizeLinear)", lowers_to=("litert",))
 def int8_dynamic(model: nn.Module, cfg: DynamicQuantConfig, ctx: Context) -> DynQuantModel:
     """Dynamic int8 (weights offline, activations at run time), per-channel, with SmoothQuant migration."""
     check_finite_weights(model)

@@ -103,7 +103,7 @@ class SearchSpace:
         slots = []
         for slot, families in SLOTS:
             opts = [Choice(n, r) for n, r in sorted(chosen.items()) if get_technique(n).family in families
-                    and (runtime == "ort" or not get_technique(n).onnx_only)]
+                    and get_technique(n).exports_to(runtime)]
             if opts:
                 slots.append((slot, opts))
         if not slots:
