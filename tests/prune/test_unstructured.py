@@ -74,6 +74,20 @@ def test_lamp_keeps_every_layer_alive_where_one_global_ranking_empties_the_small
     assert torch.equal(ls.reshape(-1).argsort(), scores["small"].reshape(-1).argsort())
 
 
+def test_lamp_scores_a_packed_projection_as_the_separate_ones_it_holds():
+    """A .pt2 program keeps q|k|v as one Linear: with ``parts`` LAMP ranks each part as the three separate
+    projections of the same model given as Python code (otherwise the big packed layer is pruned harder)."""
+    from slimkit.prune.unstructured import rank_masks
+
+    torch.manual_seed(0)
+    q, k, v, o = (torch.rand(16, 16) * s for s in (1.0, 0.5, 2.0, 1.0))
+    apart = rank_masks({"q": q, "k": k, "v": v, "o": o}, 0.8, "lamp")
+    packed = rank_masks({"qkv": torch.cat([q, k, v]), "o": o}, 0.8, "lamp", parts={"qkv": 3})
+    assert torch.equal(packed["qkv"], torch.cat([apart["q"], apart["k"], apart["v"]]))
+    assert torch.equal(packed["o"], apart["o"])
+    assert not torch.equal(rank_masks({"qkv": torch.cat([q, k, v]), "o": o}, 0.8, "lamp")["o"], apart["o"])
+
+
 def test_masks_survive_finetuning_and_accuracy_recovers(digits_cnn, digits, tmp_path):
     from slimkit.pipeline import compress
 

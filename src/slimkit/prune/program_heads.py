@@ -222,6 +222,10 @@ class ProgramHeads:
         parent = out.rpartition(".")[0]
         self.name = path(parent) if parent else self.projections[-1]
 
+    def packed(self) -> dict[str, int]:
+        """The packed q|k|v projections of this attention (full module name -> parts)."""
+        return {".".join(p for p in (self.prog, "gm", m) if p): parts for m, _, parts in self.qkv if parts > 1}
+
     def _mods(self, model):
         pm = model.get_submodule(self.prog) if self.prog else model
         return pm, {m: pm.gm.get_submodule(m) for m, _, _ in self.qkv} | {self.out: pm.gm.get_submodule(self.out)}

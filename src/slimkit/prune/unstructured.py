@@ -14,10 +14,12 @@ from ..core.config import Config, check_choice, check_range
 from ..core.context import Context
 from ..core.result import Compressed
 from ..core.errors import ConfigError
+from ..core.graph import holds_program
 from ..core.registry import register_technique
 from ..core.rewrite import split_attention
 from ..core.targets import Targets
 from .importance import CRITERIA, accumulate_gradients
+from .program_heads import program_heads
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -118,10 +120,12 @@ class PrunedModel(Compressed):
         return self.model
 
 
-def rank_masks(scores: dict, sparsity: float, scope: str, note=None) -> dict:
+def rank_masks(scores: dict, sparsity: float, scope: str, note=None, parts: dict | None = None) -> dict:
     """Masks (1 = kept) removing ``sparsity`` of the weights by their scores: per layer (``layer``), or by one
     ranking over all layers of the scores (``global``) or of their LAMP transform (``lamp``), exactly k weights
-    removed. A layer one ranking would empty keeps its strongest 2% (said through ``note``)."""
+    removed. A layer one ranking would empty keeps its strongest 2% (said through ``note``). ``parts``: layers
+    whose output rows are several layers packed (a program's q|k|v projection): LAMP scores each part alone, as
+    it scores the separate projections of the same model given as Python code."""
     if scope == "layer":
         masks = {}
         for n, s in scores.items():
@@ -131,7 +135,9 @@ def rank_masks(scores: dict, sparsity: float, scope: str, note=None) -> dict:
                 mask.view(-1)[s.reshape(-1).argsort()[:k]] = 0
             masks[n] = mask
         return masks
-    ranked = {n: lamp_scores(sc) for n, sc in scores.items()} if scope == "lamp" else scores
+    parts = parts or {}
+    ranked = ({n: torch.cat([lamp_scores(c) for c in sc.chunk(parts.get(n, 1), 0)]) for n, sc in scores.items()}
+              if scope == "lamp" else scores)
     allv = torch.cat([sc.reshape(-1) for sc in ranked.values()])
     k = int(round(sparsity * allv.numel()))
     flat = torch.ones_like(allv)
@@ -183,7 +189,11 @@ def magnitude_prune(model: nn.Module, cfg: MagnitudePruneConfig, ctx: Context) -
         n_, m_ = (int(v) for v in cfg.pattern.split(":"))
         masks = {n: nm_mask(s, n_, m_) for n, s in scores.items()}
     else:
-        masks = rank_masks(scores, cfg.sparsity, cfg.scope, ctx.note)
+        packed = {}
+        if cfg.scope == "lamp" and holds_program(m):  # a program's packed q|k|v projections: LAMP per part
+            for u in program_heads(m, ctx.example_inputs)[0]:
+                packed.update(u.packed())
+        masks = rank_masks(scores, cfg.sparsity, cfg.scope, ctx.note, packed)
     for n, mod, p in layers:
         if masks[n].sum() == 0:
             raise ConfigError(f"sparsity {cfg.sparsity} would remove every weight of {n}; lower it or use scope: layer")
