@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from slimkit.evaluate.metrics import primary_metric
 from slimkit.load import resolve
 from slimkit.search.planner import choose, optimize
 
@@ -29,7 +30,7 @@ def _row(name, r, key="accuracy"):
 
 
 def run(model: str, trials: int, objective: str, max_drop: float, val_from: str = "auto",
-        samplers: tuple = ("tpe", "random")) -> str:
+        samplers: tuple = ("tpe", "random"), space=None, references: bool = True) -> str:
     lm, data = resolve(f"zoo:{model}", None)
     lines = [f"#### zoo:{model}: {trials} trials, objective {objective}, max drop {max_drop} pt, validation from "
              f"{val_from} (1 thread; ratios vs the original in ONNX Runtime fp32, timed interleaved)", ""]
@@ -38,8 +39,8 @@ def run(model: str, trials: int, objective: str, max_drop: float, val_from: str 
         with tempfile.TemporaryDirectory() as td:
             t0 = time.perf_counter()
             res = optimize(lm.model, data, out=Path(td) / "o", trials=trials, objective=objective, max_drop=max_drop,
-                           sampler=sampler, references=sampler == "tpe", model_spec=f"zoo:{model}", seed=0,
-                           val_from=val_from)
+                           sampler=sampler, references=references and sampler == samplers[0],
+                           model_spec=f"zoo:{model}", seed=0, val_from=val_from, space=space)
             results[sampler] = (res, time.perf_counter() - t0)
             if sampler == samplers[0]:
                 orig_val = json.loads((Path(td) / "o" / "pareto.json").read_text())["original"]["val"]
@@ -48,7 +49,8 @@ def run(model: str, trials: int, objective: str, max_drop: float, val_from: str 
     lines += ["| candidate | val | test | ORT b1 | ORT bN | size | within max drop (val) |",
               "|---|---|---|---|---|---|---|"]
     meter_orig = res.report.get("baseline", {}) if res.report else {}
-    lines.append(f"| original | {100 * orig_val:.2f}% | {100 * meter_orig.get('accuracy', float('nan')):.2f}% | 1.000x "
+    key = primary_metric(data)  # accuracy, or fidelity (cosine) for an embedding model
+    lines.append(f"| original | {100 * orig_val:.2f}% | {100 * meter_orig.get(key, float('nan')):.2f}% | 1.000x "
                  "| 1.000x | 1.000x | |")
     for ref in res.references:
         if ref.get("state") == "COMPLETE":
@@ -62,8 +64,8 @@ def run(model: str, trials: int, objective: str, max_drop: float, val_from: str 
     if best_r:
         lines.append(_row(f"chosen (random search): trial {best_r['number']} {best_r['name']}", best_r))
     comp = res.report["ratios"] if res.report else {}
-    lines += ["", f"best/ (the chosen recipe rebuilt and measured by `compress` on the test split): accuracy "
-              f"{100 * res.report['compressed']['accuracy']:.2f}% (original {100 * res.report['baseline']['accuracy']:.2f}%), "
+    lines += ["", f"best/ (the chosen recipe rebuilt and measured by `compress` on the test split): {key} "
+              f"{100 * res.report['compressed'][key]:.2f}% (original {100 * res.report['baseline'][key]:.2f}%), "
               f"ORT b1 {comp.get('latency_ms_p50_b1', float('nan')):.3f}x, bN {comp.get('latency_ms_p50_bN', float('nan')):.3f}x, "
               f"file {comp.get('size_bytes', float('nan')):.3f}x."]
     dominated = [r["name"] for r in res.references if r.get("state") == "COMPLETE"
@@ -158,12 +160,15 @@ def main() -> None:
     ap.add_argument("--widths-only", action="store_true", help="with --nas: channel widths only (kernels kept)")
     ap.add_argument("--val-from", default="auto", help="auto | train | test | val (slimkit optimize --val-from)")
     ap.add_argument("--samplers", default="tpe,random")
+    ap.add_argument("--space", default=None, help="slimkit optimize --space (names or an inline YAML mapping)")
+    ap.add_argument("--no-references", action="store_true", help="do not measure the built-in recipes beside it")
     a = ap.parse_args()
     for m in a.models.split(","):
         if a.nas:
             print(run_nas(m, a.trials, a.objective, a.max_drop, a.val_from, a.elastic, a.widths_only), flush=True)
             continue
-        print(run(m, a.trials, a.objective, a.max_drop, a.val_from, tuple(a.samplers.split(","))), flush=True)
+        print(run(m, a.trials, a.objective, a.max_drop, a.val_from, tuple(a.samplers.split(",")), a.space,
+                  not a.no_references), flush=True)
         print()
 
 
