@@ -199,7 +199,8 @@ def where_faster(variants: dict, model, data, lit, et, label: str) -> list:
         key = f"{label}, int8 where faster in {rt.name}"
         variants[key] = slimkit_int8(model, data, int8_where_faster=rt.name)
         print(f"{key}: kept float {variants[key].info.get('keep_float', [])}; int8 / float per layer "
-              + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in variants[key].info["int8_speed"].items()), flush=True)
+              + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in variants[key].info["int8_speed"].items())
+              + f"; whole programs (ms, batch 1): {variants[key].info.get('int8_whole_program_ms')}", flush=True)
         rows.append((key, rt, "int8"))
     return rows
 

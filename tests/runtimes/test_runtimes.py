@@ -343,8 +343,19 @@ def test_int8_where_faster_times_each_layer_and_keeps_the_slower_ones_float(tmp_
     import slimkit.evaluate.layer_speed as LS
 
     monkeypatch.setattr(LS, "int8_speedups", lambda *a, **k: fixed)
+    real_whole = LS.program_times
+    seen = []
+
+    def whole(models, *a, **k):  # the real whole-program timing runs (positive times), the decision on fixed ones
+        got = real_whole(models, *a, runs=10, **k)
+        seen.append(got)
+        assert set(got) == {"float", "int8"} and all(v > 0 for v in got.values())
+        return {"float": 1.0, "int8": 2.0}
+
+    monkeypatch.setattr(LS, "program_times", whole)
     ctx = Context(data=digits)
     qm = S.int8_static(digits_cnn, S.StaticQuantConfig(int8_where_faster="litert"), ctx)
+    assert seen and qm.info["int8_whole_program_ms"] == {"with_float_layers": 1.0, "all_int8": 2.0}
     assert qm.info["keep_float"] == ["features.0", "features.4"] and qm.info["int8_speed"] == fixed
     assert sorted(qm.info["quantized_layers"]) == ["classifier.1", "classifier.3", "classifier.5"]
     assert any("stay float (features.0, features.4)" in n for n in ctx.notes)
@@ -355,6 +366,12 @@ def test_int8_where_faster_times_each_layer_and_keeps_the_slower_ones_float(tmp_
     with torch.no_grad():
         torch_acc = float((digits_cnn.eval()(*digits.test.inputs).argmax(-1) == digits.test.targets).float().mean())
     assert _acc(lit.open(art, 1), digits) >= torch_acc - 0.01
+    # the layers are slower alone, but the whole program with them float is the slower one: all int8 stays
+    monkeypatch.setattr(LS, "program_times", lambda models, *a, **k: {"float": 2.0, "int8": 1.0})
+    ctx2 = Context(data=digits)
+    q2 = S.int8_static(digits_cnn, S.StaticQuantConfig(int8_where_faster="litert"), ctx2)
+    assert not q2.info.get("keep_float") and len(q2.info["quantized_layers"]) == 5
+    assert any("the all-int8 program is faster, so features.0, features.4 stay int8" in n for n in ctx2.notes)
     # every layer slower in int8: refused with the timings, not a float model called int8
     monkeypatch.setattr(LS, "int8_speedups", lambda *a, **k: {n: dict(r, ratio=1.5) for n, r in fixed.items()})
     with pytest.raises(S.ConfigError, match="no layer of LeNet5 runs faster in int8.*export it without int8"):

@@ -8,7 +8,9 @@ A layer timed alone carries the quantize/dequantize of its own input and output,
 not pay between its members; a layer left float between int8 ones adds two such boundaries, which this does not
 charge (``SLOWER`` is the measured allowance); and a float layer inside a runtime's int8 program may run in another
 form than alone (ExecuTorch's float first Conv1d of mnist1d-cnn: fast alone, slow inside the int8 program;
-docs/BENCHMARKS.md). A per-layer answer, not a search over whole programs."""
+docs/BENCHMARKS.md). So the per-layer answer is then confirmed on whole programs (``program_times``): the int8
+program with those layers float against the all-int8 one, timed interleaved in the runtime; the layers stay float
+only if that program is the faster one."""
 from __future__ import annotations
 
 import copy
@@ -91,3 +93,22 @@ def int8_speedups(model: nn.Module, data: DataBundle, names: Sequence[str], runt
         f, q = (float(np.median(times[(name, p)])) for p in ("fp32", "int8"))
         out[name] = {"fp32_ms": round(f, 4), "int8_ms": round(q, 4), "ratio": round(q / max(f, 1e-9), 3)}
     return out
+
+
+def program_times(models: dict, data: DataBundle, runtime: str, *, runs: int = 100, threads: int = 1) -> dict:
+    """{label: median ms at batch 1} of whole int8 programs (slimkit's quantized models) in ``runtime``, timed
+    interleaved on a calibration sample."""
+    from ..runtimes import get_runtime
+
+    check_runtime(runtime)
+    rt = get_runtime(runtime)
+    x = tuple(t[:1] for t in data.calib.inputs)
+    runners, sessions = {}, []
+    with tempfile.TemporaryDirectory(prefix="slimkit-program-speed-") as d, torch_threads(threads):
+        for i, (label, m) in enumerate(models.items()):
+            art = rt.export(m, data, Path(d) / f"p{i}{rt.suffix}", "int8", 1)
+            sess = rt.open(art, threads)
+            sessions.append(sess)
+            runners[label] = sess.runner(x)
+        times = time_interleaved(runners, runs=runs, desc=None)
+    return {k: float(np.median(v)) for k, v in times.items()}

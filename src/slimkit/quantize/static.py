@@ -252,9 +252,23 @@ def keep_float_where_slower(model: nn.Module, cfg: StaticQuantConfig, ctx: Conte
         raise ConfigError(f"no layer of {type(model).__name__} runs faster in int8 than in float in "
                           f"{cfg.int8_where_faster} on this CPU (int8 / float: {', '.join(ratios[:4])}); the float "
                           "model is the faster one: export it without int8")
+    whole = ""
+    if slow:  # confirmed on whole programs: a float layer inside an int8 program may run in another form than alone
+        from ..evaluate.layer_speed import program_times
+
+        base = dataclasses.replace(cfg, int8_where_faster="")
+        alone = Context(data=ctx.data, seed=ctx.seed)
+        t = program_times({"float": int8_static(model, dataclasses.replace(base, keep_float=cfg.keep_float + slow),
+                                                alone),
+                           "int8": int8_static(model, base, alone)}, ctx.data, cfg.int8_where_faster)
+        table = {**table, "_whole_program_ms": {"with_float_layers": round(t["float"], 4), "all_int8": round(t["int8"], 4)}}
+        whole = (f"; whole programs at batch 1: with them float {t['float']:.4f} ms, all int8 {t['int8']:.4f} ms")
+        if t["float"] >= t["int8"]:
+            whole += f": the all-int8 program is faster, so {', '.join(slow)} stay int8"
+            slow = []
     ctx.note(f"int8_where_faster={cfg.int8_where_faster}: int8 / float time per layer alone at batch 1: "
-             + ", ".join(ratios) + (f"; {len(slow)} layer(s) stay float ({', '.join(slow)})" if slow
-                                    else "; every layer is faster in int8"))
+             + ", ".join(ratios) + whole + (f"; {len(slow)} layer(s) stay float ({', '.join(slow)})" if slow
+                                            else "; every layer is int8"))
     return dataclasses.replace(cfg, keep_float=cfg.keep_float + slow, int8_where_faster=""), table
 
 
@@ -714,7 +728,9 @@ def note_coverage(qm: QuantizedModel, ctx: Context, speed: Optional[dict] = None
     """Say on the console and in the report which weight-bearing layers stayed float, and why; ``speed``: the
     per-layer timings behind ``int8_where_faster`` (``keep_float_where_slower``), kept in the model's info."""
     if speed:
-        qm.info["int8_speed"] = speed
+        qm.info["int8_speed"] = {k: v for k, v in speed.items() if not k.startswith("_")}
+        if "_whole_program_ms" in speed:  # the confirmation on whole programs (keep_float_where_slower)
+            qm.info["int8_whole_program_ms"] = speed["_whole_program_ms"]
     skipped = qm.info.get("skipped_layers") or {}
     if qm.info.get("float_first"):
         ctx.note(f"float_first: the first layer, {qm.info['float_first']}, stays float (its input and weights are "
