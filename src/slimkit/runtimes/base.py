@@ -110,8 +110,8 @@ def quiet(stdout: bool = True, capture: Optional[list] = None):
 def check_plain(model, runtime: str) -> None:
     """Refuse slimkit's ONNX-only quantized models (int4 weights, dynamic int8) for an on-device runtime."""
     if own_export(model) is not None and not lowers(model):
-        raise ExportError(f"this model is slimkit's ONNX-only quantization (int4 weights or dynamic int8), which "
-                          f"does not lower to {runtime}; use quantize.int8_static, quantize.qat or "
+        raise ExportError(f"this model is slimkit's int4 weights or dynamic int8 (ONNX Runtime; dynamic int8 also "
+                          f"LiteRT), which does not lower to {runtime}; use quantize.int8_static, quantize.qat or "
                           "quantize.mixed_precision, or export the float model with --int8")
 
 
