@@ -26,7 +26,7 @@ def _row(name, r, key="accuracy"):
         (f"{r['val']:.4f}", f"{r['test']:.4f}")
     return (f"| {name} | {v[0]} | {v[1]} | {rt.get('latency_b1', float('nan')):.3f}x | "
             f"{rt.get('latency_bN', float('nan')):.3f}x | {rt.get('size', float('nan')):.3f}x | "
-            f"{'yes' if r.get('feasible') or r.get('drop_ok') else 'no'} |")
+            f"{'yes' if (r['drop_ok'] if 'drop_ok' in r else r.get('feasible')) else 'no'} |")
 
 
 def run(model: str, trials: int, objective: str, max_drop: float, val_from: str = "auto",
