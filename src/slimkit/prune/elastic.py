@@ -64,8 +64,8 @@ class ElasticConfig(Config):
 class Supernet:
     """An elastic copy of ``model`` (never the model itself). ``train`` it once, then ``extract`` sub-networks."""
 
-    def __init__(self, model: nn.Module, example, cfg: ElasticConfig = ElasticConfig()):
-        self.cfg = cfg
+    def __init__(self, model: nn.Module, example, cfg: ElasticConfig | None = None):
+        self.cfg = cfg = cfg or ElasticConfig()
         self.net = copy.deepcopy(model).eval()
         self._prune_cfg = StructuredPruneConfig(round_to=cfg.round_to, max_ratio=1 - cfg.min_width)
         plan = analyse(self.net, example, self._prune_cfg)
