@@ -59,6 +59,19 @@ def test_space_comes_from_the_registry():
     assert sp.finetune["epochs"].low == 2 and sp.finetune["epochs"].high == 4
 
 
+def test_one_value_for_a_per_layer_field_sets_each_layer_and_skips_models_with_none(digits_mlp, digits_cnn, digits):
+    """``{prune.widths: {kernels: 0}}`` fixes every convolution's kernel where there are some (digits-cnn) and sets
+    nothing on a model without any (an MLP): a scalar must never land in a per-layer mapping field (it made every
+    trial of an HF MobileNetV2 study fail with "kernels: expected a mapping")."""
+    for model, has_kernels in ((digits_cnn, True), (digits_mlp, False)):
+        sp = SearchSpace.from_registry({"prune.widths": {"kernels": 0}}, model=model,
+                                       example=digits.example_inputs(1))
+        ranges = dict(sp.slots)["prune"][0].ranges
+        assert "kernels" not in ranges
+        kernels = {k: t for k, t in ranges.items() if k.startswith("kernels.")}
+        assert bool(kernels) == has_kernels and all(t.choices == (0,) for t in kernels.values())
+
+
 def test_a_study_chooses_a_smaller_faster_model_on_validation_and_states_test(study, digits_cnn):
     out, res = study
     trials = json.loads((out / "trials.json").read_text())["trials"]

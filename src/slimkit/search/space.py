@@ -91,12 +91,15 @@ class SearchSpace:
                 tech = get_technique(name)
                 ranges = ranges_of(tech.config_cls)
                 fields = {f.name for f in dataclasses.fields(tech.config_cls)}
+                mappings = {f.name for f in dataclasses.fields(tech.config_cls) if f.default_factory is dict}
                 if over is not None and not isinstance(over, dict):
                     raise ConfigError(f"space: {name} takes {{field: range}}, got {over!r}")
                 for field, rng in (over or {}).items():
                     if field.partition(".")[0] not in fields:
                         raise ConfigError(f"space: {name} has no field {field!r}{did_you_mean(field, fields)}")
                     per_key = [k for k in ranges if k.startswith(field + ".")]
+                    if not per_key and field in mappings:
+                        continue  # a per-layer field (kernels, widths, drop) this model has nothing for
                     for k in per_key or [field]:  # widths: [0.5, 1.0] sets the range of every group's width
                         ranges[k] = Tunable.from_value(rng)
                 chosen[name] = ranges
