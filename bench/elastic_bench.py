@@ -46,7 +46,8 @@ def run(name: str, epochs: int, widths: list[float], finetune: int, seed: int) -
     t_one = 0.0
     for w in widths:  # one by one: prune from the original, recover alone
         t0 = time.perf_counter()
-        m = structured_prune(model, StructuredPruneConfig(ratio=1 - w, max_ratio=0.75), Context(data=data, seed=seed))
+        m = structured_prune(model, StructuredPruneConfig(ratio=1 - w, max_ratio=1 - min(widths)),
+                             Context(data=data, seed=seed))
         recover(m, ctx(), ft)
         dt = time.perf_counter() - t0
         t_one += dt

@@ -93,6 +93,17 @@ def torch_threads(n: int):
 
 
 @contextlib.contextmanager
+def removing(handles):
+    """Run the block, then remove every hook handle in ``handles`` (a list the block may still add to), however the
+    block ends."""
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
     """Run the block with ``model`` in eval mode, then give every submodule back the train/eval mode it had (the
     user's model leaves slimkit as it came in, also when the block fails)."""

@@ -264,11 +264,12 @@ def _rnn_unit(model, name, consumer) -> Unit:
     return Unit("rnn", f"{name}->{consumer}", hsz, score, apply)
 
 
-def find_units(model: nn.Module, example) -> tuple[list[Unit], dict]:
+def find_units(model: nn.Module, example, program=None) -> tuple[list[Unit], dict]:
     """Every prunable unit set of ``model`` (in place: call it on a copy whose ``nn.MultiheadAttention`` layers
-    have been split) and the reasons for layers left alone."""
+    have been split) and the reasons for layers left alone. ``program``: ``program_heads(model, example)`` when the
+    caller has it already."""
     heads = attention_units(model)
-    found, skipped = program_heads(model, example)  # attention inside a loaded .pt2 program
+    found, skipped = program or program_heads(model, example)  # attention inside a loaded .pt2 program
     heads += [Unit("heads", u.name, u.h, u.score, u.apply, u.projections) for u in found]
     cap = G.capture(model, example, what="structured pruning")
     ffn = ffn_units(model, cap, {n for u in heads for n in u.projections})

@@ -84,7 +84,6 @@ class Supernet:
         self._masks: dict[str, torch.Tensor] = {}
         self._hooks = {n: self.net.get_submodule(n).register_forward_pre_hook(self._mask_hook(n)).id
                        for n in self._reads}
-        self.widths = {g: 1.0 for g in self.groups}
 
     # -- widths ---------------------------------------------------------------------------------------------
 
@@ -103,7 +102,6 @@ class Supernet:
 
     def set_widths(self, shares: dict) -> None:
         """Narrow the supernet in place (shares keyed by group id)."""
-        self.widths = dict(shares)
         counts = self.counts(shares)
         for name, reads in self._reads.items():
             mod = self.net.get_submodule(name)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.context import removing
 from ..core.errors import ConfigError
 from ..core.graph import set_module
 
@@ -56,12 +57,8 @@ def kernel_options(model: nn.Module, example) -> dict[str, int]:
     ran: list[str] = []
     hooks = [mod.register_forward_hook(lambda mod, a, o, n=n: ran.append(n) if n not in ran else None)
              for n, mod in model.named_modules() if isinstance(mod, (nn.Conv1d, nn.Conv2d))]
-    try:
-        with torch.no_grad():
-            model(*example)
-    finally:
-        for h in hooks:
-            h.remove()
+    with removing(hooks), torch.no_grad():
+        model(*example)
     return {n: s for n in ran if (s := max_steps(model.get_submodule(n))) > 0}
 
 

@@ -30,6 +30,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..core import graph as G
+from ..core.context import removing
 
 _VIEWS = {"view", "reshape", "_unsafe_view", "unflatten", "flatten", "squeeze", "unsqueeze"}
 _SAME = {"contiguous", "clone", "alias", "dropout", "detach", "_to_copy", "to"}
@@ -74,12 +75,8 @@ def _record_shapes(model: nn.Module, example) -> dict:
     for name, mod in model.named_modules():
         if isinstance(mod, G.ProgramModule):
             hooks.append(mod.register_forward_pre_hook(record(shapes.setdefault(name, {}))))
-    try:
-        with torch.no_grad():
-            model(*example)
-    finally:
-        for h in hooks:
-            h.remove()
+    with removing(hooks), torch.no_grad():
+        model(*example)
     return shapes
 
 

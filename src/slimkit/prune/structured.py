@@ -532,8 +532,10 @@ class WidthSearchConfig(StructuredPruneConfig):
     @classmethod
     def tunable_for(cls, model: nn.Module, example) -> dict:
         out = {}
+        c = copy.deepcopy(model).eval()
+        program = program_heads(c, tuple(example)) if holds_program(c) else None
         # a .pt2 transformer is pruned as block units (structured_prune), so it is searched as block units
-        if not (holds_program(model) and program_heads(copy.deepcopy(model).eval(), tuple(example))[0]):
+        if not (program and program[0]):
             try:
                 plan = analyse(copy.deepcopy(model).eval(), example, cls())
                 out = {f"widths.{'+'.join(v['producers'])}": cls.WIDTH_STEPS for v in plan.groups.values()}
@@ -541,7 +543,7 @@ class WidthSearchConfig(StructuredPruneConfig):
                 pass
         if not out:  # attention heads, FFN widths, recurrent units: what structured_prune falls back to
             try:
-                units, _ = _block_units(copy.deepcopy(model).eval(), tuple(example))
+                units, _ = _block_units(c, tuple(example), program)
             except ConfigError:
                 units = []
             out = {f"widths.{u.name}": cls.WIDTH_STEPS for u in units}
@@ -604,10 +606,10 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     m = copy.deepcopy(model).eval()
     with torch.no_grad():
         ref_shape = tuple(m(*example).shape)
-    heads_found, heads_left = program_heads(m, example) if holds_program(m) else ([], {})
+    heads_found, heads_left = program = program_heads(m, example) if holds_program(m) else ([], {})
     if heads_found:  # a .pt2 transformer: its heads are block units, with its FFN widths
         return _prune_units(model, m, cfg, ctx, example, ref_shape, "a .pt2 program holds attention: its heads, "
-                            "feed-forward widths and recurrent units are pruned as block units")
+                            "feed-forward widths and recurrent units are pruned as block units", program)
     try:
         plan = analyse(m, example, cfg)
     except ConfigError as e:  # torch.fx cannot trace it: the block units of its torch.export capture
@@ -668,19 +670,20 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
 
 # -- transformer and recurrent blocks (torch.export capture) -------------------------------------------------------
 
-def _block_units(m: nn.Module, example) -> tuple[list, dict]:
-    """The block units of ``m`` (a copy: its ``nn.MultiheadAttention`` layers are split in place first)."""
+def _block_units(m: nn.Module, example, program=None) -> tuple[list, dict]:
+    """The block units of ``m`` (a copy: its ``nn.MultiheadAttention`` layers are split in place first);
+    ``program``: its ``program_heads`` when already found."""
     split_attention(m)
-    return find_units(m, example)
+    return find_units(m, example, program)
 
 
 def _prune_units(model: nn.Module, m: nn.Module, cfg: StructuredPruneConfig, ctx: Context, example, ref_shape,
-                 why_not_channels: str) -> nn.Module:
+                 why_not_channels: str, program=None) -> nn.Module:
     """Attention heads, feed-forward widths and recurrent hidden units (``blocks.py``), pruned at one share in
     every unit set: ``ratio``, or the smallest share that removes ``target_macs`` of the MACs (bisection on
     measured MACs). Heads use ``heads`` when it is set."""
 
-    units, skipped = _block_units(m, example)
+    units, skipped = _block_units(m, example, program)
     if not units:
         raise ConfigError(f"{why_not_channels}; and no attention head, feed-forward width or recurrent unit was "
                           "found to prune either" + (f" ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})"

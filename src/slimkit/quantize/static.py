@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..core.checks import check_finite_weights
 from ..core.config import Config, check_choice, check_range, Tunable
-from ..core.context import Context
+from ..core.context import Context, removing
 from ..core.result import Compressed
 from ..core.errors import ConfigError, DataError, ExportError
 from ..export.onnx import write_onnx
@@ -204,12 +204,8 @@ def first_layer(model: nn.Module, cfg: StaticQuantConfig, example=None) -> str:
     m = copy.deepcopy(model).eval()
     order: list[str] = []
     hooks = [m.get_submodule(n).register_forward_pre_hook(lambda mod, args, n=n: order.append(n)) for n in names]
-    try:
-        with torch.no_grad():
-            m(*example)
-    finally:
-        for h in hooks:
-            h.remove()
+    with removing(hooks), torch.no_grad():
+        m(*example)
     return order[0] if order else names[0]
 
 
