@@ -141,3 +141,38 @@ def test_iterative_cycles_reach_the_final_sparsity_and_keep_accuracy(digits_cnn,
     with torch.no_grad():
         acc = float((out(digits.test.inputs[0]).argmax(1) == digits.test.targets).float().mean())
     assert acc >= 0.97
+
+
+def test_gradual_and_iterative_pruning_reach_recurrent_and_attention_weights_as_one_shot_does():
+    """"90%" of a GRU model or of a transformer must not leave the GRU or the packed attention projection dense."""
+    from slimkit.core.data import DataBundle, DataSplit
+    from slimkit.prune import GradualPruneConfig, IterativePruneConfig, gradual_prune, iterative_prune
+
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(8, 16, batch_first=True)
+            self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            h, _ = self.gru(x)
+            a, _ = self.att(h, h, h, need_weights=False)
+            return self.head(a.mean(1))
+
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 5, 8), torch.randint(0, 3, (96,))
+    data = DataBundle(name="toy", task="classification", train=DataSplit((x,), y), test=DataSplit((x[:32],), y[:32]))
+    model = Seq().eval()
+    before = copy.deepcopy(model.state_dict())
+    for fn, cfg in ((gradual_prune, GradualPruneConfig(final_sparsity=0.9, epochs=2, update_every=1, scope="lamp")),
+                    (iterative_prune, IterativePruneConfig(final_sparsity=0.9, cycles=2, epochs_per_cycle=1))):
+        out = fn(model, cfg, Context(data=data, teacher=model))
+        tensors = {n: p for n, p in out.named_parameters() if "weight" in n and p.ndim == 2}
+        assert any(n.startswith("gru.weight_hh") for n in tensors) and any(n.startswith("att.") for n in tensors)
+        for n, p in tensors.items():  # every targeted tensor lost weights, none was left dense
+            assert float((p == 0).float().mean()) > 0.5, n
+        total = sum(p.numel() for p in tensors.values())
+        assert sum(int((p == 0).sum()) for p in tensors.values()) / total == pytest.approx(0.9, abs=2e-3)
+        assert torch.isfinite(out(x[:4])).all()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the user's model untouched

@@ -15,8 +15,15 @@ from ..core.context import Context
 from ..core.errors import ConfigError
 from ..core.registry import register_technique
 from ..core.targets import Targets
+from ..core.graph import holds_program
+from ..core.rewrite import split_attention
+from .program_heads import program_heads
 from .schedule import agp
-from .unstructured import rank_masks, weight_layers
+from .unstructured import rank_masks, weight_tensors
+
+#: what gradual and iterative pruning reach by default: the tensors one-shot pruning reaches (recurrent weights
+#: too, so that "90%" of a GRU model does not leave its GRU dense)
+_TYPES = ["Linear", "Conv1d", "Conv2d", "GRU", "LSTM"]
 
 
 @dataclasses.dataclass
@@ -31,7 +38,7 @@ class GradualPruneConfig(Config):
     method: str = "kd"
     lr: float = 1e-3
     augment: str = "none"  # as in finetune: none | auto | shift2d | shift1d
-    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=list(_TYPES)))
 
     def validate(self) -> None:
         check_range("final_sparsity", self.final_sparsity, 0, 1, hi_open=True)
@@ -47,16 +54,42 @@ class GradualPruneConfig(Config):
             self.targets = Targets.from_dict(self.targets)
 
 
-def _masks_for(layers, sparsity: float, scope: str) -> dict:
-    return rank_masks({n: m.weight.detach().abs() for n, m in layers}, sparsity, scope)
+class _Weights:
+    """The weight tensors a gradual/iterative pruning masks, as (name, module, parameter name), with what their
+    masks are ranked by: a program's packed q|k|v projection counts as its parts under LAMP (as one-shot)."""
+
+    def __init__(self, model: nn.Module, cfg, ctx: Context):
+        split_attention(model)  # MultiheadAttention's packed in_proj as Linear calls: their masks apply
+        self.items = weight_tensors(model, cfg.targets)
+        self.parts = {}
+        if cfg.scope == "lamp" and holds_program(model):
+            for u in program_heads(model, ctx.example_inputs)[0]:
+                self.parts.update(u.packed())
+        self.scope = cfg.scope
+
+    def ones(self) -> dict:
+        return {n: torch.ones_like(getattr(mod, p)) for n, mod, p in self.items}
+
+    def masks(self, sparsity: float) -> dict:
+        return rank_masks({n: getattr(mod, p).detach().abs() for n, mod, p in self.items}, sparsity, self.scope,
+                          parts=self.parts)
+
+    @torch.no_grad()
+    def apply(self, masks: dict) -> None:
+        for n, mod, p in self.items:
+            getattr(mod, p).mul_(masks[n])
+
+    def zeros(self) -> tuple[int, int]:
+        total = sum(getattr(mod, p).numel() for _, mod, p in self.items)
+        return sum(int((getattr(mod, p) == 0).sum()) for _, mod, p in self.items), total
 
 
 def _setup(model: nn.Module, cfg, ctx: Context, name: str):
-    """A copy of the model to train and its targeted layers."""
+    """A copy of the model to train and its targeted weights."""
     if cfg.method == "kd" and ctx.teacher is None:
         raise ConfigError(f"{name} with method kd needs a teacher")
     m = copy.deepcopy(model)
-    return m, weight_layers(m, cfg.targets)
+    return m, _Weights(m, cfg, ctx)
 
 
 @register_technique("prune.gradual", GradualPruneConfig, needs=("train_data",),
@@ -66,43 +99,38 @@ def gradual_prune(model: nn.Module, cfg: GradualPruneConfig, ctx: Context) -> nn
     from ..distill.trainer import recover
     from ..distill.finetune import Finetune
 
-    m, layers = _setup(model, cfg, ctx, "prune.gradual")
-    state = {"masks": {n: torch.ones_like(mod.weight) for n, mod in layers}, "sparsity": 0.0, "regrown": 0}
+    m, w = _setup(model, cfg, ctx, "prune.gradual")
+    state = {"masks": w.ones(), "sparsity": 0.0, "regrown": 0}
 
     def on_step(step: int, total: int) -> None:
         end = max(1, int(total * cfg.prune_fraction_of_training))
         if step % cfg.update_every == 0 or step == end:
             s = agp(step, final=cfg.final_sparsity, initial=cfg.initial_sparsity, start=0, end=end)
-            masks = _masks_for(layers, s, cfg.scope)
+            masks = w.masks(s)
             if cfg.regrow_fraction > 0 and step < end:
-                for n, mod in layers:
-                    g = mod.weight.grad
-                    if g is None:
+                for n, mod, p in w.items:
+                    t = getattr(mod, p)
+                    if t.grad is None:
                         continue
                     mk = masks[n].reshape(-1)
                     pruned = (mk == 0).nonzero().reshape(-1)
                     k = min(int(cfg.regrow_fraction * int(mk.sum())), pruned.numel())
                     if k == 0:
                         continue
-                    grow = pruned[g.reshape(-1)[pruned].abs().argsort(descending=True)[:k]]
+                    grow = pruned[t.grad.reshape(-1)[pruned].abs().argsort(descending=True)[:k]]
                     kept = (mk == 1).nonzero().reshape(-1)
-                    drop = kept[mod.weight.detach().reshape(-1)[kept].abs().argsort()[:k]]
+                    drop = kept[t.detach().reshape(-1)[kept].abs().argsort()[:k]]
                     mk[grow], mk[drop] = 1, 0
                     with torch.no_grad():
-                        mod.weight.view(-1)[grow] = 0.0  # regrown weights start from zero (RigL)
+                        t.view(-1)[grow] = 0.0  # regrown weights start from zero (RigL)
                     state["regrown"] += k
             state["masks"], state["sparsity"] = masks, s
-        with torch.no_grad():
-            for n, mod in layers:
-                mod.weight.mul_(state["masks"][n])
+        w.apply(state["masks"])
 
     recover(m, ctx, Finetune(method=cfg.method, epochs=cfg.epochs, lr=cfg.lr, augment=cfg.augment), on_step=on_step)
-    with torch.no_grad():
-        for n, mod in layers:
-            mod.weight.mul_(state["masks"][n])
-    total = sum(mod.weight.numel() for _, mod in layers)
-    zeros = sum(int((mod.weight == 0).sum()) for _, mod in layers)
-    ctx.note(f"gradual pruning (AGP over {cfg.prune_fraction_of_training:.0%} of {cfg.epochs} epochs): "
+    w.apply(state["masks"])
+    zeros, total = w.zeros()
+    ctx.note(f"gradual pruning (AGP over {cfg.prune_fraction_of_training:.0%} of {cfg.epochs} epochs, {cfg.scope}): "
              f"{100 * zeros / total:.1f}% of {total:,} weights are zero"
              + (f"; {state['regrown']:,} weights regrown on the way" if cfg.regrow_fraction else ""))
     return m.eval()
@@ -118,7 +146,7 @@ class IterativePruneConfig(Config):
     scope: str = "global"
     method: str = "kd"
     lr: float = 1e-3
-    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d"]))
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=list(_TYPES)))
 
     def validate(self) -> None:
         check_range("final_sparsity", self.final_sparsity, 0, 1, hi_open=True)
@@ -137,16 +165,14 @@ def iterative_prune(model: nn.Module, cfg: IterativePruneConfig, ctx: Context) -
     from ..distill.trainer import recover
     from ..distill.finetune import Finetune
 
-    m, layers = _setup(model, cfg, ctx, "prune.iterative")
+    m, w = _setup(model, cfg, ctx, "prune.iterative")
     history = []
     for c in range(1, cfg.cycles + 1):
         s = agp(c, final=cfg.final_sparsity, start=0, end=cfg.cycles)
-        masks = _masks_for(layers, s, cfg.scope)
+        masks = w.masks(s)
 
         def hold(step: int, total: int, masks=masks) -> None:
-            with torch.no_grad():
-                for n, mod in layers:
-                    mod.weight.mul_(masks[n])
+            w.apply(masks)
 
         hold(0, 0)
         recover(m, ctx, Finetune(method=cfg.method, epochs=cfg.epochs_per_cycle, lr=cfg.lr), on_step=hold)
