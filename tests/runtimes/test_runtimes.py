@@ -353,8 +353,12 @@ def test_int8_where_faster_times_each_layer_and_keeps_the_slower_ones_float(tmp_
         return {"float": 1.0, "int8": 2.0}
 
     monkeypatch.setattr(LS, "program_times", whole)
+    builds, real_prepare = [], S.prepare_static
+    monkeypatch.setattr(S, "prepare_static", lambda *a, **k: builds.append(1) or real_prepare(*a, **k))
     ctx = Context(data=digits)
     qm = S.int8_static(digits_cnn, S.StaticQuantConfig(int8_where_faster="litert"), ctx)
+    assert len(builds) == 2  # the two whole programs; the winner is the result, not built a third time
+    assert sum(n.startswith("int8 static: 3 layers quantized") for n in ctx.notes) == 1  # the winner's notes, once
     assert seen and qm.info["int8_whole_program_ms"] == {"with_float_layers": 1.0, "all_int8": 2.0}
     assert qm.info["keep_float"] == ["features.0", "features.4"] and qm.info["int8_speed"] == fixed
     assert sorted(qm.info["quantized_layers"]) == ["classifier.1", "classifier.3", "classifier.5"]
@@ -371,6 +375,7 @@ def test_int8_where_faster_times_each_layer_and_keeps_the_slower_ones_float(tmp_
     ctx2 = Context(data=digits)
     q2 = S.int8_static(digits_cnn, S.StaticQuantConfig(int8_where_faster="litert"), ctx2)
     assert not q2.info.get("keep_float") and len(q2.info["quantized_layers"]) == 5
+    assert len(builds) == 4 and sum(n.startswith("int8 static: 5 layers quantized") for n in ctx2.notes) == 1
     assert any("the all-int8 program is faster, so features.0, features.4 stay int8" in n for n in ctx2.notes)
     # every layer slower in int8: refused with the timings, not a float model called int8
     monkeypatch.setattr(LS, "int8_speedups", lambda *a, **k: {n: dict(r, ratio=1.5) for n, r in fixed.items()})

@@ -62,7 +62,7 @@ class MixedPrecisionConfig(StaticQuantConfig):
 def mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: Context) -> QuantizedModel:
     """Sensitivity analysis + greedy bit allocation under ``max_drop``."""
     data = ctx.data
-    cfg, speed = keep_float_where_slower(model, cfg, ctx)  # layers slower in int8 in the runtime stay float
+    cfg, speed, _ = keep_float_where_slower(model, cfg, ctx)  # layers slower in int8 in the runtime stay float
     # evaluation on held-in training samples (not the test split, which stays untouched for the report)
     meter = DropMeter(model, data, cfg.eval_samples, ctx.seed)
     # how the model is seen (torch.fx or a torch.export capture): once, shared by every plan built below

@@ -231,12 +231,15 @@ def prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int = 
     return qm
 
 
-def keep_float_where_slower(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> tuple[StaticQuantConfig, dict]:
+def keep_float_where_slower(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) \
+        -> tuple[StaticQuantConfig, dict, Optional[tuple[QuantizedModel, Context]]]:
     """``int8_where_faster``: time each target layer alone in float and int8 in that runtime (calibration inputs,
     batch 1) and add to ``keep_float`` the layers whose int8 takes at least ``layer_speed.SLOWER`` times their float
-    time; the table of timings comes back too (``note_coverage`` files it in the model's info)."""
+    time; the table of timings comes back too (``note_coverage`` files it in the model's info). Where the whole
+    programs were built to confirm it, the winner comes back as well (int8 static PTQ with the returned config,
+    and the context its notes went to), so that int8 static need not build it again."""
     if not cfg.int8_where_faster:
-        return cfg, {}
+        return cfg, {}, None
     from ..evaluate.layer_speed import SLOWER, int8_speedups
 
     names = [n for n, m in cfg.targets.select(model, strict=False) if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
@@ -248,24 +251,27 @@ def keep_float_where_slower(model: nn.Module, cfg: StaticQuantConfig, ctx: Conte
         raise ConfigError(f"no layer of {type(model).__name__} runs faster in int8 than in float in "
                           f"{cfg.int8_where_faster} on this CPU (int8 / float: {', '.join(ratios[:4])}); the float "
                           "model is the faster one: export it without int8")
-    whole = ""
+    whole, built = "", None
     if slow:  # confirmed on whole programs: a float layer inside an int8 program may run in another form than alone
         from ..evaluate.layer_speed import program_times
 
         base = dataclasses.replace(cfg, int8_where_faster="")
-        alone = Context(data=ctx.data, seed=ctx.seed)
-        t = program_times({"float": int8_static(model, dataclasses.replace(base, keep_float=cfg.keep_float + slow),
-                                                alone),
-                           "int8": int8_static(model, base, alone)}, ctx.data, cfg.int8_where_faster)
+        ctxs = {k: Context(data=ctx.data, seed=ctx.seed, stage=ctx.stage) for k in ("float", "int8")}
+        progs = {"float": int8_static(model, dataclasses.replace(base, keep_float=cfg.keep_float + slow),
+                                      ctxs["float"]),
+                 "int8": int8_static(model, base, ctxs["int8"])}
+        t = program_times(progs, ctx.data, cfg.int8_where_faster)
         table = {**table, "_whole_program_ms": {"with_float_layers": round(t["float"], 4), "all_int8": round(t["int8"], 4)}}
         whole = (f"; whole programs at batch 1: with them float {t['float']:.4f} ms, all int8 {t['int8']:.4f} ms")
         if t["float"] >= t["int8"]:
             whole += f": the all-int8 program is faster, so {', '.join(slow)} stay int8"
             slow = []
+        won = "float" if slow else "int8"
+        built = (progs[won], ctxs[won])
     ctx.note(f"int8_where_faster={cfg.int8_where_faster}: int8 / float time per layer alone at batch 1: "
              + ", ".join(ratios) + whole + (f"; {len(slow)} layer(s) stay float ({', '.join(slow)})" if slow
                                             else "; every layer is int8"))
-    return dataclasses.replace(cfg, keep_float=cfg.keep_float + slow, int8_where_faster=""), table
+    return dataclasses.replace(cfg, keep_float=cfg.keep_float + slow, int8_where_faster=""), table, built
 
 
 def _prepare_static(model: nn.Module, cfg: StaticQuantConfig, keep_inputs: int, example, captured) -> QuantizedModel:
@@ -720,13 +726,18 @@ def _qdq_parity(qm, blob: bytes, data: DataBundle):
 
 # ----------------------------------------------------------------------------- technique
 
-def note_coverage(qm: QuantizedModel, ctx: Context, speed: Optional[dict] = None) -> None:
-    """Say on the console and in the report which weight-bearing layers stayed float, and why; ``speed``: the
-    per-layer timings behind ``int8_where_faster`` (``keep_float_where_slower``), kept in the model's info."""
+def note_speed(qm: QuantizedModel, speed: Optional[dict]) -> None:
+    """File the per-layer int8 / float timings (and the whole-program confirmation) in the model's info."""
     if speed:
         qm.info["int8_speed"] = {k: v for k, v in speed.items() if not k.startswith("_")}
         if "_whole_program_ms" in speed:  # the confirmation on whole programs (keep_float_where_slower)
             qm.info["int8_whole_program_ms"] = speed["_whole_program_ms"]
+
+
+def note_coverage(qm: QuantizedModel, ctx: Context, speed: Optional[dict] = None) -> None:
+    """Say on the console and in the report which weight-bearing layers stayed float, and why; ``speed``: the
+    per-layer timings behind ``int8_where_faster`` (``keep_float_where_slower``), kept in the model's info."""
+    note_speed(qm, speed)
     skipped = qm.info.get("skipped_layers") or {}
     if qm.info.get("float_first"):
         ctx.note(f"float_first: the first layer, {qm.info['float_first']}, stays float (its input and weights are "
@@ -747,7 +758,13 @@ def note_coverage(qm: QuantizedModel, ctx: Context, speed: Optional[dict] = None
 def int8_static(model: nn.Module, cfg: StaticQuantConfig, ctx: Context) -> QuantizedModel:
     """int8 static PTQ: fold BN, (equalize), calibrate, bias-correct, fake-quant model exporting to QDQ."""
     keep = 64 if cfg.calibrator == "auto" or "auto" in cfg.per_layer.values() else 0
-    cfg, speed = keep_float_where_slower(model, cfg, ctx)
+    cfg, speed, built = keep_float_where_slower(model, cfg, ctx)
+    if built is not None:  # the whole-program check already built the winner: its notes, and the timings, kept
+        qm, inner = built
+        note_speed(qm, speed)
+        ctx.notes.extend(inner.notes)
+        ctx.warnings.extend(inner.warnings)
+        return qm
     qm = prepare_static(model, cfg, keep_inputs=keep, example=ctx.data.example_inputs(2))
     note_coverage(qm, ctx, speed)
     calibrate(qm, ctx.data, cfg)
@@ -799,7 +816,7 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> QuantizedModel:
     from ..distill.trainer import recover
     from ..distill.finetune import Finetune
 
-    cfg, speed = keep_float_where_slower(model, cfg, ctx)
+    cfg, speed, _ = keep_float_where_slower(model, cfg, ctx)
     qm = prepare_static(model, cfg, example=ctx.data.example_inputs(2))
     note_coverage(qm, ctx, speed)
     calibrate(qm, ctx.data, cfg)
