@@ -144,8 +144,8 @@ class SearchSpace:
         ft = next((st.finetune for st in stages if st.finetune is not None), None)
         if ft is not None:
             name += f"+kd{ft.epochs}"
-        if len(self.precisions) > 1:
-            name += f"@{precision}"
+        if len(self.precisions) > 1 and not quant_steps:  # drawn: fp32, or the runtime's own int8 of the model
+            name += f"@{precision}"  # (a quantizer's candidate is slimkit's model, its label says which: no suffix)
         return Recipe(name=name, stages=stages, seed=seed,
                       description=f"found by slimkit optimize (trial {trial.number})"), precision
 
