@@ -332,3 +332,25 @@ def test_width_nas_starts_from_the_hand_designed_shapes(tmp_path, digits_mlp, di
     assert [r["recipe"]["stages"][0]["finetune"]["temperature"] for r in rows[:2]] == [4.0, 4.0]
     assert all(2 <= r["recipe"]["stages"][0]["finetune"]["epochs"] <= 4 for r in rows)
     assert len({json.dumps(w, sort_keys=True) for w in widths}) == 3  # the third is the sampler's, not a seed again
+
+
+def test_the_halfway_check_lets_a_climbing_candidate_near_the_bar_finish_and_stops_the_rest():
+    """Successive halving inside a candidate: at half its recovery, below the bar and not climbing -> stopped; below
+    the bar but climbing by more than one standard error since the epoch before -> it finishes; far below -> stopped."""
+    from slimkit.search.planner import HalfwayCheck, Unpromising
+
+    def run(curve, n=300):
+        seen = iter(curve)
+        check = HalfwayCheck(8, bar=0.85, score=lambda model: next(seen), n=n)
+        for epoch in range(1, 9):
+            check(None, {"epoch": epoch})  # the score is read at epochs 3 and 4 only
+
+    run([0.84, 0.86])  # above the bar at half: goes on
+    run([0.76, 0.81])  # the KD dip, climbing 5 pt (one SE of 300 samples: 2.3 pt): goes on
+    with pytest.raises(Unpromising, match="0.8000 after 4 epochs \\(an epoch before: 0.7900\\), below 0.8500$"):
+        run([0.79, 0.80])  # climbing less than the noise: stopped
+    with pytest.raises(Unpromising, match="below 0.8500$"):
+        run([0.83, 0.80])  # falling: stopped
+    with pytest.raises(Unpromising, match="by more than 0.1"):
+        run([0.50, 0.70])  # climbing, but far below: stopped
+    run([0.80, 0.84], n=0)  # a fidelity metric (no sampling noise counted): climbing, goes on

@@ -15,15 +15,9 @@ from ..core.context import Context
 from ..core.errors import ConfigError
 from ..core.registry import register_technique
 from ..core.targets import Targets
-from ..core.graph import holds_program
 from ..core.rewrite import split_attention
-from .program_heads import program_heads
 from .schedule import agp
-from .unstructured import rank_masks, weight_tensors
-
-#: what gradual and iterative pruning reach by default: the tensors one-shot pruning reaches (recurrent weights
-#: too, so that "90%" of a GRU model does not leave its GRU dense)
-_TYPES = ["Linear", "Conv1d", "Conv2d", "GRU", "LSTM"]
+from .unstructured import PRUNABLE_TYPES, packed_parts, rank_masks, weight_tensors
 
 
 @dataclasses.dataclass
@@ -38,7 +32,7 @@ class GradualPruneConfig(Config):
     method: str = "kd"
     lr: float = 1e-3
     augment: str = "none"  # as in finetune: none | auto | shift2d | shift1d
-    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=list(_TYPES)))
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=list(PRUNABLE_TYPES)))
 
     def validate(self) -> None:
         check_range("final_sparsity", self.final_sparsity, 0, 1, hi_open=True)
@@ -61,10 +55,7 @@ class _Weights:
     def __init__(self, model: nn.Module, cfg, ctx: Context):
         split_attention(model)  # MultiheadAttention's packed in_proj as Linear calls: their masks apply
         self.items = weight_tensors(model, cfg.targets)
-        self.parts = {}
-        if cfg.scope == "lamp" and holds_program(model):
-            for u in program_heads(model, ctx.example_inputs)[0]:
-                self.parts.update(u.packed())
+        self.parts = packed_parts(model, cfg.scope, ctx.example_inputs)
         self.scope = cfg.scope
 
     def ones(self) -> dict:
@@ -146,7 +137,7 @@ class IterativePruneConfig(Config):
     scope: str = "global"
     method: str = "kd"
     lr: float = 1e-3
-    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=list(_TYPES)))
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=list(PRUNABLE_TYPES)))
 
     def validate(self) -> None:
         check_range("final_sparsity", self.final_sparsity, 0, 1, hi_open=True)

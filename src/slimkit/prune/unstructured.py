@@ -33,6 +33,21 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return mask.reshape(score.shape)
 
 
+#: what unstructured pruning (one-shot, gradual, iterative) masks by default: recurrent layers too, so that "90%
+#: sparsity" of a GRU model does not leave its GRU dense
+PRUNABLE_TYPES = ("Linear", "Conv1d", "Conv2d", "GRU", "LSTM")
+
+
+def packed_parts(model: nn.Module, scope: str, example) -> dict:
+    """Under LAMP, a program's packed q|k|v projections and how many layers each packs (ranked part by part, as the
+    separate projections of the same model given as Python code); nothing otherwise."""
+    parts: dict = {}
+    if scope == "lamp" and holds_program(model):
+        for u in program_heads(model, example)[0]:
+            parts.update(u.packed())
+    return parts
+
+
 @dataclasses.dataclass
 class MagnitudePruneConfig(Config):
     """Unstructured pruning to ``sparsity`` by an importance criterion, layer-wise or global; or N:M."""
@@ -45,9 +60,7 @@ class MagnitudePruneConfig(Config):
     scope: str = "global"
     criterion: str = "magnitude"  # magnitude | l2 | taylor | random
     pattern: str = ""  # "" (unstructured) or "N:M", e.g. "2:4"
-    # recurrent layers too: "90% sparsity" of a GRU model must not leave its GRU dense
-    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=["Linear", "Conv1d", "Conv2d", "GRU",
-                                                                               "LSTM"]))
+    targets: Targets = dataclasses.field(default_factory=lambda: Targets(types=list(PRUNABLE_TYPES)))
 
     def validate(self) -> None:
         check_range("sparsity", self.sparsity, 0, 1, hi_open=True)
@@ -189,11 +202,7 @@ def magnitude_prune(model: nn.Module, cfg: MagnitudePruneConfig, ctx: Context) -
         n_, m_ = (int(v) for v in cfg.pattern.split(":"))
         masks = {n: nm_mask(s, n_, m_) for n, s in scores.items()}
     else:
-        packed = {}
-        if cfg.scope == "lamp" and holds_program(m):  # a program's packed q|k|v projections: LAMP per part
-            for u in program_heads(m, ctx.example_inputs)[0]:
-                packed.update(u.packed())
-        masks = rank_masks(scores, cfg.sparsity, cfg.scope, ctx.note, packed)
+        masks = rank_masks(scores, cfg.sparsity, cfg.scope, ctx.note, packed_parts(m, cfg.scope, ctx.example_inputs))
     for n, mod, p in layers:
         if masks[n].sum() == 0:
             raise ConfigError(f"sparsity {cfg.sparsity} would remove every weight of {n}; lower it or use scope: layer")
