@@ -121,3 +121,15 @@ def test_readme_python_snippet_runs_as_written(tmp_path, monkeypatch, digits_cnn
     exec(compile(snippet, "README.md", "exec"), ns)  # noqa: S102 - the project's own README
     assert (tmp_path / "out" / "report.html").is_file()
     assert ns["r"]["ratios"]["pruned+KD"]["macs"] < 0.75
+
+
+def test_building_a_hugging_face_model_prints_nothing_from_its_lazy_imports():
+    """transformers imports torchao (installed with the runtimes) when a model class is first touched; torchao then
+    logged "Failed to load ...so" for each CUDA kernel library a CPU build lacks, and torch a pytree deprecation
+    per enum: noise on every command that loads a Hugging Face model."""
+    pytest.importorskip("transformers")
+    code = ("from slimkit.zoo.foreign import _hf_image, _hf_text\n"
+            "_hf_image('mobilenetv2'); _hf_text('bert'); print('built')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "built"
+    assert "Failed to load" not in out.stderr and "_pytree" not in out.stderr, out.stderr[-500:]

@@ -105,6 +105,78 @@ def test_bias_correction_reduces_output_mean_error(mnist1d_cnn, mnist1d):
     assert e_corr < e_plain
 
 
+class _DeepWithSharedLayer(nn.Module):
+    """Eight convolutions in a chain with residual adds, one of them (``shared``) called twice, then a Linear:
+    bias correction must reach every one, the shared one included."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.body = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1) for _ in range(6))
+        self.shared = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for i, conv in enumerate(self.body):
+            x = x + torch.relu(conv(x))
+            if i in (1, 4):
+                x = torch.relu(self.shared(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("graph", ["fx", "export"])
+def test_bias_correction_leaves_every_layer_without_mean_error_in_the_whole_model(graph):
+    """The defining property of sequential bias correction: run the corrected quantized model as a whole, and each
+    layer's output has (per channel) the float model's mean on the calibration data, every earlier layer being
+    corrected too; before correction, it does not. 4-bit weights make the errors large."""
+    from slimkit.quantize.static import calibrate, prepare_static, bias_correct
+
+    torch.manual_seed(0)
+    model = _DeepWithSharedLayer().eval()
+    x = torch.randn(96, 1, 8, 8)
+    split = DataSplit(x, torch.randint(0, 5, (96,)))
+    data = DataBundle("toy", "classification", split, split, num_classes=5)
+    cfg = StaticQuantConfig(calibrator="minmax", weight_bits=4, graph=graph, calibration_samples=96)
+    qm = prepare_static(model, cfg, example=(x[:2],))
+    calibrate(qm, data, cfg)
+    layers = qm.layers()
+    assert len(layers) == 9
+
+    def outputs(m):
+        seen = {}  # each layer's first call
+
+        def keep(k, o):  # returns None: a forward hook's return value would replace the output
+            seen.setdefault(k, o.detach())
+
+        hooks = [l.register_forward_hook(lambda mod, i, o, k=n: keep(k, o)) for n, l in m.layers().items()]
+        with torch.no_grad():
+            m(x)
+        for h in hooks:
+            h.remove()
+        return seen
+
+    ref_qm = copy.deepcopy(qm)
+    ref_qm.set_mode("off")
+    ref = outputs(ref_qm)
+
+    def errors():
+        got = outputs(qm)
+        out = {}
+        for n in ref:
+            ch = ref[n].ndim - 1 if n == "head" else 1
+            out[n] = (got[n] - ref[n]).mean(dim=[d for d in range(ref[n].ndim) if d != ch]).abs().max().item()
+        return out
+
+    before = errors()
+    shifts = bias_correct(qm, data, cfg)
+    after = errors()
+    assert set(shifts) == set(layers)
+    assert max(before.values()) > 1e-2
+    for n in ref:  # the shared layer: at its first call, where it was corrected
+        assert after[n] < 2e-3, (n, before[n], after[n])
+
+
 def test_cross_layer_equalization_keeps_function():
     from slimkit.quantize.equalize import cross_layer_equalize
     from slimkit.core.graph import trace

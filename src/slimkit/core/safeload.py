@@ -134,3 +134,18 @@ def load_exported_program(path: str | Path, *, trust_pickle: bool = False):
             raise UnsafeFileError(f"{p} holds pickled data that could run code when loaded; {_TRUST}") from None
         raise LoadError(f"{p} is not a readable torch.export file ({type(e).__name__}: {first_line(e, 120)}); "
                         "re-save it with torch.export.save") from None
+
+
+def import_transformers():
+    """``transformers``, with what it pulls in lazily imported quietly first: where torchao is installed, touching a
+    model class imports it, and it logs a "Failed to load ..." warning for each CUDA kernel library a CPU build
+    lacks, and torch's pytree a deprecation per enum, on every command that loads a Hugging Face model."""
+    with quiet_loggers("torchao", "torch.utils._pytree"):
+        try:
+            import torchao  # noqa: F401
+        except Exception:  # noqa: BLE001 - not installed, or broken: transformers then does without it
+            pass
+        import transformers
+
+        transformers.PreTrainedModel  # noqa: B018 - its import reaches transformers' quantizer integrations
+    return transformers

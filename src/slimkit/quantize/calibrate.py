@@ -55,7 +55,9 @@ class Observer:
     def values(self) -> np.ndarray:
         if not self.samples:
             raise DataError("no calibration data reached this layer; give at least 2 calibration samples")
-        return np.concatenate(self.samples)
+        if len(self.samples) > 1:  # joined once: the calibrators asked in turn read the same array
+            self.samples = [np.concatenate(self.samples)]
+        return self.samples[0]
 
     def range(self, method: str, *, percentile: float = 99.99, bits: int = 8, unsigned: bool = True) -> tuple[float, float]:
         if self.min is None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.config import Config, check_choice, check_range, Tunable
+from ..core.config import Config, check_choice, check_range
 from ..core.context import Context
 from ..core.result import Compressed
 from ..core.errors import ConfigError, DataError, ExportError

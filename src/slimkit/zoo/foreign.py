@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..core.safeload import import_transformers
 from .data import DIGIT_LEVELS
 
 
@@ -26,7 +27,7 @@ class Logits(nn.Module):
 
 
 def _hf_image(kind: str) -> nn.Module:
-    import transformers as T
+    T = import_transformers()
 
     common = dict(num_channels=1, num_labels=10)
     if kind == "resnet":
@@ -49,7 +50,7 @@ def _hf_image(kind: str) -> nn.Module:
 
 
 def _hf_text(kind: str) -> nn.Module:
-    import transformers as T
+    T = import_transformers()
 
     common = dict(vocab_size=DIGIT_LEVELS, max_position_embeddings=64, num_labels=10)
     if kind == "bert":

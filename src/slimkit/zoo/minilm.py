@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import LoadError, UnsafeFileError, first_line
-from ..core.safeload import no_unpickling
+from ..core.safeload import import_transformers, no_unpickling
 
 
 class SentenceEmbedder(nn.Module):
@@ -53,7 +53,7 @@ def load_hf_folder(path: str | os.PathLike) -> SentenceEmbedder:
                               "pkg.module:factory")
     safetensors = any(p.glob("*.safetensors"))
     try:
-        from transformers import AutoModel
+        AutoModel = import_transformers().AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
