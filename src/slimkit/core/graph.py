@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import warnings
 import dataclasses
 from typing import Optional
 
@@ -296,6 +297,29 @@ def _params(gm, args):
     return fetch(args[1]), (fetch(args[2]) if len(args) > 2 and args[2] is not None else None)
 
 
+def _batch_norm_module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
+    """The BatchNorm module behind an inference-mode ``aten.batch_norm`` of a program (the op fixes the running
+    statistics: a program exported in eval mode keeps them frozen in training too). As a module, recovery
+    fine-tuning after pruning re-estimates them, as it does for the same model given as Python code; in eval mode it
+    computes what the op did."""
+    x, w, b, mean, var = node.args[:5]
+    val = x.meta.get("val") if isinstance(x, fx.Node) else None
+    cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(getattr(val, "ndim", None))
+    if cls is None:
+        return None
+
+    def fetch(n):
+        return getattr(_attr(gm, n), n.target.rpartition(".")[2]).detach()
+
+    momentum, eps = node.args[6], node.args[7]
+    bn = cls(fetch(mean).shape[0], eps=eps, momentum=momentum)
+    bn.weight = nn.Parameter(fetch(w).clone())
+    bn.bias = nn.Parameter(fetch(b).clone())
+    bn.running_mean.copy_(fetch(mean))
+    bn.running_var.copy_(fetch(var))
+    return bn.eval()
+
+
 def _owned(node, users=1) -> bool:
     return isinstance(node, fx.Node) and node.op == "get_attr" and len(node.users) == users
 
@@ -311,6 +335,8 @@ class ProgramModule(nn.Module):
 
     def train(self, mode: bool = True):  # noqa: D102 - see class docstring
         self.training = mode
+        for m in self.gm.modules():  # the layers given back as modules follow (BatchNorm updates its statistics)
+            m.training = mode  # the flag itself: the program's own module refuses .train()
         return self
 
     def forward(self, *args):
@@ -353,6 +379,11 @@ def program_fixed_units(model: nn.Module) -> list[str]:
             found += ["attention heads"] * ("scaled_dot_product_attention" in ops)
             found += [f"aten.{op} hidden units" for op in RECURRENT_OPS if op in ops]
     return list(dict.fromkeys(found))
+
+
+# every copy of a program's module (the teacher, a candidate) copies its pytree specs, and torch warns of its own
+# deprecated LeafSpec check each time: noise for the user, nothing they can act on
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 
 
 def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:
@@ -412,6 +443,10 @@ def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:
             install(node, conv, (a[0],))
         elif t in _RECURRENT and all(_owned(w) for w in a[2]):
             _install_recurrent(new, graph, node)
+        elif t is _A.batch_norm.default and a[5] is False and all(_owned(v) for v in a[1:5]):
+            bn = _batch_norm_module(new, node)
+            if bn is not None:
+                install(node, bn, (a[0],))
     dropped = set()
     for node in list(graph.nodes):
         if node.op == "get_attr" and not node.users:

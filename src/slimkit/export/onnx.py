@@ -18,6 +18,7 @@ from ..core.errors import ExportError, first_line
 from ..core.graph import holds_program
 from ..core.result import finalized, own_export
 from ..core.io import ONNX_STAMP_KEY, atomic_write_bytes
+from ..core.safeload import quiet_loggers
 from ..core.data import DataBundle
 
 DEFAULT_OPSET = 17
@@ -86,7 +87,10 @@ def _to_bytes_dynamo(model: nn.Module, example: tuple, input_names, dynamic_axes
     batch = Dim("batch", min=1)
     shapes = (tuple({0: batch, **{int(k): Dim(f"{n}_{v}", min=1) for k, v in dynamic_axes.get(n, {}).items()}}
                     for n in input_names),)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    # the exporter logs through torch's handlers (bound to the real stderr), e.g. "torchvision is not installed.
+    # Skipping torchvision::nms" four times per export
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            quiet_loggers("torch.onnx", "torch.onnx._internal.exporter._registration"):
         warnings.simplefilter("ignore")
         onx = torch.onnx.export(model, example, dynamo=True, dynamic_shapes=shapes, input_names=list(input_names),
                                 output_names=["output"], opset_version=max(opset, 18), verbose=False)
