@@ -391,6 +391,30 @@ def test_a_pt2_cnn_program_is_channel_pruned_and_statically_quantized(foreign, t
     assert _acc_ort(tmp_path / "q.onnx", data) >= _acc_torch(model, data) - 0.02
 
 
+def test_a_pt2_bert_is_dynamically_quantized_into_a_valid_opset_18_file(foreign, tmp_path):
+    """A program's ONNX file is written at opset 18 (the torch.export-based exporter), where a reduction takes its
+    axes as an input: dynamic int8's per-token activation scales (ReduceMax over the last axis) were written with
+    the opset-17 attribute, and ONNX Runtime refused the file ("This is an invalid model": the recipe crashed)."""
+    import onnx
+
+    from slimkit.load import load_model
+    from slimkit.pipeline import Recipe
+    from slimkit.quantize.dynamic import int8_dynamic
+    from slimkit.quantize.onnx_passes import default_opset
+
+    model, data = foreign("hf-bert")
+    _save_pt2(model, data, tmp_path / "b.pt2")
+    loaded = load_model(str(tmp_path / "b.pt2")).model
+    cfg = Recipe.load("int8-dynamic").stages[0].techniques[0].config
+    q = int8_dynamic(loaded, cfg, _ctx(loaded, data))
+    export_artifact(q, data, tmp_path / "q.onnx")
+    m = onnx.load(str(tmp_path / "q.onnx"))
+    reduces = [n for n in m.graph.node if n.op_type == "ReduceMax"]
+    assert default_opset(m) >= 18 and reduces  # per-token scales were written
+    assert all(len(n.input) == 2 and not any(a.name == "axes" for a in n.attribute) for n in reduces)
+    assert _acc_ort(tmp_path / "q.onnx", data) >= _acc_torch(model, data) - 0.01
+
+
 def test_a_pt2_gru_gets_its_recurrent_module_back_and_prunes_its_hidden_units(foreign, tmp_path):
     """A program holds nn.GRU as one aten.gru op on flat weights: loaded, it is an nn.GRU again, so hidden-unit
     pruning and dynamic int8 reach it as they reach the module."""

@@ -391,7 +391,7 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
     fixed GPTQ scales)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from .onnx_passes import Graph, prune_unused, topo_sort
+    from .onnx_passes import Graph, prune_unused, reduce_axes, topo_sort
 
     G = Graph(model)
     new_nodes, done, gathers, lstms, grus = [], 0, 0, 0, 0
@@ -426,10 +426,12 @@ def quantize_onnx_dynamic(model, qmax: int, per_channel: bool, embeddings: bool,
                 c = {k: G.add_init(f"{base}_{k}", np.array(v, np.float32)) for k, v in
                      (("eps", 1e-12 * 127.0), ("q127", 127.0), ("lo", -127.0), ("hi", 127.0), ("off", 128.0))}
                 zp = G.add_init(base + "_xzp128", np.array(128, np.uint8))
+                # a program's file is written at opset 18, where ReduceMax takes its axes as an input
+                axes_in, axes_attr = reduce_axes(G, "ReduceMax", [-1], base + "_amax_axes")
                 new_nodes += [
                     helper.make_node("Abs", [x], [base + "_abs"], name=base + "_abs"),
-                    helper.make_node("ReduceMax", [base + "_abs"], [base + "_amax"], name=base + "_amax", axes=[-1],
-                                     keepdims=1),
+                    helper.make_node("ReduceMax", [base + "_abs"] + axes_in, [base + "_amax"], name=base + "_amax",
+                                     keepdims=1, **axes_attr),
                     helper.make_node("Max", [base + "_amax", c["eps"]], [base + "_amaxc"], name=base + "_amaxc"),
                     helper.make_node("Div", [base + "_amaxc", c["q127"]], [xs], name=base + "_xs"),
                     helper.make_node("Div", [x, xs], [base + "_xdiv"], name=base + "_xdiv"),

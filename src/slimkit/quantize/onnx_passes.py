@@ -301,6 +301,20 @@ _AXES_TO_INPUT_18 = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "Redu
                      "ReduceLogSumExp", "ReduceSumSquare")
 
 
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset version."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def reduce_axes(G: "Graph", op: str, axes: list[int], name: str) -> tuple[list[str], dict]:
+    """Extra inputs and attributes of a reduction over ``axes`` written into ``G``'s model: the ``axes`` attribute
+    below opset 18, an int64 input (an initializer added here) from 18 on, where the attribute is invalid. Returns
+    (extra inputs, attributes) for ``helper.make_node``."""
+    if op in _AXES_TO_INPUT_18 and default_opset(G.model) >= 18:
+        return [G.add_init(name, np.asarray(axes, np.int64))], {}
+    return [], {"axes": list(axes)}
+
+
 def raise_opset(model: onnx.ModelProto, version: int) -> None:
     """Raise the default-domain opset to ``version`` and convert every node whose signature changed on the way
     (the reductions' ``axes`` attribute becomes an int64 input at 18: ``x.mean((2, 3))``, a global average pool,
