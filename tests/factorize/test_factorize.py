@@ -157,3 +157,46 @@ def test_data_aware_svd_minimises_the_output_error():
     plain, aware = svd_linear(lin, 8), svd_linear(lin, 8, cov)
     assert _err(aware(x), lin(x)) < 0.8 * _err(plain(x), lin(x))
     torch.testing.assert_close(svd_linear(lin, 32, cov)(x), lin(x), atol=1e-3, rtol=1e-3)
+
+
+class _Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(16, 64)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True), 1)
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+def test_lowrank_reaches_the_projections_of_multihead_attention(tmp_path):
+    """nn.MultiheadAttention reads its packed in_proj weight itself, so no Linear of it was a candidate and lowrank-auto
+    refused nn.TransformerEncoder models ("cannot be met by factorization"); split into four Linear layers (the same
+    function), its projections are factorized like any other, and the model still exports with parity."""
+    from slimkit.core.data import DataBundle, DataSplit
+    from slimkit.export.onnx import export_artifact
+
+    torch.manual_seed(0)
+    model = _Encoder().eval()
+    attn = model.encoder.layers[0].self_attn
+    with torch.no_grad():  # projections of rank 8: a rank-16 factorization must keep the function exactly
+        attn.in_proj_weight.copy_(torch.cat([torch.randn(64, 8) @ torch.randn(8, 64) / 8 for _ in range(3)]))
+        attn.out_proj.weight.copy_(torch.randn(64, 8) @ torch.randn(8, 64) / 8)
+    x = torch.randn(64, 10, 16)
+    split = DataSplit(x, torch.randint(0, 3, (64,)))
+    data = DataBundle("seq", "classification", split, split, num_classes=3)
+    before = copy.deepcopy(model.state_dict())
+    ctx = Context(data=data)
+    f = lowrank(model, LowRankConfig(rank="ratio", ratio=0.25), ctx)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()) and not model.training
+    names = {n for n, m in f.named_modules() if isinstance(m, nn.Sequential)}
+    assert {"encoder.layers.0.self_attn.q_proj", "encoder.layers.0.self_attn.out_proj"} <= names, names
+    assert count_params(f) < 0.6 * count_params(model)
+    attn_only = lowrank(model, LowRankConfig(rank="ratio", ratio=0.25, targets={"include": ["re:.*self_attn.*"]}),
+                        Context(data=data))
+    assert {n for n, m in attn_only.named_modules() if isinstance(m, nn.Sequential)} == {
+        f"encoder.layers.0.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    with torch.no_grad():
+        assert _err(attn_only(x), model(x)) < 1e-4  # rank 16 >= the projections' rank 8: the same function
+    export_artifact(f, data, tmp_path / "f.onnx")

@@ -27,6 +27,7 @@ from ..core.config import Config, check_choice, check_range, Tunable
 from ..core.context import Context
 from ..core.errors import ConfigError
 from ..core.registry import register_technique
+from ..core.rewrite import split_attention
 from ..core.targets import Targets
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.sensitivity import DropMeter, Step, measure
@@ -154,6 +155,9 @@ def _candidates(m: nn.Module, cfg: LowRankConfig) -> list[tuple[str, nn.Module]]
 def lowrank(model: nn.Module, cfg: LowRankConfig, ctx: Context) -> nn.Module:
     """Replace layers by low-rank products where that measures cheaper."""
     m = copy.deepcopy(model).eval()
+    # nn.MultiheadAttention reads its packed projection directly: as four Linear layers they can be factorized
+    # (as they are when the same model comes as a .pt2 program, whose packed projection is a Linear)
+    split_attention(m)
     example = ctx.example_inputs
     layers = _candidates(m, cfg)
     if not layers:
