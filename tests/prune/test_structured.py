@@ -187,3 +187,21 @@ def test_structured_sensitivity_meets_target_and_recovers_accuracy(digits_cnn, d
     with torch.no_grad():
         acc = float(np.mean(p(digits.test.inputs[0]).argmax(1).numpy() == digits.test.targets.numpy()))
     assert acc >= 0.98
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_widths_off_this_cpus_convolution_blocks_are_said(avx512, digits_cnn, digits, monkeypatch):
+    """ONNX Runtime's blocked convolutions take 16 channels at a time with AVX-512 and 8 with AVX2: a convolution
+    cut from 16 to 8 channels still costs one block of 16 on AVX-512, so the note says why its MACs drop without
+    the time (32 cut to 16 sits on a block: not named); with AVX2 (blocks of 8, the default round_to) nothing."""
+    import slimkit.prune.structured as S
+    from slimkit.core import Context
+
+    monkeypatch.setattr(S, "cpu_info", lambda: {"avx512f": avx512, "avx2": True})
+    ctx = Context(data=digits)
+    S.structured_prune(digits_cnn, S.StructuredPruneConfig(widths={"features.4": 0.5, "features.0": 0.5}), ctx)
+    said = [n for n in ctx.notes if "blocks of 16 channels" in n]
+    if avx512:
+        assert len(said) == 1 and "features.0 8/16" in said[0] and "features.4" not in said[0], ctx.notes
+    else:
+        assert not said

@@ -23,6 +23,7 @@ from ..core.context import Context
 from ..core.errors import ConfigError, first_line
 from ..core.registry import register_technique
 from ..core.targets import Targets
+from ..evaluate.environment import cpu_info
 from ..evaluate.latency import time_interleaved, torch_runner
 from ..evaluate.macs import count_macs, count_params
 from ..evaluate.sensitivity import DropMeter, Step, measure
@@ -597,6 +598,35 @@ def _one_per_container(model: nn.Module, drops: list[str]) -> tuple[list[str], l
     return out, kept
 
 
+def off_block_widths(m: nn.Module, plan, counts: dict, cfg: StructuredPruneConfig) -> str:
+    """What to say when this CPU's blocks are wider than ``round_to``: ONNX Runtime runs 2-D convolutions in blocks
+    of channels (NCHWc: 8 with AVX2, 16 with AVX-512), and a width cut to a non-multiple costs a whole block, so its
+    MACs drop without the time (HF ResNet pruned to 0.32x MACs ran 1.01x its original at batch 360 on AVX-512,
+    docs/BENCHMARKS.md, seventeenth session). Empty when every cut convolution width sits on a block."""
+    block = 16 if cpu_info().get("avx512f") else 8
+    if block <= cfg.round_to:
+        return ""
+    off = []
+    for g, k in counts.items():
+        grp = plan.groups[g]
+        convs = [p for p in grp["producers"] if isinstance(_submodule(m, p), nn.Conv2d)]
+        if convs and k < grp["size"] and k % block:
+            off.append(f"{'+'.join(grp['producers'])} {k}/{grp['size']}")
+    if not off:
+        return ""
+    return (f"this CPU has AVX-512, where ONNX Runtime runs 2-D convolutions in blocks of {block} channels: "
+            f"{len(off)} convolution group(s) were cut to widths off those blocks ({', '.join(off[:4])}"
+            f"{', ...' if len(off) > 4 else ''}), which cost a whole block each, so their MACs drop without the time; "
+            f"round_to: {block} keeps the widths on the blocks")
+
+
+def _submodule(m: nn.Module, name: str):
+    try:
+        return m.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 @register_technique("prune.structured", StructuredPruneConfig, needs=("example_inputs",),
                     summary="remove whole channels / neurons / attention heads (coupled layers kept consistent); "
                             "uniform, global or sensitivity allocation; optional group-lasso sparse training")
@@ -656,6 +686,9 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
              f"{len(counts)} groups; skipped {len(plan.skipped)} group(s): "
              + ("; ".join(f"{k} ({v[0]})" for k, v in plan.skipped.items()) or "none")
              + (f"; attention heads {heads}" if heads else ""))
+    off_block = off_block_widths(m, plan, counts, cfg)
+    if off_block:
+        ctx.note(off_block)
     tables = ctx.tables
     tables["Structured pruning: channels kept per group"] = [
         {"group": k, "kept": v} for k, v in per_group.items()] + [
