@@ -362,8 +362,7 @@ def test_a_pt2_transformer_is_statically_quantized_at_any_batch(foreign, tmp_pat
 def test_a_pt2_cnn_program_is_channel_pruned_and_statically_quantized(foreign, tmp_path):
     """A Hugging Face ResNet given as a .pt2 file. Its BatchNorms are inference-mode ops there (statistics frozen);
     loaded, they are BatchNorm modules again, so recovery after pruning re-estimates their statistics as it does for
-    the Python model (the .pt2 ResNet recovered to 96.7% after prune-structured-50 with frozen statistics, 97.5%
-    like the module with them)."""
+    the Python model (with them frozen the .pt2 ResNet recovered below the module form: docs/BENCHMARKS.md)."""
     from slimkit.load import load_model
     from slimkit.prune.structured import StructuredPruneConfig, structured_prune
     from slimkit.quantize.static import StaticQuantConfig, int8_static

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import operator
-import warnings
 import dataclasses
 from typing import Optional
 
@@ -379,11 +378,6 @@ def program_fixed_units(model: nn.Module) -> list[str]:
             found += ["attention heads"] * ("scaled_dot_product_attention" in ops)
             found += [f"aten.{op} hidden units" for op in RECURRENT_OPS if op in ops]
     return list(dict.fromkeys(found))
-
-
-# every copy of a program's module (the teacher, a candidate) copies its pytree specs, and torch warns of its own
-# deprecated LeafSpec check each time: noise for the user, nothing they can act on
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 
 
 def modules_from_program(gm: fx.GraphModule) -> fx.GraphModule:

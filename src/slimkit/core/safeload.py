@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -124,6 +125,9 @@ def load_exported_program(path: str | Path, *, trust_pickle: bool = False):
     if not trust_pickle:
         inspect_pt2(blob, str(p))
     guard = contextlib.nullcontext() if trust_pickle else no_unpickling()
+    # every later copy of the program's module (the teacher, a candidate) copies its pytree specs, and torch warns of
+    # its own deprecated LeafSpec check each time: noise for the user, nothing they can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     try:
         with quiet_loggers("torch.export", "torch._export", "torch.export.pt2_archive"), guard:
             return torch.export.load(io.BytesIO(blob))

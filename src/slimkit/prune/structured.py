@@ -601,16 +601,16 @@ def _one_per_container(model: nn.Module, drops: list[str]) -> tuple[list[str], l
 def off_block_widths(m: nn.Module, plan, counts: dict, cfg: StructuredPruneConfig) -> str:
     """What to say when this CPU's blocks are wider than ``round_to``: ONNX Runtime runs 2-D convolutions in blocks
     of channels (NCHWc: 8 with AVX2, 16 with AVX-512), and a width cut to a non-multiple costs a whole block, so its
-    MACs drop without the time (HF ResNet pruned to 0.32x MACs ran 1.01x its original at batch 360 on AVX-512,
-    docs/BENCHMARKS.md, seventeenth session). Empty when every cut convolution width sits on a block."""
+    MACs drop without the time (the HF ResNet case in docs/BENCHMARKS.md). Empty when every cut convolution width
+    sits on a block."""
     block = 16 if cpu_info().get("avx512f") else 8
     if block <= cfg.round_to:
         return ""
     off = []
     for g, k in counts.items():
         grp = plan.groups[g]
-        convs = [p for p in grp["producers"] if isinstance(_submodule(m, p), nn.Conv2d)]
-        if convs and k < grp["size"] and k % block:
+        conv = any(isinstance(_submodule(m, p), nn.Conv2d) for p in grp["producers"])
+        if conv and k < grp["size"] and k % block:
             off.append(f"{'+'.join(grp['producers'])} {k}/{grp['size']}")
     if not off:
         return ""

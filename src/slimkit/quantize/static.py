@@ -575,9 +575,12 @@ def _auto_choose(g: QGroup, members, layers, cfg) -> str:
     best, best_err = "minmax", float("inf")
     # what does not depend on the candidate range is computed once, not once per calibrator: each fed layer's float
     # output, that output's power, and the weight it runs with (as ``QuantLayer.forward`` in this mode: the bias float)
-    fed = [(layers[m.consumer], torch.cat(m.inputs)) for m in members if m.consumer and m.inputs]
-    fed = [(layer, x, layer.layer(x), layer.qweight()) for layer, x in fed]
-    fed = [(layer, x, ref, w, ref.pow(2).mean().clamp(min=1e-12)) for layer, x, ref, w in fed]
+    fed = []
+    for m in members:
+        if m.consumer and m.inputs:
+            layer, x = layers[m.consumer], torch.cat(m.inputs)
+            ref = layer.layer(x)
+            fed.append((layer, x, ref, layer.qweight(), ref.pow(2).mean().clamp(min=1e-12)))
     v = None if fed else torch.from_numpy(g.observer.values())
     tried = {}  # calibrators often agree (minmax and moving_minmax on one batch): one error per distinct range
     for method in CALIBRATORS:
@@ -613,38 +616,22 @@ def _shift_bias(layer: QuantLayer, delta: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def bias_correct(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig, batch_size: int = 128) -> dict:
+def bias_correct(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig) -> dict:
     """Empirical bias correction (Nagel et al., 2019): for each quantized layer in the order the model runs them,
     shift its bias by its mean output error against the float model, measured with every earlier layer already
-    corrected. One pass of the float model and one of the quantized model: each layer is corrected inside the pass
-    (a forward hook shifts the bias and hands the layers after it the output recomputed with the corrected bias), so
-    the cost does not grow with the square of the depth (a 53-layer MobileNetV2 ran 53 passes before). Every output
-    the pass hands on is what the corrected model computes, so afterwards each layer's mean error is zero (up to the
-    int32 bias grid). A layer called more than once (a shared module) has one bias for all its calls: it is corrected
-    on its first call, and its later calls run with that bias. Of the float model only each layer's per-channel output
-    mean is kept (MiniLM: 1,444 -> 1,095 MB peak for static int8 against keeping every layer's activations)."""
-    split = _calibration_split(data, cfg.calibration_samples)
-    x_all = split.inputs
+    corrected. Two passes: one in float (mode ``off``, before any bias moves) keeps each layer's per-channel output
+    mean, one quantized corrects each layer inside the pass (a forward hook shifts the bias and hands the layers
+    after it the output recomputed with it), so the cost does not grow with the depth and no activations are kept.
+    Every output the pass hands on is what the corrected model computes, so afterwards each layer's mean error is
+    zero (up to the int32 bias grid). A layer called more than once (a shared module) has one bias for all its
+    calls: it is corrected on its first call, and its later calls run with that bias."""
+    x_all = _calibration_split(data, cfg.calibration_samples).inputs
     layers = qm.layers()
-    # the float reference stays untouched: corrected biases must not leak into it
-    ref_model = copy.deepcopy(qm)
-    ref_model.set_mode("off")
-    refs = {}  # per layer, the float output's per-channel mean: all the correction needs (not the activations)
-    ref_layers = ref_model.layers()
+    refs, shifts = {}, {}  # per layer: the float output's per-channel mean (its first call's), the shift applied
 
-    def keep(k, o):
-        if k not in refs:  # a shared layer: its first call's output
-            refs[k] = _channel_mean(ref_layers[k], o.detach())
-
-    hooks = [m.register_forward_hook(lambda mod, i, o, k=n: keep(k, o)) for n, m in ref_layers.items()]
-    try:
-        ref_model(*x_all)
-    finally:
-        for h in hooks:
-            h.remove()
-    del ref_model
-    shifts = {}
-    qm.set_mode("quant")
+    def keep(name, mod, inputs, out):
+        if name not in refs:
+            refs[name] = _channel_mean(mod, out.detach())
 
     def correct(name, mod, inputs, out):
         if name in shifts:  # a shared layer's later call: it already runs with its corrected bias
@@ -652,12 +639,12 @@ def bias_correct(qm: QuantizedModel, data: DataBundle, cfg: StaticQuantConfig, b
         shifts[name] = _shift_bias(mod, _channel_mean(mod, out.detach()) - refs[name])
         return mod.forward(*inputs)  # what the corrected layer gives: the layers after it are measured on this
 
-    hooks = [m.register_forward_hook(functools.partial(correct, n)) for n, m in layers.items() if n in refs]
-    try:
+    qm.set_mode("off")
+    with removing([m.register_forward_hook(functools.partial(keep, n)) for n, m in layers.items()]):
         qm(*x_all)
-    finally:
-        for h in hooks:
-            h.remove()
+    qm.set_mode("quant")
+    with removing([m.register_forward_hook(functools.partial(correct, n)) for n, m in layers.items() if n in refs]):
+        qm(*x_all)
     return shifts
 
 
